@@ -1,0 +1,1 @@
+//! Synthetic models: random weights of the released RWKV-7 shapes.

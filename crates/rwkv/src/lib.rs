@@ -1,0 +1,1 @@
+//! rwkv: one API over every backend.

@@ -1,0 +1,1 @@
+//! wgpu backend (work in progress).

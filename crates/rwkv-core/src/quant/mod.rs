@@ -3,6 +3,9 @@
 //! Dequantization is bit-exact with ggml/gguf-py. Quantization supports what `--quant` offers:
 //! F32, F16, BF16, Q8_0 (ggml's reference formula) and Q4K (our own scale/min search).
 
+// The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
+#![allow(clippy::manual_is_multiple_of)]
+
 mod dequant;
 mod q4k;
 

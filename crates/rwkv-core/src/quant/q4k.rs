@@ -74,7 +74,8 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
             offset = 0.0;
             scale = sxq / sqq;
         }
-        if !(scale > 0.0) {
+        // Also rejects NaN from a degenerate fit.
+        if scale.is_nan() || scale <= 0.0 {
             continue;
         }
         let err = requantize(x, scale, -offset, &mut q);

@@ -26,21 +26,48 @@ pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Squared error of `x` against `scale·q − min` with q the nearest 4-bit quant.
+/// Nearest 4-bit level of `t` (already scaled into quant units), as a float. Adding and
+/// subtracting 1.5·2^23 rounds to an integer (ties to even) in plain float arithmetic, so the
+/// loops below vectorize; `f32::round` would be a libm call and `as` casts saturate.
+#[inline(always)]
+fn nearest_level(t: f32) -> f32 {
+    const ROUNDER: f32 = 12_582_912.0;
+    (t.clamp(0.0, 15.0) + ROUNDER) - ROUNDER
+}
+
+/// Lanes the sub-block loops accumulate in: independent partial sums let them vectorize.
+const LANES: usize = 8;
+
+fn lane_sum(v: [f32; LANES]) -> f32 {
+    v.iter().sum()
+}
+
+/// Squared error of `x` against `scale·q − min` with q the nearest 4-bit level.
 #[inline]
-fn requantize(x: &[f32], scale: f32, min: f32, q_out: &mut [u8]) -> f32 {
+fn requantized_error(x: &[f32], scale: f32, min: f32) -> f32 {
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut err = 0.0;
-    for (q, &v) in q_out.iter_mut().zip(x) {
-        let qi = ((v + min) * inv).round().clamp(0.0, 15.0);
-        *q = qi as u8;
-        let diff = scale * qi - min - v;
-        err += diff * diff;
+    let mut err = [0f32; LANES];
+    for chunk in x.chunks_exact(LANES) {
+        for (e, &v) in err.iter_mut().zip(chunk) {
+            let diff = scale * nearest_level((v + min) * inv) - min - v;
+            *e += diff * diff;
+        }
     }
-    err
+    lane_sum(err)
+}
+
+/// The nearest 4-bit levels of `x` for `scale`/`min`, as `requantized_error` picks them.
+fn levels(x: &[f32], scale: f32, min: f32, q_out: &mut [u8]) {
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (q, &v) in q_out.iter_mut().zip(x) {
+        *q = nearest_level((v + min) * inv) as u8;
+    }
 }
 
 /// Best float (scale, min) for one sub-block, value ≈ scale·q − min, scale >= 0, min >= 0.
+///
+/// Each grid fixes the quants; for fixed quants the least-squares (scale, offset) and its
+/// squared error have closed forms in a few sums, so a candidate costs one pass over the values.
 fn fit_sub_block(x: &[f32]) -> (f32, f32) {
     let lo = x.iter().fold(0f32, |m, &v| m.min(v));
     let hi = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -51,18 +78,21 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
     }
     let n = x.len() as f32;
     let sum_x: f32 = x.iter().sum();
+    let sum_xx: f32 = x.iter().map(|v| v * v).sum();
     let mut best = (range / 15.0, -lo);
-    let mut q = [0u8; SUB];
-    let mut best_err = requantize(x, best.0, best.1, &mut q);
+    let mut best_err = f32::INFINITY;
     for g in 0..GRIDS {
         let iscale = (QMAX_LO + g as f32 * GRID_STEP) / range;
-        let (mut sq, mut sqq, mut sxq) = (0f32, 0f32, 0f32);
-        for &v in x {
-            let qi = ((v - lo) * iscale).round().min(15.0);
-            sq += qi;
-            sqq += qi * qi;
-            sxq += v * qi;
+        let (mut sq, mut sqq, mut sxq) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for chunk in x.chunks_exact(LANES) {
+            for (l, &v) in chunk.iter().enumerate() {
+                let qi = nearest_level((v - lo) * iscale);
+                sq[l] += qi;
+                sqq[l] += qi * qi;
+                sxq[l] += v * qi;
+            }
         }
+        let (sq, sqq, sxq) = (lane_sum(sq), lane_sum(sqq), lane_sum(sxq));
         // Least squares for x ≈ s·q + o; the format needs o <= 0, else refit with o = 0.
         let det = n * sqq - sq * sq;
         if det <= 0.0 {
@@ -78,7 +108,11 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
         if scale.is_nan() || scale <= 0.0 {
             continue;
         }
-        let err = requantize(x, scale, -offset, &mut q);
+        // Σ (s·q + o − x)², expanded.
+        let err = scale * scale * sqq + 2.0 * scale * offset * sq + n * offset * offset
+            - 2.0 * scale * sxq
+            - 2.0 * offset * sum_x
+            + sum_xx;
         if err < best_err {
             best_err = err;
             best = (scale, -offset);
@@ -110,7 +144,6 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<()> {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];
     let mut quants = [0u8; 256];
-    let mut trial = [0u8; SUB];
     for j in 0..8 {
         let xs = &x[SUB * j..SUB * (j + 1)];
         let start_sc = if df > 0.0 {
@@ -129,15 +162,17 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<()> {
                 // Same f32 products the dequantizer forms.
                 let eff_scale = df * try_sc as f32;
                 let eff_min = dminf * try_mn as f32;
-                let err = requantize(xs, eff_scale, eff_min, &mut trial);
+                let err = requantized_error(xs, eff_scale, eff_min);
                 if err < best_err {
                     best_err = err;
                     sc[j] = try_sc as u8;
                     mn[j] = try_mn as u8;
-                    quants[SUB * j..SUB * (j + 1)].copy_from_slice(&trial);
                 }
             }
         }
+        let eff_scale = df * sc[j] as f32;
+        let eff_min = dminf * mn[j] as f32;
+        levels(xs, eff_scale, eff_min, &mut quants[SUB * j..SUB * (j + 1)]);
     }
 
     out[0..2].copy_from_slice(&d.to_le_bytes());

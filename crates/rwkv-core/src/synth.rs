@@ -29,13 +29,21 @@ pub enum SynthShape {
 }
 
 impl SynthShape {
-    pub const ALL: [SynthShape; 6] =
-        [SynthShape::Tiny, SynthShape::B0_1, SynthShape::B0_4, SynthShape::B1_5, SynthShape::B2_9, SynthShape::B7_2];
+    pub const ALL: [SynthShape; 6] = [
+        SynthShape::Tiny,
+        SynthShape::B0_1,
+        SynthShape::B0_4,
+        SynthShape::B1_5,
+        SynthShape::B2_9,
+        SynthShape::B7_2,
+    ];
 
     /// Parses a name as [`SynthShape::name`] prints it (case-insensitive).
     pub fn parse(s: &str) -> Option<SynthShape> {
         let lower = s.to_ascii_lowercase();
-        SynthShape::ALL.into_iter().find(|shape| shape.name() == lower)
+        SynthShape::ALL
+            .into_iter()
+            .find(|shape| shape.name() == lower)
     }
 
     pub const fn name(self) -> &'static str {
@@ -58,7 +66,9 @@ impl std::fmt::Display for SynthShape {
 
 /// LoRA rank for width `c` (docs/rwkv-math.md): `max(1, round(C^e · m / 32)) · 32`.
 pub fn lora_rank(c: usize, exponent: f64, multiplier: f64) -> usize {
-    let blocks = ((c as f64).powf(exponent) * multiplier / 32.0).round().max(1.0);
+    let blocks = ((c as f64).powf(exponent) * multiplier / 32.0)
+        .round()
+        .max(1.0);
     blocks as usize * 32
 }
 
@@ -73,7 +83,12 @@ pub fn desc(shape: SynthShape) -> ModelDesc {
                 head_size: 64,
                 vocab_size: 512,
                 ffn_size: 1024,
-                lora: LoraRanks { w: 32, a: 32, v: 32, g: 64 },
+                lora: LoraRanks {
+                    w: 32,
+                    a: 32,
+                    v: 32,
+                    g: 64,
+                },
             }
         }
         SynthShape::B0_1 => (12, 768),
@@ -109,20 +124,40 @@ pub fn synth_model(shape: SynthShape, dtype: DType, seed: u64) -> Result<Model> 
 /// scaled like [`synth_model`]. Source `synth:custom:<dtype>:<seed>`.
 pub fn synth_model_with_desc(desc: &ModelDesc, dtype: DType, seed: u64) -> Result<Model> {
     if desc.version != RwkvVersion::V7 {
-        return Err(Error::invalid(format!("synthetic models are RWKV-7 only, not {}", desc.version.name())));
+        return Err(Error::invalid(format!(
+            "synthetic models are RWKV-7 only, not {}",
+            desc.version.name()
+        )));
     }
-    if desc.head_size == 0 || desc.n_embd % desc.head_size != 0 || desc.n_layer == 0 || desc.vocab_size == 0 {
-        return Err(Error::invalid(format!("synthetic model: inconsistent description {desc:?}")));
+    if desc.head_size == 0
+        || desc.n_embd % desc.head_size != 0
+        || desc.n_layer == 0
+        || desc.vocab_size == 0
+    {
+        return Err(Error::invalid(format!(
+            "synthetic model: inconsistent description {desc:?}"
+        )));
     }
-    build(desc, dtype, seed, format!("synth:custom:{}:{seed}", dtype.name()))
+    build(
+        desc,
+        dtype,
+        seed,
+        format!("synth:custom:{}:{seed}", dtype.name()),
+    )
 }
 
 /// How one tensor's values are drawn.
 #[derive(Debug, Clone, Copy)]
 enum Init {
     /// Approximately normal (a sum of four uniforms, so bounded at ±3.5 std).
-    Normal { mean: f32, std: f32 },
-    Uniform { low: f32, high: f32 },
+    Normal {
+        mean: f32,
+        std: f32,
+    },
+    Uniform {
+        low: f32,
+        high: f32,
+    },
 }
 
 /// The distribution of a canonical tensor, chosen so a forward pass stays well scaled: inputs to
@@ -130,28 +165,62 @@ enum Init {
 /// 32 layers because every block reads a layer-normed copy), and logits have std of a few units.
 fn init_for(name: &str, shape: &[usize]) -> Init {
     let fan_in = *shape.last().unwrap_or(&1) as f32;
-    let matrix = |gain: f32| Init::Normal { mean: 0.0, std: gain / fan_in.sqrt() };
-    let field = name.rsplit_once("blocks.").map_or(name, |(_, rest)| rest.split_once('.').map_or(rest, |(_, f)| f));
+    let matrix = |gain: f32| Init::Normal {
+        mean: 0.0,
+        std: gain / fan_in.sqrt(),
+    };
+    let field = name.rsplit_once("blocks.").map_or(name, |(_, rest)| {
+        rest.split_once('.').map_or(rest, |(_, f)| f)
+    });
     match field {
-        "emb.weight" => Init::Normal { mean: 0.0, std: 1.0 },
+        "emb.weight" => Init::Normal {
+            mean: 0.0,
+            std: 1.0,
+        },
         "head.weight" => matrix(3.0),
         "ln0.weight" | "ln1.weight" | "ln2.weight" | "ln_out.weight" | "att.ln_x.weight" => {
-            Init::Normal { mean: 1.0, std: 0.1 }
+            Init::Normal {
+                mean: 1.0,
+                std: 0.1,
+            }
         }
-        "ln0.bias" | "ln1.bias" | "ln2.bias" | "ln_out.bias" | "att.ln_x.bias" => Init::Normal { mean: 0.0, std: 0.05 },
+        "ln0.bias" | "ln1.bias" | "ln2.bias" | "ln_out.bias" | "att.ln_x.bias" => Init::Normal {
+            mean: 0.0,
+            std: 0.05,
+        },
         "att.x_r" | "att.x_w" | "att.x_k" | "att.x_v" | "att.x_a" | "att.x_g" | "ffn.x_k" => {
-            Init::Uniform { low: 0.05, high: 0.95 }
+            Init::Uniform {
+                low: 0.05,
+                high: 0.95,
+            }
         }
         // σ(w0) from 0.0025 to 0.73: decays per token from 0.9985 down to 0.64.
-        "att.w0" => Init::Uniform { low: -6.0, high: 1.0 },
-        "att.a0" | "att.v0" => Init::Normal { mean: 0.0, std: 0.5 },
+        "att.w0" => Init::Uniform {
+            low: -6.0,
+            high: 1.0,
+        },
+        "att.a0" | "att.v0" => Init::Normal {
+            mean: 0.0,
+            std: 0.5,
+        },
         "att.w1" | "att.a1" | "att.v1" | "att.g1" => matrix(1.0),
         "att.w2" | "att.a2" | "att.v2" => matrix(0.5),
         "att.g2" => matrix(1.0),
-        "att.k_k" => Init::Uniform { low: 0.8, high: 1.0 },
-        "att.k_a" => Init::Normal { mean: 1.0, std: 0.05 },
-        "att.r_k" => Init::Normal { mean: 0.0, std: 0.1 },
-        "att.receptance.weight" | "att.key.weight" | "att.value.weight" | "ffn.key.weight" => matrix(1.0),
+        "att.k_k" => Init::Uniform {
+            low: 0.8,
+            high: 1.0,
+        },
+        "att.k_a" => Init::Normal {
+            mean: 1.0,
+            std: 0.05,
+        },
+        "att.r_k" => Init::Normal {
+            mean: 0.0,
+            std: 0.1,
+        },
+        "att.receptance.weight" | "att.key.weight" | "att.value.weight" | "ffn.key.weight" => {
+            matrix(1.0)
+        }
         "att.output.weight" | "ffn.value.weight" => matrix(0.5),
         _ => matrix(0.1),
     }
@@ -178,14 +247,18 @@ impl SplitMix64 {
                 let z = (sum as f32 / 65536.0 - 2.0) * 3f32.sqrt();
                 mean + std * z
             }
-            Init::Uniform { low, high } => low + (high - low) * ((bits >> 40) as f32 / (1u64 << 24) as f32),
+            Init::Uniform { low, high } => {
+                low + (high - low) * ((bits >> 40) as f32 / (1u64 << 24) as f32)
+            }
         }
     }
 }
 
 /// FNV-1a of a tensor name: its values depend on the name, not on the order of tensors.
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Values generated and converted at once (bounds the f32 scratch per thread, ~4 MB).
@@ -205,8 +278,14 @@ struct Job<'a> {
 impl Job<'_> {
     fn run(self) -> Result<()> {
         let rows = self.out.len() / self.dtype.row_bytes(self.cols).unwrap_or(usize::MAX).max(1);
-        let mut rng = SplitMix64(self.seed ^ name_hash(self.name).rotate_left(17) ^ self.chunk.wrapping_mul(0xa076_1d64_78bd_642f));
-        let values: Vec<f32> = (0..rows * self.cols).map(|_| rng.sample(self.init)).collect();
+        let mut rng = SplitMix64(
+            self.seed
+                ^ name_hash(self.name).rotate_left(17)
+                ^ self.chunk.wrapping_mul(0xa076_1d64_78bd_642f),
+        );
+        let values: Vec<f32> = (0..rows * self.cols)
+            .map(|_| rng.sample(self.init))
+            .collect();
         let bytes = if self.dtype == DType::F32 {
             values.iter().flat_map(|v| v.to_le_bytes()).collect()
         } else {
@@ -230,9 +309,15 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
     let specs = canonical_tensors(desc);
     let mut datas = Vec::with_capacity(specs.len());
     for (name, shape) in &specs {
-        let tensor_dtype = if is_large_matrix(name) { dtype } else { DType::F32 };
+        let tensor_dtype = if is_large_matrix(name) {
+            dtype
+        } else {
+            DType::F32
+        };
         let len = tensor_dtype.tensor_bytes(shape).ok_or_else(|| {
-            Error::invalid(format!("synthetic tensor '{name}' {shape:?} is not whole {tensor_dtype} blocks"))
+            Error::invalid(format!(
+                "synthetic tensor '{name}' {shape:?} is not whole {tensor_dtype} blocks"
+            ))
         })?;
         datas.push((tensor_dtype, vec![0u8; len]));
     }
@@ -256,7 +341,10 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
         }
     }
 
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(jobs.len().max(1));
     let queue = Mutex::new(jobs);
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -265,7 +353,9 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
                     loop {
                         let job = match queue.lock() {
                             Ok(mut q) => q.pop(),
-                            Err(_) => return Err(Error::invalid("synthetic model: a worker panicked")),
+                            Err(_) => {
+                                return Err(Error::invalid("synthetic model: a worker panicked"))
+                            }
                         };
                         match job {
                             Some(job) => job.run()?,
@@ -277,14 +367,20 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(Error::invalid("synthetic model: a worker panicked"))))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::invalid("synthetic model: a worker panicked")))
+            })
             .collect()
     });
     results.into_iter().collect::<Result<()>>()?;
 
     let mut tensors = BTreeMap::new();
     for ((name, shape), (tensor_dtype, data)) in specs.into_iter().zip(datas) {
-        tensors.insert(name, Tensor::new(tensor_dtype, shape, TensorBytes::owned(data))?);
+        tensors.insert(
+            name,
+            Tensor::new(tensor_dtype, shape, TensorBytes::owned(data))?,
+        );
     }
     Ok(Model {
         desc: desc.clone(),
@@ -316,7 +412,11 @@ mod tests {
         assert_eq!((d.lora.w, d.lora.a, d.lora.v, d.lora.g), (64, 64, 32, 128));
         for shape in SynthShape::ALL {
             let d = desc(shape);
-            assert_eq!(d.n_embd % 256, 0, "{shape}: Q4_K needs whole 256-value blocks");
+            assert_eq!(
+                d.n_embd % 256,
+                0,
+                "{shape}: Q4_K needs whole 256-value blocks"
+            );
             assert_eq!(d.n_embd % d.head_size, 0);
         }
     }

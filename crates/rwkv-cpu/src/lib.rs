@@ -16,7 +16,9 @@ mod ops;
 
 use std::collections::HashSet;
 
-use rwkv_core::backend::{Backend, BufId, DeviceInfo, MatJob, Op, Plan, PlanId, ShiftKind, StepOutput, WeightId};
+use rwkv_core::backend::{
+    Backend, BufId, DeviceInfo, MatJob, Op, Plan, PlanId, ShiftKind, StepOutput, WeightId,
+};
 use rwkv_core::model::{Tensor, TensorBytes};
 use rwkv_core::{DType, Error, Result};
 
@@ -48,9 +50,11 @@ impl Weight {
     /// Dequantizes row `i` into `out` (`cols` values).
     fn dequantize_row(&self, i: usize, out: &mut [f32]) -> Result<()> {
         let start = i * self.row_bytes;
-        let bytes = self.bytes.as_slice().get(start..start + self.row_bytes).ok_or_else(|| {
-            fail(format!("weight '{}' has no row {i}", self.name))
-        })?;
+        let bytes = self
+            .bytes
+            .as_slice()
+            .get(start..start + self.row_bytes)
+            .ok_or_else(|| fail(format!("weight '{}' has no row {i}", self.name)))?;
         dequantize(self.dtype, bytes, out).map_err(|e| fail(format!("weight '{}': {e}", self.name)))
     }
 }
@@ -60,7 +64,11 @@ fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     // TODO: use rwkv_core::quant::dequantize for every dtype once it has landed.
     if dtype == DType::F32 {
         if bytes.len() != out.len() * 4 {
-            return Err(fail(format!("{} bytes do not hold {} f32 values", bytes.len(), out.len())));
+            return Err(fail(format!(
+                "{} bytes do not hold {} f32 values",
+                bytes.len(),
+                out.len()
+            )));
         }
         for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -108,13 +116,21 @@ impl Default for CpuBackend {
 impl CpuBackend {
     /// A backend using `std::thread::available_parallelism` threads.
     pub fn new() -> CpuBackend {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         CpuBackend::with_threads(threads)
     }
 
     /// A backend splitting big matrix products over `threads` threads (at least 1).
     pub fn with_threads(threads: usize) -> CpuBackend {
-        CpuBackend { threads: threads.max(1), weights: Vec::new(), states: Vec::new(), state_len: 0, plans: Vec::new() }
+        CpuBackend {
+            threads: threads.max(1),
+            weights: Vec::new(),
+            states: Vec::new(),
+            state_len: 0,
+            plans: Vec::new(),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -135,9 +151,15 @@ impl CpuBackend {
         }
         let head_size = layer_len / c - 2;
         if c % head_size != 0 {
-            return Err(fail(format!("width {c} is not a whole number of heads of size {head_size}")));
+            return Err(fail(format!(
+                "width {c} is not a whole number of heads of size {head_size}"
+            )));
         }
-        Ok(Some(StateGeometry { layer_len, width: c, head_size }))
+        Ok(Some(StateGeometry {
+            layer_len,
+            width: c,
+            head_size,
+        }))
     }
 }
 
@@ -167,7 +189,10 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
         if id != self.weights.len() {
-            return Err(fail(format!("weight '{name}' uploaded as id {id}, expected id {}", self.weights.len())));
+            return Err(fail(format!(
+                "weight '{name}' uploaded as id {id}, expected id {}",
+                self.weights.len()
+            )));
         }
         if !self.plans.is_empty() {
             return Err(fail("weights must be uploaded before any plan is compiled"));
@@ -180,7 +205,7 @@ impl Backend for CpuBackend {
             )));
         }
         let (rows, cols) = tensor.rows_cols();
-        let row_bytes = if rows == 0 { 0 } else { len / rows };
+        let row_bytes = len.checked_div(rows).unwrap_or(0);
         let vector = if tensor.shape.len() == 1 {
             let mut values = vec![0f32; cols];
             dequantize(tensor.dtype, tensor.data.as_slice(), &mut values)
@@ -208,10 +233,14 @@ impl Backend for CpuBackend {
             .and_then(|n| n.checked_mul(4))
             .ok_or_else(|| fail(format!("{n_slots} states of {state_len} values overflow")))?;
         let mut states = Vec::new();
-        states.try_reserve_exact(n_slots).map_err(|_| fail("out of memory for states"))?;
+        states
+            .try_reserve_exact(n_slots)
+            .map_err(|_| fail("out of memory for states"))?;
         for _ in 0..n_slots {
             let mut state = Vec::new();
-            state.try_reserve_exact(state_len).map_err(|_| fail("out of memory for states"))?;
+            state
+                .try_reserve_exact(state_len)
+                .map_err(|_| fail("out of memory for states"))?;
             state.resize(state_len, 0f32);
             states.push(state);
         }
@@ -226,26 +255,49 @@ impl Backend for CpuBackend {
         Ok(PlanId(self.plans.len() - 1))
     }
 
-    fn execute(&mut self, plan: PlanId, tokens: &[u32], slots: &[usize], out: StepOutput<'_>) -> Result<()> {
-        let compiled = self.plans.get(plan.0).ok_or_else(|| fail(format!("unknown plan id {}", plan.0)))?;
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        let compiled = self
+            .plans
+            .get(plan.0)
+            .ok_or_else(|| fail(format!("unknown plan id {}", plan.0)))?;
         let shape = compiled.plan.shape;
         if tokens.len() != shape.rows() {
-            return Err(fail(format!("{} tokens for a step of {} rows", tokens.len(), shape.rows())));
+            return Err(fail(format!(
+                "{} tokens for a step of {} rows",
+                tokens.len(),
+                shape.rows()
+            )));
         }
         if slots.len() != shape.n_seq {
-            return Err(fail(format!("{} slots for a step of {} sequences", slots.len(), shape.n_seq)));
+            return Err(fail(format!(
+                "{} slots for a step of {} sequences",
+                slots.len(),
+                shape.n_seq
+            )));
         }
         let mut seen = HashSet::new();
         for &slot in slots {
             if slot >= self.states.len() {
-                return Err(fail(format!("slot {slot} out of range (0..{})", self.states.len())));
+                return Err(fail(format!(
+                    "slot {slot} out of range (0..{})",
+                    self.states.len()
+                )));
             }
             if !seen.insert(slot) {
                 return Err(fail(format!("slot {slot} named twice in one step")));
             }
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= compiled.vocab) {
-            return Err(fail(format!("token id {bad} out of range (vocabulary {})", compiled.vocab)));
+            return Err(fail(format!(
+                "token id {bad} out of range (vocabulary {})",
+                compiled.vocab
+            )));
         }
         let geometry = self.geometry(compiled)?;
         let logits_rows = compiled.plan.rows_of(compiled.plan.logits);
@@ -253,10 +305,17 @@ impl Backend for CpuBackend {
         match &out {
             StepOutput::None => {}
             StepOutput::Logits(values) if values.len() != logits_rows * logits_width => {
-                return Err(fail(format!("logits output holds {}, the step makes {}", values.len(), logits_rows * logits_width)));
+                return Err(fail(format!(
+                    "logits output holds {}, the step makes {}",
+                    values.len(),
+                    logits_rows * logits_width
+                )));
             }
             StepOutput::Argmax(ids) if ids.len() != logits_rows => {
-                return Err(fail(format!("argmax output holds {}, the step makes {logits_rows}", ids.len())));
+                return Err(fail(format!(
+                    "argmax output holds {}, the step makes {logits_rows}",
+                    ids.len()
+                )));
             }
             _ => {}
         }
@@ -265,7 +324,14 @@ impl Backend for CpuBackend {
         let weights = &self.weights;
         let states = &mut self.states;
         let compiled = &mut self.plans[plan.0];
-        let step = Step { plan: &compiled.plan, weights, tokens, slots, geometry, threads };
+        let step = Step {
+            plan: &compiled.plan,
+            weights,
+            tokens,
+            slots,
+            geometry,
+            threads,
+        };
         for op in &compiled.plan.ops {
             step.run(op, &mut compiled.buffers, states)?;
         }
@@ -284,18 +350,32 @@ impl Backend for CpuBackend {
     }
 
     fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
-        let state = self.states.get(slot).ok_or_else(|| fail(format!("slot {slot} out of range")))?;
+        let state = self
+            .states
+            .get(slot)
+            .ok_or_else(|| fail(format!("slot {slot} out of range")))?;
         if out.len() != state.len() {
-            return Err(fail(format!("state buffer holds {}, a state has {}", out.len(), state.len())));
+            return Err(fail(format!(
+                "state buffer holds {}, a state has {}",
+                out.len(),
+                state.len()
+            )));
         }
         out.copy_from_slice(state);
         Ok(())
     }
 
     fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
-        let state = self.states.get_mut(slot).ok_or_else(|| fail(format!("slot {slot} out of range")))?;
+        let state = self
+            .states
+            .get_mut(slot)
+            .ok_or_else(|| fail(format!("slot {slot} out of range")))?;
         if values.len() != state.len() {
-            return Err(fail(format!("{} state values given, a state has {}", values.len(), state.len())));
+            return Err(fail(format!(
+                "{} state values given, a state has {}",
+                values.len(),
+                state.len()
+            )));
         }
         state.copy_from_slice(values);
         Ok(())
@@ -320,20 +400,43 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
     if shape.n_seq == 0 || shape.n_tok == 0 {
         return Err(fail(format!("empty step shape {shape:?}")));
     }
-    if plan.weights.len() != weights.len() || plan.weights.iter().zip(weights).any(|(n, w)| *n != w.name) {
+    if plan.weights.len() != weights.len() {
         return Err(fail(format!(
-            "plan names {} weights, {} were uploaded (or in another order)",
+            "plan names {} weights, {} were uploaded",
             plan.weights.len(),
             weights.len()
         )));
     }
-    let buf = |b: BufId| plan.buffers.get(b).ok_or_else(|| fail(format!("buffer id {b} out of range")));
-    let weight = |w: WeightId| weights.get(w).ok_or_else(|| fail(format!("weight id {w} out of range")));
+    if let Some((id, (name, w))) = plan
+        .weights
+        .iter()
+        .zip(weights)
+        .enumerate()
+        .find(|(_, (n, w))| **n != w.name)
+    {
+        return Err(fail(format!(
+            "plan weight {id} is '{name}', '{}' was uploaded as {id}",
+            w.name
+        )));
+    }
+    let buf = |b: BufId| {
+        plan.buffers
+            .get(b)
+            .ok_or_else(|| fail(format!("buffer id {b} out of range")))
+    };
+    let weight = |w: WeightId| {
+        weights
+            .get(w)
+            .ok_or_else(|| fail(format!("weight id {w} out of range")))
+    };
     let vector = |w: WeightId, len: usize| -> Result<()> {
         let wt = weight(w)?;
         match &wt.vector {
             Some(v) if v.len() == len => Ok(()),
-            _ => Err(fail(format!("weight '{}' is not a vector of {len} values", wt.name))),
+            _ => Err(fail(format!(
+                "weight '{}' is not a vector of {len} values",
+                wt.name
+            ))),
         }
     };
     // Buffers that ops write must not be read by the same op (except LayerNorm in place).
@@ -342,13 +445,18 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
         if set.len() == ids.len() {
             Ok(())
         } else {
-            Err(fail(format!("{what}: a buffer is both read and written, or written twice")))
+            Err(fail(format!(
+                "{what}: a buffer is both read and written, or written twice"
+            )))
         }
     };
     let full_rows = |b: BufId, what: &str| -> Result<usize> {
         let d = buf(b)?;
         if d.last_only {
-            return Err(fail(format!("{what}: buffer '{}' must have one row per token", d.name)));
+            return Err(fail(format!(
+                "{what}: buffer '{}' must have one row per token",
+                d.name
+            )));
         }
         Ok(d.width)
     };
@@ -359,7 +467,9 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
     let mut state_width = |layer: usize, c: usize| -> Result<()> {
         n_layer = n_layer.max(layer + 1);
         match width {
-            Some(w) if w != c => Err(fail(format!("state ops disagree on the width ({w} vs {c})"))),
+            Some(w) if w != c => Err(fail(format!(
+                "state ops disagree on the width ({w} vs {c})"
+            ))),
             _ => {
                 width = Some(c);
                 Ok(())
@@ -372,19 +482,27 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
                 let t = weight(*table)?;
                 let c = full_rows(*out, "Embed")?;
                 if t.vector.is_some() || t.cols != c || t.rows == 0 {
-                    return Err(fail(format!("Embed: table '{}' is not [vocab, {c}]", t.name)));
+                    return Err(fail(format!(
+                        "Embed: table '{}' is not [vocab, {c}]",
+                        t.name
+                    )));
                 }
                 vocab = vocab.min(t.rows);
             }
             Op::LayerNorm { x, w, b, out, .. } => {
                 let (xd, od) = (buf(*x)?, buf(*out)?);
                 if xd.width != od.width || plan.rows_of(*x) != plan.rows_of(*out) {
-                    return Err(fail(format!("LayerNorm: '{}' and '{}' differ in shape", xd.name, od.name)));
+                    return Err(fail(format!(
+                        "LayerNorm: '{}' and '{}' differ in shape",
+                        xd.name, od.name
+                    )));
                 }
                 vector(*w, xd.width)?;
                 vector(*b, xd.width)?;
             }
-            Op::TokenShift { x, layer, mixes, .. } => {
+            Op::TokenShift {
+                x, layer, mixes, ..
+            } => {
                 let c = full_rows(*x, "TokenShift")?;
                 state_width(*layer, c)?;
                 let mut ids = vec![*x];
@@ -408,7 +526,10 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
                         )));
                     }
                     if plan.rows_of(job.x) != plan.rows_of(job.out) {
-                        return Err(fail(format!("MatMul: '{}' and '{}' differ in rows", xd.name, od.name)));
+                        return Err(fail(format!(
+                            "MatMul: '{}' and '{}' differ in rows",
+                            xd.name, od.name
+                        )));
                     }
                     if let Some(bias) = job.bias {
                         vector(bias, od.width)?;
@@ -416,7 +537,24 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
                     distinct(&[job.x, job.out], "MatMul")?;
                 }
             }
-            Op::Wkv7 { layer, r, w, k, v, a, g, v_first, v_mix, k_k, k_a, r_k, ln_x_w, ln_x_b, out, .. } => {
+            Op::Wkv7 {
+                layer,
+                r,
+                w,
+                k,
+                v,
+                a,
+                g,
+                v_first,
+                v_mix,
+                k_k,
+                k_a,
+                r_k,
+                ln_x_w,
+                ln_x_b,
+                out,
+                ..
+            } => {
                 let c = full_rows(*r, "Wkv7")?;
                 state_width(*layer, c)?;
                 let mut ids = vec![*r, *w, *k, *v, *a, *g, *v_first, *out];
@@ -434,7 +572,10 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
             Op::LastRows { x, out } => {
                 let (xd, od) = (buf(*x)?, buf(*out)?);
                 if xd.last_only || !od.last_only || xd.width != od.width || x == out {
-                    return Err(fail(format!("LastRows: '{}' → '{}' is not per-token → per-sequence", xd.name, od.name)));
+                    return Err(fail(format!(
+                        "LastRows: '{}' → '{}' is not per-token → per-sequence",
+                        xd.name, od.name
+                    )));
                 }
             }
         }
@@ -446,13 +587,24 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
 
     let mut buffers = Vec::with_capacity(plan.buffers.len());
     for (b, decl) in plan.buffers.iter().enumerate() {
-        let len = plan.rows_of(b).checked_mul(decl.width).ok_or_else(|| fail("buffer size overflows"))?;
+        let len = plan
+            .rows_of(b)
+            .checked_mul(decl.width)
+            .ok_or_else(|| fail("buffer size overflows"))?;
         let mut values = Vec::new();
-        values.try_reserve_exact(len).map_err(|_| fail(format!("out of memory for buffer '{}'", decl.name)))?;
+        values
+            .try_reserve_exact(len)
+            .map_err(|_| fail(format!("out of memory for buffer '{}'", decl.name)))?;
         values.resize(len, 0f32);
         buffers.push(values);
     }
-    Ok(Compiled { plan: plan.clone(), buffers, n_layer, width: width.unwrap_or(0), vocab })
+    Ok(Compiled {
+        plan: plan.clone(),
+        buffers,
+        n_layer,
+        width: width.unwrap_or(0),
+        vocab,
+    })
 }
 
 /// One step being run: what every op needs besides its buffers and the states.
@@ -472,7 +624,8 @@ impl Step<'_> {
     }
 
     fn geometry(&self) -> Result<StateGeometry> {
-        self.geometry.ok_or_else(|| fail("state op in a plan without state geometry"))
+        self.geometry
+            .ok_or_else(|| fail("state op in a plan without state geometry"))
     }
 
     fn run(&self, op: &Op, bufs: &mut [Vec<f32>], states: &mut [Vec<f32>]) -> Result<()> {
@@ -491,10 +644,21 @@ impl Step<'_> {
                 let mut input = vec![0f32; width];
                 for r in 0..self.plan.rows_of(*x) {
                     input.copy_from_slice(&bufs[*x][r * width..(r + 1) * width]);
-                    layer_norm(&input, w, b, *eps, &mut bufs[*out][r * width..(r + 1) * width]);
+                    layer_norm(
+                        &input,
+                        w,
+                        b,
+                        *eps,
+                        &mut bufs[*out][r * width..(r + 1) * width],
+                    );
                 }
             }
-            Op::TokenShift { x, layer, kind, mixes } => {
+            Op::TokenShift {
+                x,
+                layer,
+                kind,
+                mixes,
+            } => {
                 let g = self.geometry()?;
                 let c = g.width;
                 let register_at = layer * g.layer_len
@@ -502,15 +666,21 @@ impl Step<'_> {
                         ShiftKind::Ffn => 0,
                         ShiftKind::Att => c,
                     };
-                let mut outs: Vec<(&[f32], Vec<f32>)> =
-                    mixes.iter().map(|&(mix, out)| (self.vector(mix), std::mem::take(&mut bufs[out]))).collect();
+                let mut outs: Vec<(&[f32], Vec<f32>)> = mixes
+                    .iter()
+                    .map(|&(mix, out)| (self.vector(mix), std::mem::take(&mut bufs[out])))
+                    .collect();
                 let xb = &bufs[*x];
                 for (s, &slot) in self.slots.iter().enumerate() {
                     let register = &mut states[slot][register_at..register_at + c];
                     for t in 0..n_tok {
                         let r = s * n_tok + t;
                         let cur = &xb[r * c..(r + 1) * c];
-                        let prev = if t == 0 { &*register } else { &xb[(r - 1) * c..r * c] };
+                        let prev = if t == 0 {
+                            &*register
+                        } else {
+                            &xb[(r - 1) * c..r * c]
+                        };
                         for (mix, out) in outs.iter_mut() {
                             let out = &mut out[r * c..(r + 1) * c];
                             for i in 0..c {
@@ -615,9 +785,15 @@ impl Step<'_> {
         let w = &self.weights[job.weight];
         let rows = self.plan.rows_of(job.x);
         let work = w.rows.saturating_mul(w.cols).saturating_mul(rows);
-        let n_parts = if work >= PARALLEL_MIN_MACS { self.threads.min(w.rows).max(1) } else { 1 };
+        let n_parts = if work >= PARALLEL_MIN_MACS {
+            self.threads.min(w.rows).max(1)
+        } else {
+            1
+        };
         let part_len = w.rows.div_ceil(n_parts);
-        let ranges: Vec<_> = (0..n_parts).map(|p| p * part_len..((p + 1) * part_len).min(w.rows)).collect();
+        let ranges: Vec<_> = (0..n_parts)
+            .map(|p| p * part_len..((p + 1) * part_len).min(w.rows))
+            .collect();
 
         // Each part returns its dot products laid out [output row][activation row].
         let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
@@ -630,7 +806,11 @@ impl Step<'_> {
                 .collect();
             let mut parts = vec![dots(w, x, rows, ranges[0].clone())];
             for handle in handles {
-                parts.push(handle.join().unwrap_or_else(|_| Err(fail("matrix product thread panicked"))));
+                parts.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(fail("matrix product thread panicked"))),
+                );
             }
             parts
         });

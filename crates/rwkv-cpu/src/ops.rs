@@ -8,13 +8,23 @@
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in a8.zip(b8) {
         for i in 0..8 {
             lanes[i] += x[i] * y[i];
         }
     }
-    let pairs = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    let pairs = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
     (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
 }
 
@@ -71,8 +81,14 @@ pub fn wkv7_token(
     for (h, s) in state.chunks_exact_mut(n * n).enumerate() {
         let base = h * n;
         let head = base..base + n;
-        let (r, decay, k, v, a, g) =
-            (&r[head.clone()], &decay[head.clone()], &k[head.clone()], &v[head.clone()], &a[head.clone()], &g[head.clone()]);
+        let (r, decay, k, v, a, g) = (
+            &r[head.clone()],
+            &decay[head.clone()],
+            &k[head.clone()],
+            &v[head.clone()],
+            &a[head.clone()],
+            &g[head.clone()],
+        );
 
         // kk = normalize(k · k_k) over the head (L2, norm at least 1e-12).
         for q in 0..n {
@@ -100,9 +116,12 @@ pub fn wkv7_token(
         // GroupNorm over the head, then the bonus Σ_q r_q k_q r_k[h,q] times the head's v, then g.
         let (mean, var) = mean_var(&y);
         let inv_std = 1.0 / (var + weights.gn_eps).sqrt();
-        let bonus: f32 = (0..n).map(|q| r[q] * k_mixed[q] * weights.r_k[base + q]).sum();
+        let bonus: f32 = (0..n)
+            .map(|q| r[q] * k_mixed[q] * weights.r_k[base + q])
+            .sum();
         for p in 0..n {
-            let normed = (y[p] - mean) * inv_std * weights.ln_x_w[base + p] + weights.ln_x_b[base + p];
+            let normed =
+                (y[p] - mean) * inv_std * weights.ln_x_w[base + p] + weights.ln_x_b[base + p];
             out[base + p] = (normed + bonus * v[p]) * g[p];
         }
     }
@@ -116,7 +135,9 @@ mod tests {
     fn dot_matches_naive_sum_for_every_tail_length() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         for len in 0..40 {
@@ -135,6 +156,9 @@ mod tests {
         let mut out = [0f32; 5];
         layer_norm(&x, &ones, &zeros, 0.0, &mut out);
         let (mean, var) = mean_var(&out);
-        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{mean} {var}");
+        assert!(
+            mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5,
+            "{mean} {var}"
+        );
     }
 }

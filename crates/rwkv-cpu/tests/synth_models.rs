@@ -14,15 +14,27 @@ fn check_shape(shape: SynthShape, n_tokens: usize) {
     let mut argmaxes = Vec::new();
     for (i, &t) in tokens.iter().enumerate() {
         let logits = runner.step(1, false, &[t], &[0]).unwrap();
-        assert!(logits.iter().all(|v| v.is_finite()), "{shape}: non-finite logit after token {i}");
+        assert!(
+            logits.iter().all(|v| v.is_finite()),
+            "{shape}: non-finite logit after token {i}"
+        );
         let (_, std) = mean_std(&logits);
-        println!("{shape}: token {i} ({t}): logit std {std:.3}, argmax {}", argmax(&logits));
-        assert!((0.3..30.0).contains(&std), "{shape}: logit std {std} after token {i}");
+        println!(
+            "{shape}: token {i} ({t}): logit std {std:.3}, argmax {}",
+            argmax(&logits)
+        );
+        assert!(
+            (0.3..30.0).contains(&std),
+            "{shape}: logit std {std} after token {i}"
+        );
         argmaxes.push(argmax(&logits));
     }
     argmaxes.sort();
     argmaxes.dedup();
-    assert!(argmaxes.len() >= 2, "{shape}: same argmax {argmaxes:?} for every token");
+    assert!(
+        argmaxes.len() >= 2,
+        "{shape}: same argmax {argmaxes:?} for every token"
+    );
 }
 
 #[test]

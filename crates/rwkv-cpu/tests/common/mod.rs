@@ -46,7 +46,12 @@ impl Runner {
             backend.upload_weight(id, name, model.tensor(name)?)?;
         }
         backend.alloc_states(n_slots, model.desc.state_len())?;
-        Ok(Runner { backend, desc: model.desc.clone(), builder, plans: HashMap::new() })
+        Ok(Runner {
+            backend,
+            desc: model.desc.clone(),
+            builder,
+            plans: HashMap::new(),
+        })
     }
 
     pub fn plan(&mut self, n_seq: usize, n_tok: usize, all_logits: bool) -> Result<PlanId> {
@@ -54,22 +59,36 @@ impl Runner {
         if let Some(&id) = self.plans.get(&(shape, all_logits)) {
             return Ok(id);
         }
-        let id = self.backend.compile(&self.builder.build(shape, all_logits))?;
+        let id = self
+            .backend
+            .compile(&self.builder.build(shape, all_logits))?;
         self.plans.insert((shape, all_logits), id);
         Ok(id)
     }
 
     /// One step; returns logits (`n_seq` rows, or all `n_seq·n_tok` rows with `all_logits`).
-    pub fn step(&mut self, n_tok: usize, all_logits: bool, tokens: &[u32], slots: &[usize]) -> Result<Vec<f32>> {
+    pub fn step(
+        &mut self,
+        n_tok: usize,
+        all_logits: bool,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<f32>> {
         let plan = self.plan(slots.len(), n_tok, all_logits)?;
-        let rows = if all_logits { tokens.len() } else { slots.len() };
+        let rows = if all_logits {
+            tokens.len()
+        } else {
+            slots.len()
+        };
         let mut logits = vec![0f32; rows * self.desc.vocab_size];
-        self.backend.execute(plan, tokens, slots, StepOutput::Logits(&mut logits))?;
+        self.backend
+            .execute(plan, tokens, slots, StepOutput::Logits(&mut logits))?;
         Ok(logits)
     }
 
     pub fn reset(&mut self, slot: usize) -> Result<()> {
-        self.backend.write_state(slot, &vec![0f32; self.desc.state_len()])
+        self.backend
+            .write_state(slot, &vec![0f32; self.desc.state_len()])
     }
 
     /// Feeds `tokens` one at a time into `slot`; logits after each, concatenated.
@@ -84,7 +103,10 @@ impl Runner {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Index of the largest value, lowest index on ties.

@@ -276,21 +276,25 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run(self) -> Result<()> {
-        let rows = self.out.len() / self.dtype.row_bytes(self.cols).unwrap_or(usize::MAX).max(1);
+    /// Fills the job's bytes; `values` is the worker's reusable scratch (fresh allocations per
+    /// chunk cost more in page faults than the generation itself).
+    fn run(self, values: &mut Vec<f32>) -> Result<()> {
+        let row_bytes = self.dtype.row_bytes(self.cols).unwrap_or(usize::MAX).max(1);
+        let rows = self.out.len() / row_bytes;
         let mut rng = SplitMix64(
             self.seed
                 ^ name_hash(self.name).rotate_left(17)
                 ^ self.chunk.wrapping_mul(0xa076_1d64_78bd_642f),
         );
-        let values: Vec<f32> = (0..rows * self.cols)
-            .map(|_| rng.sample(self.init))
-            .collect();
-        let bytes = if self.dtype == DType::F32 {
-            values.iter().flat_map(|v| v.to_le_bytes()).collect()
-        } else {
-            crate::quant::quantize(self.dtype, &values, self.cols)?
-        };
+        if self.dtype == DType::F32 {
+            for dst in self.out.chunks_exact_mut(4) {
+                dst.copy_from_slice(&rng.sample(self.init).to_le_bytes());
+            }
+            return Ok(());
+        }
+        values.clear();
+        values.extend((0..rows * self.cols).map(|_| rng.sample(self.init)));
+        let bytes = crate::quant::quantize(self.dtype, values, self.cols)?;
         if bytes.len() != self.out.len() {
             return Err(Error::invalid(format!(
                 "synthetic tensor '{}': {} gave {} bytes for {} expected",
@@ -350,6 +354,7 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
+                    let mut values = Vec::new();
                     loop {
                         let job = match queue.lock() {
                             Ok(mut q) => q.pop(),
@@ -358,7 +363,7 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
                             }
                         };
                         match job {
-                            Some(job) => job.run()?,
+                            Some(job) => job.run(&mut values)?,
                             None => return Ok(()),
                         }
                     }

@@ -86,7 +86,8 @@ struct Compiled {
     n_layer: usize,
     /// C, the width of the token-shift registers and of the time-mix core (0 if no state ops).
     width: usize,
-    /// Token ids must be below this (the smallest embedding table's row count).
+    /// Token ids must be below this (the smallest embedding table's row count; no limit
+    /// without an Embed op).
     vocab: usize,
 }
 
@@ -581,9 +582,6 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
         }
     }
     buf(plan.logits)?;
-    if vocab == usize::MAX {
-        vocab = 0;
-    }
 
     let mut buffers = Vec::with_capacity(plan.buffers.len());
     for (b, decl) in plan.buffers.iter().enumerate() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rwkv::cli_util::{self, load_model_spec, parse_dtype, parse_ids, Progress};
+use rwkv::cli_util::{load_model_spec, parse_dtype, parse_ids, Progress};
 use rwkv::{bench, BackendChoice, Engine, EngineOptions, Error, Result, SamplerParams};
 use rwkv_core::formats::{self, Format};
 use rwkv_core::synth::{self, SynthShape};

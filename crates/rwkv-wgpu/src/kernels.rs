@@ -80,6 +80,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     } else {
         ("", "0u, 0u, 1u")
     };
+    if native_f16 {
+        s = s.replace("var<storage, read> wq: array<u32>;", "var<storage, read> wq: array<vec2<f16>>;");
+    }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

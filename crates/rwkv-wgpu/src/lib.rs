@@ -70,6 +70,15 @@ impl WgpuBackend {
         self.gpu.subgroups
     }
 
+    /// Device buffers holding weight `id` (more than one when it was split to fit the binding
+    /// limit; 0 for vectors or unknown ids). For diagnostics and tests.
+    pub fn weight_buffers(&self, id: usize) -> usize {
+        match self.weights.get(id) {
+            Some(Some(DeviceWeight::Matrix(m))) => m.chunks.len(),
+            _ => 0,
+        }
+    }
+
     fn vecs(&mut self) -> Result<wgpu::Buffer> {
         if let Some(b) = &self.vec_buffer {
             return Ok(b.clone());

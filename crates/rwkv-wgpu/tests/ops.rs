@@ -247,3 +247,152 @@ fn token_shift_uses_and_updates_the_slot_registers() {
         }
     }
 }
+
+struct WkvInputs {
+    c: usize,
+    n: usize,
+    /// r, w, k, v, a, g, v_mix rows, each `[rows, C]`.
+    act: Vec<Vec<f32>>,
+    /// per layer: k_k, k_a, r_k, ln_x_w, ln_x_b
+    vecs: Vec<Vec<Vec<f32>>>,
+}
+
+/// Plain f64 reference of two WKV-7 layers (layer 0 writes v_first, layer 1 mixes it in) over
+/// one sequence's rows, updating `state` (`[layer][(2+N)·C]`). Returns y of both layers.
+fn wkv_reference(inp: &WkvInputs, rows: std::ops::Range<usize>, state: &mut [f32], eps: f64) -> [Vec<f32>; 2] {
+    let (c, n) = (inp.c, inp.n);
+    let lsl = (2 + n) * c;
+    let mut v_first = vec![0f64; c];
+    let mut ys = [Vec::new(), Vec::new()];
+    for row in rows {
+        let at = |i: usize, ch: usize| inp.act[i][row * c + ch] as f64;
+        for layer in 0..2 {
+            let vv = &inp.vecs[layer];
+            for h in 0..c / n {
+                let chs: Vec<usize> = (h * n..h * n + n).collect();
+                let v: Vec<f64> = chs
+                    .iter()
+                    .map(|&ch| {
+                        if layer == 0 {
+                            v_first[ch] = at(3, ch);
+                            at(3, ch)
+                        } else {
+                            at(3, ch) + (v_first[ch] - at(3, ch)) * at(6, ch)
+                        }
+                    })
+                    .collect();
+                let kk: Vec<f64> = chs.iter().map(|&ch| at(2, ch) * vv[0][ch] as f64).collect();
+                let norm = kk.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                let kkn: Vec<f64> = kk.iter().map(|x| x / norm).collect();
+                let kmod: Vec<f64> =
+                    chs.iter().map(|&ch| at(2, ch) * (1.0 + (at(4, ch) - 1.0) * vv[1][ch] as f64)).collect();
+                let base = layer * lsl + 2 * c + h * n * n;
+                let mut y = vec![0f64; n];
+                for p in 0..n {
+                    let srow = &mut state[base + p * n..base + p * n + n];
+                    let sa: f64 = (0..n).map(|q| srow[q] as f64 * -kkn[q]).sum();
+                    for q in 0..n {
+                        let s = srow[q] as f64 * at(1, chs[q]) + sa * kkn[q] * at(4, chs[q]) + v[p] * kmod[q];
+                        srow[q] = s as f32;
+                        y[p] += s * at(0, chs[q]);
+                    }
+                }
+                let mean = y.iter().sum::<f64>() / n as f64;
+                let var = y.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+                let bonus: f64 = (0..n).map(|q| at(0, chs[q]) * kmod[q] * vv[2][chs[q]] as f64).sum();
+                for p in 0..n {
+                    let ch = chs[p];
+                    let yn = (y[p] - mean) / (var + eps).sqrt() * vv[3][ch] as f64 + vv[4][ch] as f64 + bonus * v[p];
+                    ys[layer].push((yn * at(5, ch)) as f32);
+                }
+            }
+        }
+    }
+    // ys were pushed per row, head by head: already in channel order within each row.
+    ys
+}
+
+#[test]
+fn wkv7_two_layers_batched_against_reference() {
+    let seed = seed();
+    let (vocab, n_seq, n_tok, n_slots) = (5usize, 2usize, 3usize, 3usize);
+    let eps = 64e-5f32;
+    for (c, n) in [(32usize, 16usize), (128, 64)] {
+        for (label, mut b) in backends(WgpuOptions::default()) {
+            let mut rng = Rng::new(seed ^ c as u64);
+            let ranges = [(-1.0, 1.0), (0.55, 0.999), (-1.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (0.0, 1.0)];
+            let tables: Vec<Vec<f32>> = ranges.iter().map(|&(lo, hi)| rng.vec(vocab * c, lo, hi)).collect();
+            let vec_ranges = [(-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (0.5, 1.5), (-0.2, 0.2)];
+            let vecs: Vec<Vec<Vec<f32>>> =
+                (0..2).map(|_| vec_ranges.iter().map(|&(lo, hi)| rng.vec(c, lo, hi)).collect()).collect();
+            let names = ["r", "w", "k", "v", "a", "g", "v_mix"];
+            let mut weights: Vec<(String, Tensor)> =
+                names.iter().zip(&tables).map(|(nm, t)| (format!("emb.{nm}"), f32_tensor(vec![vocab, c], t))).collect();
+            for (l, lv) in vecs.iter().enumerate() {
+                for (nm, v) in ["k_k", "k_a", "r_k", "ln_x.weight", "ln_x.bias"].iter().zip(lv) {
+                    weights.push((format!("blocks.{l}.att.{nm}"), f32_tensor(vec![c], v)));
+                }
+            }
+            upload_all(&mut b, &weights);
+            let state_len = 2 * (2 + n) * c;
+            b.alloc_states(n_slots, state_len).expect("states");
+            let init: Vec<Vec<f32>> = (0..n_slots).map(|_| rng.vec(state_len, -0.5, 0.5)).collect();
+            // Buffers 0..7 the embedded inputs, 7 v_first, 8 y0, 9 y1.
+            let mut bufs: Vec<BufferDecl> = names.iter().map(|nm| buf(nm, c, false)).collect();
+            bufs.extend([buf("v_first", c, false), buf("y0", c, false), buf("y1", c, false)]);
+            let mut ops: Vec<Op> = (0..7).map(|i| Op::Embed { table: i, out: i }).collect();
+            for layer in 0..2 {
+                let w0 = 7 + 5 * layer;
+                ops.push(Op::Wkv7 {
+                    layer,
+                    r: 0,
+                    w: 1,
+                    k: 2,
+                    v: 3,
+                    a: 4,
+                    g: 5,
+                    v_first: 7,
+                    v_mix: (layer == 1).then_some(6),
+                    k_k: w0,
+                    k_a: w0 + 1,
+                    r_k: w0 + 2,
+                    ln_x_w: w0 + 3,
+                    ln_x_b: w0 + 4,
+                    gn_eps: eps,
+                    out: 8 + layer,
+                });
+            }
+            let tokens: Vec<u32> = (0..n_seq * n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+            let act: Vec<Vec<f32>> = tables
+                .iter()
+                .map(|t| tokens.iter().flat_map(|&tok| t[tok as usize * c..][..c].to_vec()).collect())
+                .collect();
+            let inputs = WkvInputs { c, n, act, vecs: vecs.clone() };
+            let slots = [2usize, 0];
+            for layer_out in 0..2 {
+                for (s, v) in init.iter().enumerate() {
+                    b.write_state(s, v).expect("write state");
+                }
+                let p = plan(StepShape { n_seq, n_tok }, bufs.clone(), &weights, ops.clone(), 8 + layer_out);
+                let got = logits_of(&mut b, &p, &tokens, &slots);
+                let mut worst = 0f32;
+                for (q, &slot) in slots.iter().enumerate() {
+                    let mut st = init[slot].clone();
+                    let ys = wkv_reference(&inputs, q * n_tok..(q + 1) * n_tok, &mut st, eps as f64);
+                    let g = &got[q * n_tok * c..(q + 1) * n_tok * c];
+                    let (d, i) = max_abs_diff(g, &ys[layer_out]);
+                    assert!(d < 2e-4, "{label} C={c} N={n}: layer {layer_out} seq {q} value {i}: diff {d}");
+                    worst = worst.max(d);
+                    let mut dev = vec![0f32; state_len];
+                    b.read_state(slot, &mut dev).expect("read state");
+                    let (ds, si) = max_abs_diff(&dev, &st);
+                    assert!(ds < 1e-4, "{label} C={c} N={n}: state of slot {slot} value {si}: diff {ds}");
+                }
+                let mut untouched = vec![0f32; state_len];
+                b.read_state(1, &mut untouched).expect("read state");
+                assert_eq!(untouched, init[1], "{label}: slot 1 was not in the step");
+                println!("{label} C={c} N={n} layer {layer_out}: max abs diff {worst:.3e}");
+            }
+        }
+    }
+}

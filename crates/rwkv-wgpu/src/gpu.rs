@@ -266,13 +266,38 @@ impl Gpu {
             submission_index: Some(submission),
             timeout: Some(self.wait_timeout),
         });
-        if let Err(e) = r {
-            return Err(backend_err(format!(
-                "{}: GPU did not finish within {:?}: {e}",
-                self.info.name, self.wait_timeout
-            )));
+        match r {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => {
+                self.check_alive()?;
+                return Err(backend_err(format!(
+                    "{}: GPU did not finish within {:?}",
+                    self.info.name, self.wait_timeout
+                )));
+            }
+            Err(e) => {
+                // A failed submission (lost device, rejected command buffer) ends up here.
+                self.check_alive()?;
+                return Err(backend_err(format!("{}: waiting for the GPU failed: {e}", self.info.name)));
+            }
         }
         self.check_alive()
+    }
+
+    /// Non-blocking check that `submission` was accepted (a lost device rejects submissions
+    /// without raising an error in any scope).
+    pub fn check_submitted(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        let r = self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(Duration::ZERO),
+        });
+        match r {
+            Ok(_) | Err(wgpu::PollError::Timeout) => self.check_alive(),
+            Err(e) => {
+                self.check_alive()?;
+                Err(backend_err(format!("{}: submission failed: {e}", self.info.name)))
+            }
+        }
     }
 
     /// Maps `staging` (MAP_READ) after `submission` and copies `len` bytes out.

@@ -79,6 +79,13 @@ impl WgpuBackend {
         }
     }
 
+    /// Destroys the device, as a driver reset would; every later call must fail with
+    /// `Error::Backend` rather than hang or panic. For tests of the failure path.
+    #[doc(hidden)]
+    pub fn simulate_device_loss(&mut self) {
+        self.gpu.device.destroy();
+    }
+
     fn vecs(&mut self) -> Result<wgpu::Buffer> {
         if let Some(b) = &self.vec_buffer {
             return Ok(b.clone());
@@ -253,7 +260,7 @@ impl Backend for WgpuBackend {
             Ok((gpu.queue.submit([cmd]), len))
         }))??;
         if read == ReadBack::None {
-            return gpu.check_alive();
+            return gpu.check_submitted(submission);
         }
         let staging = p.staging().ok_or_else(|| backend_err("plan not built"))?;
         let bytes = block_on(gpu.read_mapped(staging, len, submission))?;
@@ -291,6 +298,9 @@ impl Backend for WgpuBackend {
             return Err(Error::invalid(format!("state has {} values, got {}", self.state_len, values.len())));
         }
         let gpu = &self.gpu;
-        block_on(gpu.scoped("writing state", || gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))))
+        block_on(gpu.scoped("writing state", || gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))))?;
+        // Writes are staged until the next submit; submit nothing now so a lost device shows.
+        let idx = gpu.queue.submit([]);
+        gpu.check_submitted(idx)
     }
 }

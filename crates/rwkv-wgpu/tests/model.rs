@@ -112,3 +112,39 @@ fn tiny_models_match_the_cpu_backend() {
         }
     }
 }
+
+/// Every adapter wgpu lists (on this machine lavapipe through Vulkan and llvmpipe through GL)
+/// runs a decode and a small prefill of the tiny q4k model like the CPU does.
+#[test]
+fn every_adapter_matches_the_cpu_backend() {
+    let seed = seed();
+    let adapters = rwkv_wgpu::probe();
+    if backends(WgpuOptions::default()).is_empty() {
+        return;
+    }
+    let model = synth_model(SynthShape::Tiny, DType::Q4K, seed).expect("synth");
+    let desc = model.desc.clone();
+    let builder = PlanBuilder::new(&desc);
+    for a in &adapters {
+        let opts = WgpuOptions { adapter: rwkv_wgpu::AdapterChoice::Index(a.index), ..Default::default() };
+        for (label, mut gpu) in backends(opts) {
+            let label = format!("{} {} {label}", a.backend, a.name);
+            let mut cpu = CpuBackend::new();
+            load(&mut cpu, &model, &builder, 2);
+            load(&mut gpu, &model, &builder, 2);
+            let mut rng = Rng::new(seed ^ a.index as u64);
+            for shape in [StepShape { n_seq: 2, n_tok: 4 }, StepShape { n_seq: 2, n_tok: 1 }] {
+                let plan = builder.build(shape, false);
+                let (pc, pg) = (cpu.compile(&plan).expect("cpu compile"), gpu.compile(&plan).expect("gpu compile"));
+                let tokens: Vec<u32> = (0..shape.rows()).map(|_| rng.below(desc.vocab_size as u64) as u32).collect();
+                let mut want = vec![0f32; 2 * desc.vocab_size];
+                let mut got = vec![f32::NAN; 2 * desc.vocab_size];
+                cpu.execute(pc, &tokens, &[1, 0], StepOutput::Logits(&mut want)).expect("cpu step");
+                gpu.execute(pg, &tokens, &[1, 0], StepOutput::Logits(&mut got)).expect("gpu step");
+                let (d, i) = max_abs_diff(&got, &want);
+                assert!(d <= LOGIT_TOL, "{label} {shape:?}: logit {i}: gpu {} cpu {} (diff {d})", got[i], want[i]);
+                println!("{label} {shape:?}: max |logit diff| {d:.3e}");
+            }
+        }
+    }
+}

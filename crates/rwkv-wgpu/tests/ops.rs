@@ -396,3 +396,59 @@ fn wkv7_two_layers_batched_against_reference() {
         }
     }
 }
+
+/// Dtypes without a device format (Q4_0, Q4_1, Q5_0, Q5_1, Q5_K) are converted to f32 at
+/// upload; the product must match rwkv-core's dequantizer.
+#[test]
+fn other_quant_types_are_converted_exactly() {
+    let seed = seed();
+    let (vocab, cols, n_out, n_tok) = (5usize, 256usize, 24usize, 2usize);
+    let Some((label, mut b)) = backends(WgpuOptions::default()).into_iter().next() else { return };
+    b.alloc_states(1, 4).expect("states");
+    for (di, (dtype, f16_fields)) in [
+        (DType::Q4_0, &[0usize][..]),
+        (DType::Q4_1, &[0, 2][..]),
+        (DType::Q5_0, &[0][..]),
+        (DType::Q5_1, &[0, 2][..]),
+        (DType::Q5K, &[0, 2][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(seed ^ (di as u64 * 31_337));
+        let blocks = n_out * cols / dtype.block_elems();
+        let mut bytes = Vec::new();
+        for _ in 0..blocks {
+            let mut block: Vec<u8> = (0..dtype.block_bytes()).map(|_| rng.byte()).collect();
+            for &at in f16_fields {
+                block[at..at + 2].copy_from_slice(&f16_bits(rng.uniform(0.001, 0.02)));
+            }
+            bytes.extend(block);
+        }
+        let table = rng.vec(vocab * cols, -1.0, 1.0);
+        let weights = vec![
+            ("emb.weight".to_string(), f32_tensor(vec![vocab, cols], &table)),
+            ("w".to_string(), tensor(dtype, vec![n_out, cols], bytes.clone())),
+        ];
+        upload_all(&mut b, &weights);
+        let ops = vec![
+            Op::Embed { table: 0, out: 0 },
+            Op::MatMul { jobs: vec![MatJob { weight: 1, x: 0, out: 1, bias: None, act: Act::Tanh, accumulate: false }] },
+        ];
+        let p = plan(StepShape { n_seq: 1, n_tok }, vec![buf("x", cols, false), buf("y", n_out, false)], &weights, ops, 1);
+        let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+        let got = logits_of(&mut b, &p, &tokens, &[0]);
+        let mut w = vec![0f32; n_out * cols];
+        rwkv_core::quant::dequantize(dtype, &bytes, &mut w).expect("dequantize");
+        let mut want = Vec::new();
+        for &t in &tokens {
+            let x = &table[t as usize * cols..][..cols];
+            for o in 0..n_out {
+                let s: f64 = (0..cols).map(|k| w[o * cols + k] as f64 * x[k] as f64).sum();
+                want.push((s as f32).tanh());
+            }
+        }
+        let (d, i) = max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{label} {dtype}: value {i}: diff {d}");
+    }
+}

@@ -18,8 +18,8 @@ use rwkv_core::backend::{Backend, DeviceInfo, Plan, PlanId, StepOutput};
 use rwkv_core::model::Tensor;
 use rwkv_core::{Error, Result};
 
-pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
 use gpu::{backend_err, block_on, Gpu};
+pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
 use kernels::Kernels;
 use plan::{Compiled, ReadBack};
 use weights::DeviceWeight;
@@ -110,23 +110,35 @@ impl WgpuBackend {
     /// Builds (or rebuilds after a state or vector change) the device side of plan `i`.
     fn ensure_built(&mut self, i: usize) -> Result<()> {
         if self.state_len == 0 {
-            return Err(backend_err("no states allocated: call alloc_states before running a plan"));
+            return Err(backend_err(
+                "no states allocated: call alloc_states before running a plan",
+            ));
         }
-        let fresh = self.plans[i]
-            .built
-            .as_ref()
-            .is_some_and(|b| b.state_len == self.state_len && b.vec_generation == self.vec_generation);
+        let fresh = self.plans[i].built.as_ref().is_some_and(|b| {
+            b.state_len == self.state_len && b.vec_generation == self.vec_generation
+        });
         if fresh {
             return Ok(());
         }
         let vecs = self.vecs()?;
         let (gpu, kernels, weights) = (&self.gpu, &mut self.kernels, &self.weights);
-        self.plans[i].build(gpu, kernels, weights, &vecs, self.vec_generation, self.state_len)
+        self.plans[i].build(
+            gpu,
+            kernels,
+            weights,
+            &vecs,
+            self.vec_generation,
+            self.state_len,
+        )
     }
 
     fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let gpu = &self.gpu;
-        let staging = gpu.buffer("state read-back", len, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let staging = gpu.buffer(
+            "state read-back",
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
         let idx = block_on(gpu.scoped("reading state", || gpu.queue.submit([enc.finish()])))?;
@@ -143,7 +155,12 @@ impl Backend for WgpuBackend {
             properties: vec![
                 ("api".into(), format!("{:?}", g.info.backend)),
                 ("device_type".into(), format!("{:?}", g.info.device_type)),
-                ("driver".into(), format!("{} {}", g.info.driver, g.info.driver_info).trim().to_string()),
+                (
+                    "driver".into(),
+                    format!("{} {}", g.info.driver, g.info.driver_info)
+                        .trim()
+                        .to_string(),
+                ),
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
@@ -160,16 +177,23 @@ impl Backend for WgpuBackend {
             let offset = self.vec_host.len();
             // Offsets are u32 in the kernels.
             if offset + values.len() > u32::MAX as usize / 4 {
-                return Err(backend_err(format!("weight '{name}': too many vector values")));
+                return Err(backend_err(format!(
+                    "weight '{name}': too many vector values"
+                )));
             }
             self.vec_host.extend_from_slice(&values);
             if self.vec_buffer.take().is_some() {
                 self.vec_generation += 1;
             }
-            DeviceWeight::Vector { offset, len: values.len() }
+            DeviceWeight::Vector {
+                offset,
+                len: values.len(),
+            }
         } else {
             let gpu = &self.gpu;
-            let m = block_on(gpu.scoped(&format!("uploading '{name}'"), || weights::upload_matrix(gpu, name, tensor)))??;
+            let m = block_on(gpu.scoped(&format!("uploading '{name}'"), || {
+                weights::upload_matrix(gpu, name, tensor)
+            }))??;
             DeviceWeight::Matrix(m)
         };
         self.weights[id] = Some(weight);
@@ -178,19 +202,26 @@ impl Backend for WgpuBackend {
 
     fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
         let gpu = &self.gpu;
-        let bytes = (state_len as u64).checked_mul(4).ok_or_else(|| backend_err("state too large"))?;
+        let bytes = (state_len as u64)
+            .checked_mul(4)
+            .ok_or_else(|| backend_err("state too large"))?;
         self.states.clear();
-        let states = block_on(gpu.scoped("allocating states", || -> Result<Vec<wgpu::Buffer>> {
-            (0..n_slots)
-                .map(|_| {
-                    gpu.buffer(
-                        "state slot",
-                        bytes,
-                        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                    )
-                })
-                .collect()
-        }))??;
+        let states = block_on(gpu.scoped(
+            "allocating states",
+            || -> Result<Vec<wgpu::Buffer>> {
+                (0..n_slots)
+                    .map(|_| {
+                        gpu.buffer(
+                            "state slot",
+                            bytes,
+                            wgpu::BufferUsages::STORAGE
+                                | wgpu::BufferUsages::COPY_DST
+                                | wgpu::BufferUsages::COPY_SRC,
+                        )
+                    })
+                    .collect()
+            },
+        ))??;
         // New buffers are zeroed by WebGPU.
         self.states = states;
         self.state_len = state_len;
@@ -210,9 +241,18 @@ impl Backend for WgpuBackend {
         Ok(PlanId(i))
     }
 
-    fn execute(&mut self, plan: PlanId, tokens: &[u32], slots: &[usize], out: StepOutput<'_>) -> Result<()> {
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
         let i = plan.0;
-        let p = self.plans.get(i).ok_or_else(|| Error::invalid(format!("unknown plan {i}")))?;
+        let p = self
+            .plans
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("unknown plan {i}")))?;
         let shape = p.plan.shape;
         if tokens.len() != shape.rows() || slots.len() != shape.n_seq {
             return Err(Error::invalid(format!(
@@ -225,11 +265,17 @@ impl Backend for WgpuBackend {
             )));
         }
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= p.vocab) {
-            return Err(Error::invalid(format!("token id {t} is outside the vocabulary of {}", p.vocab)));
+            return Err(Error::invalid(format!(
+                "token id {t} is outside the vocabulary of {}",
+                p.vocab
+            )));
         }
         for (k, &s) in slots.iter().enumerate() {
             if s >= self.states.len() {
-                return Err(backend_err(format!("slot {s} out of range (have {})", self.states.len())));
+                return Err(backend_err(format!(
+                    "slot {s} out of range (have {})",
+                    self.states.len()
+                )));
             }
             if slots[..k].contains(&s) {
                 return Err(backend_err(format!("slot {s} appears twice in one step")));
@@ -239,13 +285,21 @@ impl Backend for WgpuBackend {
             StepOutput::None => ReadBack::None,
             StepOutput::Logits(o) => {
                 if o.len() != p.logits_len() {
-                    return Err(Error::invalid(format!("logits need {} values, got {}", p.logits_len(), o.len())));
+                    return Err(Error::invalid(format!(
+                        "logits need {} values, got {}",
+                        p.logits_len(),
+                        o.len()
+                    )));
                 }
                 ReadBack::Logits
             }
             StepOutput::Argmax(o) => {
                 if o.len() != p.logit_rows() {
-                    return Err(Error::invalid(format!("argmax needs {} rows, got {}", p.logit_rows(), o.len())));
+                    return Err(Error::invalid(format!(
+                        "argmax needs {} rows, got {}",
+                        p.logit_rows(),
+                        o.len()
+                    )));
                 }
                 ReadBack::Argmax
             }
@@ -253,9 +307,13 @@ impl Backend for WgpuBackend {
         self.ensure_built(i)?;
         let p = &self.plans[i];
         let gpu = &self.gpu;
-        let built = p.built.as_ref().ok_or_else(|| backend_err("plan not built"))?;
+        let built = p
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
         let (submission, len) = block_on(gpu.scoped("running step", || -> Result<_> {
-            gpu.queue.write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+            gpu.queue
+                .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
             let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
             Ok((gpu.queue.submit([cmd]), len))
         }))??;
@@ -281,9 +339,16 @@ impl Backend for WgpuBackend {
     }
 
     fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
-        let buf = self.states.get(slot).ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
+        let buf = self
+            .states
+            .get(slot)
+            .ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
         if out.len() != self.state_len {
-            return Err(Error::invalid(format!("state has {} values, got {}", self.state_len, out.len())));
+            return Err(Error::invalid(format!(
+                "state has {} values, got {}",
+                self.state_len,
+                out.len()
+            )));
         }
         let bytes = self.staging_read(buf, self.state_len as u64 * 4)?;
         for (v, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -293,12 +358,21 @@ impl Backend for WgpuBackend {
     }
 
     fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
-        let buf = self.states.get(slot).ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
+        let buf = self
+            .states
+            .get(slot)
+            .ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
         if values.len() != self.state_len {
-            return Err(Error::invalid(format!("state has {} values, got {}", self.state_len, values.len())));
+            return Err(Error::invalid(format!(
+                "state has {} values, got {}",
+                self.state_len,
+                values.len()
+            )));
         }
         let gpu = &self.gpu;
-        block_on(gpu.scoped("writing state", || gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))))?;
+        block_on(gpu.scoped("writing state", || {
+            gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))
+        }))?;
         // Writes are staged until the next submit; submit nothing now so a lost device shows.
         let idx = gpu.queue.submit([]);
         gpu.check_submitted(idx)

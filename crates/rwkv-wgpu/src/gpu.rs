@@ -101,7 +101,7 @@ fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
         subgroup_min_size: info.subgroup_min_size,
         subgroup_max_size: info.subgroup_max_size,
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
@@ -217,12 +217,13 @@ impl Gpu {
         }));
         let mut max_binding = limits
             .max_buffer_size
-            .min(limits.max_storage_buffer_binding_size as u64);
+            .min(limits.max_storage_buffer_binding_size);
         if let Some(cap) = options.max_binding_bytes {
             max_binding = max_binding.min(cap);
         }
-        // Keep whole words and room for u32 offsets in the kernels (they index in 32-bit words).
-        max_binding = (max_binding & !3).min(u32::MAX as u64);
+        // Whole words, and at most 4 GiB so byte sizes of bound ranges stay small (the kernels
+        // index 32-bit words with u32).
+        max_binding = max_binding.min(u32::MAX as u64) & !3;
         Ok(Gpu {
             device,
             queue,

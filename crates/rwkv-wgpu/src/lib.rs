@@ -37,8 +37,8 @@ pub struct WgpuBackend {
     weights: Vec<Option<DeviceWeight>>,
     vec_host: Vec<f32>,
     vec_buffer: Option<wgpu::Buffer>,
-    /// Bumped when vectors change after plans were built (their bind groups hold the buffer).
-    vec_generation: u64,
+    /// Bumped when weights change after plans were built (their bind groups hold the buffers).
+    weights_generation: u64,
     states: Vec<wgpu::Buffer>,
     state_len: usize,
     plans: Vec<Compiled>,
@@ -55,7 +55,7 @@ impl WgpuBackend {
             weights: Vec::new(),
             vec_host: Vec::new(),
             vec_buffer: None,
-            vec_generation: 0,
+            weights_generation: 0,
             states: Vec::new(),
             state_len: 0,
             plans: Vec::new(),
@@ -115,7 +115,7 @@ impl WgpuBackend {
             ));
         }
         let fresh = self.plans[i].built.as_ref().is_some_and(|b| {
-            b.state_len == self.state_len && b.vec_generation == self.vec_generation
+            b.state_len == self.state_len && b.weights_generation == self.weights_generation
         });
         if fresh {
             return Ok(());
@@ -127,7 +127,7 @@ impl WgpuBackend {
             kernels,
             weights,
             &vecs,
-            self.vec_generation,
+            self.weights_generation,
             self.state_len,
         )
     }
@@ -183,7 +183,7 @@ impl Backend for WgpuBackend {
             }
             self.vec_host.extend_from_slice(&values);
             if self.vec_buffer.take().is_some() {
-                self.vec_generation += 1;
+                self.weights_generation += 1;
             }
             DeviceWeight::Vector {
                 offset,
@@ -197,6 +197,8 @@ impl Backend for WgpuBackend {
             DeviceWeight::Matrix(m)
         };
         self.weights[id] = Some(weight);
+        // Plans built before this upload rebuild their bind groups on their next step.
+        self.weights_generation += 1;
         Ok(())
     }
 

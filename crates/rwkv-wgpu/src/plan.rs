@@ -52,7 +52,7 @@ pub(crate) struct Compiled {
 
 pub(crate) struct Built {
     pub state_len: usize,
-    pub vec_generation: u64,
+    pub weights_generation: u64,
     pub tokens: wgpu::Buffer,
     pub work_state: wgpu::Buffer,
     arena: wgpu::Buffer,
@@ -275,7 +275,7 @@ impl Compiled {
         kernels: &mut Kernels,
         weights: &[Option<DeviceWeight>],
         vecs: &wgpu::Buffer,
-        vec_generation: u64,
+        weights_generation: u64,
         state_len: usize,
     ) -> Result<()> {
         let plan = &self.plan;
@@ -499,7 +499,7 @@ impl Compiled {
                             "state length {state_len} does not fit {n_layer} layers of width {width}"
                         ))
                     })?;
-                    if n == 0 || n > MAX_HEAD_SIZE || width % n != 0 {
+                    if n == 0 || n > MAX_HEAD_SIZE || !width.is_multiple_of(n) {
                         return Err(backend_err(format!(
                             "head size {n} is not supported (width {width})"
                         )));
@@ -653,7 +653,7 @@ impl Compiled {
                 .ok_or_else(|| backend_err("no argmax dispatch"))?;
             Ok(Built {
                 state_len,
-                vec_generation,
+                weights_generation,
                 tokens,
                 work_state,
                 arena,

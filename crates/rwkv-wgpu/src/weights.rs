@@ -44,9 +44,9 @@ impl PackedKind {
         match self {
             PackedKind::F32 => Some(padded),
             PackedKind::F16 | PackedKind::BF16 => Some(padded / 2),
-            PackedKind::Q8_0 => (cols % 32 == 0).then(|| cols / 32 * 9),
-            PackedKind::Q4K => (cols % 256 == 0).then(|| cols / 256 * 36),
-            PackedKind::Q6K => (cols % 256 == 0).then(|| cols / 256 * 53),
+            PackedKind::Q8_0 => cols.is_multiple_of(32).then(|| cols / 32 * 9),
+            PackedKind::Q4K => cols.is_multiple_of(256).then(|| cols / 256 * 36),
+            PackedKind::Q6K => cols.is_multiple_of(256).then(|| cols / 256 * 53),
         }
     }
 }

@@ -392,6 +392,7 @@ struct WkvInputs {
 
 /// Plain f64 reference of two WKV-7 layers (layer 0 writes v_first, layer 1 mixes it in) over
 /// one sequence's rows, updating `state` (`[layer][(2+N)·C]`). Returns y of both layers.
+#[allow(clippy::needless_range_loop)] // indices mirror the math
 fn wkv_reference(
     inp: &WkvInputs,
     rows: std::ops::Range<usize>,

@@ -116,6 +116,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
 #[derive(Default)]
 pub(crate) struct Kernels {
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    /// Kernels whose subgroup / f16 variant the device rejected, with the reason; they run
+    /// their plain variant instead.
+    pub fallbacks: Vec<String>,
 }
 
 impl Kernels {
@@ -123,27 +126,39 @@ impl Kernels {
         if let Some(p) = self.pipelines.get(&kernel) {
             return Ok(p.clone());
         }
-        let src = source(kernel, gpu.subgroups, gpu.f16);
-        let label = format!("{kernel:?}");
-        let pipeline =
-            crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
-                let module = gpu
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(&label),
-                        source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
-                    });
-                gpu.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(&label),
-                        layout: None,
-                        module: &module,
-                        entry_point: Some("main"),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
-            }))?;
+        let fast = source(kernel, gpu.subgroups, gpu.f16);
+        let plain = source(kernel, false, false);
+        let pipeline = match compile(gpu, kernel, &fast) {
+            Ok(p) => p,
+            // A shader compiler that rejects a feature it advertised must not cost the device.
+            Err(e) if fast != plain => {
+                self.fallbacks.push(format!("{kernel:?}: {e}"));
+                compile(gpu, kernel, &plain)?
+            }
+            Err(e) => return Err(e),
+        };
         self.pipelines.insert(kernel, pipeline.clone());
         Ok(pipeline)
     }
+}
+
+fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
+    let label = format!("{kernel:?}");
+    crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
+        let module = gpu
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        gpu.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    }))
 }

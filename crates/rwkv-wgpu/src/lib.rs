@@ -48,7 +48,12 @@ impl WgpuBackend {
     /// Opens the adapter `options` chooses. Fails with `Error::Backend` ("no wgpu adapter: ...")
     /// when there is none.
     pub fn new(options: WgpuOptions) -> Result<WgpuBackend> {
-        let gpu = block_on(Gpu::new(&options))?;
+        block_on(Self::new_async(options))
+    }
+
+    /// [`WgpuBackend::new`] without blocking (for the browser, where nothing may block).
+    pub async fn new_async(options: WgpuOptions) -> Result<WgpuBackend> {
+        let gpu = Gpu::new(&options).await?;
         Ok(WgpuBackend {
             gpu,
             kernels: Kernels::default(),
@@ -164,6 +169,10 @@ impl Backend for WgpuBackend {
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
+                (
+                    "kernel_fallbacks".into(),
+                    self.kernels.fallbacks.len().to_string(),
+                ),
             ],
         }
     }

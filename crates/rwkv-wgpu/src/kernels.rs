@@ -122,18 +122,18 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    pub fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+    pub async fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = self.pipelines.get(&kernel) {
             return Ok(p.clone());
         }
         let fast = source(kernel, gpu.subgroups, gpu.f16);
         let plain = source(kernel, false, false);
-        let pipeline = match compile(gpu, kernel, &fast) {
+        let pipeline = match compile(gpu, kernel, &fast).await {
             Ok(p) => p,
             // A shader compiler that rejects a feature it advertised must not cost the device.
             Err(e) if fast != plain => {
                 self.fallbacks.push(format!("{kernel:?}: {e}"));
-                compile(gpu, kernel, &plain)?
+                compile(gpu, kernel, &plain).await?
             }
             Err(e) => return Err(e),
         };
@@ -142,9 +142,9 @@ impl Kernels {
     }
 }
 
-fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
+async fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
     let label = format!("{kernel:?}");
-    crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
+    gpu.scoped(&format!("compiling kernel {label}"), || {
         let module = gpu
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -160,5 +160,6 @@ fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline
                 compilation_options: Default::default(),
                 cache: None,
             })
-    }))
+    })
+    .await
 }

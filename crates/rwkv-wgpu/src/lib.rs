@@ -14,11 +14,15 @@ mod kernels;
 mod plan;
 mod weights;
 
-use rwkv_core::backend::{Backend, DeviceInfo, Plan, PlanId, StepOutput};
+#[cfg(not(target_arch = "wasm32"))]
+use rwkv_core::backend::Backend;
+use rwkv_core::backend::{DeviceInfo, Plan, PlanId, StepOutput};
 use rwkv_core::model::Tensor;
 use rwkv_core::{Error, Result};
 
-use gpu::{backend_err, block_on, Gpu};
+#[cfg(not(target_arch = "wasm32"))]
+use gpu::block_on;
+use gpu::{backend_err, Gpu};
 pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
 use kernels::Kernels;
 use plan::{Compiled, ReadBack};
@@ -26,6 +30,7 @@ use weights::DeviceWeight;
 
 /// Every adapter wgpu can see (name, API, device type, features, limits), for the router and
 /// `rwkv doctor`. Empty when there is none.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn probe() -> Vec<AdapterReport> {
     block_on(probe_async())
 }
@@ -47,6 +52,7 @@ pub struct WgpuBackend {
 impl WgpuBackend {
     /// Opens the adapter `options` chooses. Fails with `Error::Backend` ("no wgpu adapter: ...")
     /// when there is none.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: WgpuOptions) -> Result<WgpuBackend> {
         block_on(Self::new_async(options))
     }
@@ -91,29 +97,31 @@ impl WgpuBackend {
         self.gpu.device.destroy();
     }
 
-    fn vecs(&mut self) -> Result<wgpu::Buffer> {
+    async fn vecs(&mut self) -> Result<wgpu::Buffer> {
         if let Some(b) = &self.vec_buffer {
             return Ok(b.clone());
         }
         let gpu = &self.gpu;
         let host = &self.vec_host;
-        let buffer = block_on(gpu.scoped("uploading vectors", || -> Result<wgpu::Buffer> {
-            let b = gpu.buffer(
-                "vectors",
-                (host.len() as u64) * 4,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            )?;
-            if !host.is_empty() {
-                gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(host));
-            }
-            Ok(b)
-        }))??;
+        let buffer = gpu
+            .scoped("uploading vectors", || -> Result<wgpu::Buffer> {
+                let b = gpu.buffer(
+                    "vectors",
+                    (host.len() as u64) * 4,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                )?;
+                if !host.is_empty() {
+                    gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(host));
+                }
+                Ok(b)
+            })
+            .await??;
         self.vec_buffer = Some(buffer.clone());
         Ok(buffer)
     }
 
     /// Builds (or rebuilds after a state or vector change) the device side of plan `i`.
-    fn ensure_built(&mut self, i: usize) -> Result<()> {
+    async fn ensure_built(&mut self, i: usize) -> Result<()> {
         if self.state_len == 0 {
             return Err(backend_err(
                 "no states allocated: call alloc_states before running a plan",
@@ -125,19 +133,21 @@ impl WgpuBackend {
         if fresh {
             return Ok(());
         }
-        let vecs = self.vecs()?;
+        let vecs = self.vecs().await?;
         let (gpu, kernels, weights) = (&self.gpu, &mut self.kernels, &self.weights);
-        self.plans[i].build(
-            gpu,
-            kernels,
-            weights,
-            &vecs,
-            self.weights_generation,
-            self.state_len,
-        )
+        self.plans[i]
+            .build(
+                gpu,
+                kernels,
+                weights,
+                &vecs,
+                self.weights_generation,
+                self.state_len,
+            )
+            .await
     }
 
-    fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+    async fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let gpu = &self.gpu;
         let staging = gpu.buffer(
             "state read-back",
@@ -146,13 +156,14 @@ impl WgpuBackend {
         )?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
-        let idx = block_on(gpu.scoped("reading state", || gpu.queue.submit([enc.finish()])))?;
-        block_on(gpu.read_mapped(&staging, len, idx))
+        let idx = gpu
+            .scoped("reading state", || gpu.queue.submit([enc.finish()]))
+            .await?;
+        gpu.read_mapped(&staging, len, idx).await
     }
-}
 
-impl Backend for WgpuBackend {
-    fn info(&self) -> DeviceInfo {
+    /// What `Backend::info` reports.
+    pub fn device_info(&self) -> DeviceInfo {
         let g = &self.gpu;
         DeviceInfo {
             backend: gpu::BACKEND_NAME.into(),
@@ -177,7 +188,14 @@ impl Backend for WgpuBackend {
         }
     }
 
-    fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
+    // The device work of each `Backend` method, awaitable (the browser cannot block).
+
+    pub async fn upload_weight_async(
+        &mut self,
+        id: usize,
+        name: &str,
+        tensor: &Tensor,
+    ) -> Result<()> {
         if self.weights.len() <= id {
             self.weights.resize_with(id + 1, || None);
         }
@@ -200,9 +218,11 @@ impl Backend for WgpuBackend {
             }
         } else {
             let gpu = &self.gpu;
-            let m = block_on(gpu.scoped(&format!("uploading '{name}'"), || {
-                weights::upload_matrix(gpu, name, tensor)
-            }))??;
+            let m = gpu
+                .scoped(&format!("uploading '{name}'"), || {
+                    weights::upload_matrix(gpu, name, tensor)
+                })
+                .await??;
             DeviceWeight::Matrix(m)
         };
         self.weights[id] = Some(weight);
@@ -211,15 +231,14 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
+    pub async fn alloc_states_async(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
         let gpu = &self.gpu;
         let bytes = (state_len as u64)
             .checked_mul(4)
             .ok_or_else(|| backend_err("state too large"))?;
         self.states.clear();
-        let states = block_on(gpu.scoped(
-            "allocating states",
-            || -> Result<Vec<wgpu::Buffer>> {
+        let states = gpu
+            .scoped("allocating states", || -> Result<Vec<wgpu::Buffer>> {
                 (0..n_slots)
                     .map(|_| {
                         gpu.buffer(
@@ -231,20 +250,20 @@ impl Backend for WgpuBackend {
                         )
                     })
                     .collect()
-            },
-        ))??;
+            })
+            .await??;
         // New buffers are zeroed by WebGPU.
         self.states = states;
         self.state_len = state_len;
         Ok(())
     }
 
-    fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
+    pub async fn compile_async(&mut self, plan: &Plan) -> Result<PlanId> {
         let compiled = Compiled::new(&self.gpu, plan, &self.weights)?;
         self.plans.push(compiled);
         let i = self.plans.len() - 1;
         if self.state_len > 0 {
-            if let Err(e) = self.ensure_built(i) {
+            if let Err(e) = self.ensure_built(i).await {
                 self.plans.pop();
                 return Err(e);
             }
@@ -252,7 +271,7 @@ impl Backend for WgpuBackend {
         Ok(PlanId(i))
     }
 
-    fn execute(
+    pub async fn execute_async(
         &mut self,
         plan: PlanId,
         tokens: &[u32],
@@ -315,24 +334,26 @@ impl Backend for WgpuBackend {
                 ReadBack::Argmax
             }
         };
-        self.ensure_built(i)?;
+        self.ensure_built(i).await?;
         let p = &self.plans[i];
         let gpu = &self.gpu;
         let built = p
             .built
             .as_ref()
             .ok_or_else(|| backend_err("plan not built"))?;
-        let (submission, len) = block_on(gpu.scoped("running step", || -> Result<_> {
-            gpu.queue
-                .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
-            let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
-            Ok((gpu.queue.submit([cmd]), len))
-        }))??;
+        let (submission, len) = gpu
+            .scoped("running step", || -> Result<_> {
+                gpu.queue
+                    .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+                let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
+                Ok((gpu.queue.submit([cmd]), len))
+            })
+            .await??;
         if read == ReadBack::None {
             return gpu.check_submitted(submission);
         }
         let staging = p.staging().ok_or_else(|| backend_err("plan not built"))?;
-        let bytes = block_on(gpu.read_mapped(staging, len, submission))?;
+        let bytes = gpu.read_mapped(staging, len, submission).await?;
         match out {
             StepOutput::Logits(o) => {
                 for (v, b) in o.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -349,7 +370,7 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
+    pub async fn read_state_async(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
         let buf = self
             .states
             .get(slot)
@@ -361,14 +382,14 @@ impl Backend for WgpuBackend {
                 out.len()
             )));
         }
-        let bytes = self.staging_read(buf, self.state_len as u64 * 4)?;
+        let bytes = self.staging_read(buf, self.state_len as u64 * 4).await?;
         for (v, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         Ok(())
     }
 
-    fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
+    pub async fn write_state_async(&mut self, slot: usize, values: &[f32]) -> Result<()> {
         let buf = self
             .states
             .get(slot)
@@ -381,11 +402,50 @@ impl Backend for WgpuBackend {
             )));
         }
         let gpu = &self.gpu;
-        block_on(gpu.scoped("writing state", || {
+        gpu.scoped("writing state", || {
             gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))
-        }))?;
+        })
+        .await?;
         // Writes are staged until the next submit; submit nothing now so a lost device shows.
         let idx = gpu.queue.submit([]);
         gpu.check_submitted(idx)
+    }
+}
+
+/// The blocking contract, for native callers: each method waits on its async twin.
+#[cfg(not(target_arch = "wasm32"))]
+impl Backend for WgpuBackend {
+    fn info(&self) -> DeviceInfo {
+        self.device_info()
+    }
+
+    fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
+        block_on(self.upload_weight_async(id, name, tensor))
+    }
+
+    fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
+        block_on(self.alloc_states_async(n_slots, state_len))
+    }
+
+    fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
+        block_on(self.compile_async(plan))
+    }
+
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        block_on(self.execute_async(plan, tokens, slots, out))
+    }
+
+    fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
+        block_on(self.read_state_async(slot, out))
+    }
+
+    fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
+        block_on(self.write_state_async(slot, values))
     }
 }

@@ -269,7 +269,7 @@ impl Compiled {
 
     /// Builds pipelines, buffers and bind groups for states of `state_len` values.
     #[allow(clippy::too_many_arguments)]
-    pub fn build(
+    pub async fn build(
         &mut self,
         gpu: &Gpu,
         kernels: &mut Kernels,
@@ -583,86 +583,88 @@ impl Compiled {
             groups: [logit_rows as u32, 1, 1],
         });
 
-        let pipelines = recs
-            .iter()
-            .map(|r| kernels.get(gpu, r.kernel))
-            .collect::<Result<Vec<_>>>()?;
+        let mut pipelines = Vec::with_capacity(recs.len());
+        for r in &recs {
+            pipelines.push(kernels.get(gpu, r.kernel).await?);
+        }
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
         let state_bytes = (shape.n_seq as u64) * (state_len as u64) * 4;
-        let built = crate::gpu::block_on(gpu.scoped("building plan", || -> Result<Built> {
-            let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
-            let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
-            let work_state = gpu.buffer("step states", state_bytes, storage)?;
-            let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
-            let staging = gpu.buffer(
-                "read-back",
-                staging_len,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let param_buf = gpu.buffer(
-                "params",
-                recs.len() as u64 * PARAM_STRIDE,
-                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
-            for (i, rec) in recs.iter().enumerate() {
-                let at = i * PARAM_STRIDE as usize;
-                bytes[at..at + PARAM_BYTES as usize]
-                    .copy_from_slice(bytemuck::cast_slice(&rec.params));
-            }
-            gpu.queue.write_buffer(&param_buf, 0, &bytes);
-            let mut dispatches = Vec::with_capacity(recs.len());
-            for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
-                let layout = pipeline.get_bind_group_layout(0);
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &param_buf,
-                        offset: i as u64 * PARAM_STRIDE,
-                        size: wgpu::BufferSize::new(PARAM_BYTES),
-                    }),
-                }];
-                for (j, b) in rec.binds.iter().enumerate() {
-                    let buffer = match b {
-                        Bind::Arena => &arena,
-                        Bind::Vecs => vecs,
-                        Bind::State => &work_state,
-                        Bind::Tokens => &tokens,
-                        Bind::Weight(w) => w,
-                    };
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: j as u32 + 1,
-                        resource: buffer.as_entire_binding(),
+        let built = gpu
+            .scoped("building plan", || -> Result<Built> {
+                let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
+                let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
+                let work_state = gpu.buffer("step states", state_bytes, storage)?;
+                let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
+                let staging = gpu.buffer(
+                    "read-back",
+                    staging_len,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let param_buf = gpu.buffer(
+                    "params",
+                    recs.len() as u64 * PARAM_STRIDE,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
+                for (i, rec) in recs.iter().enumerate() {
+                    let at = i * PARAM_STRIDE as usize;
+                    bytes[at..at + PARAM_BYTES as usize]
+                        .copy_from_slice(bytemuck::cast_slice(&rec.params));
+                }
+                gpu.queue.write_buffer(&param_buf, 0, &bytes);
+                let mut dispatches = Vec::with_capacity(recs.len());
+                for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
+                    let layout = pipeline.get_bind_group_layout(0);
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &param_buf,
+                            offset: i as u64 * PARAM_STRIDE,
+                            size: wgpu::BufferSize::new(PARAM_BYTES),
+                        }),
+                    }];
+                    for (j, b) in rec.binds.iter().enumerate() {
+                        let buffer = match b {
+                            Bind::Arena => &arena,
+                            Bind::Vecs => vecs,
+                            Bind::State => &work_state,
+                            Bind::Tokens => &tokens,
+                            Bind::Weight(w) => w,
+                        };
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: j as u32 + 1,
+                            resource: buffer.as_entire_binding(),
+                        });
+                    }
+                    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout,
+                        entries: &entries,
+                    });
+                    dispatches.push(Dispatch {
+                        pipeline,
+                        bind_group,
+                        groups: rec.groups,
                     });
                 }
-                let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &layout,
-                    entries: &entries,
-                });
-                dispatches.push(Dispatch {
-                    pipeline,
-                    bind_group,
-                    groups: rec.groups,
-                });
-            }
-            let argmax = dispatches
-                .pop()
-                .ok_or_else(|| backend_err("no argmax dispatch"))?;
-            Ok(Built {
-                state_len,
-                weights_generation,
-                tokens,
-                work_state,
-                arena,
-                _params: param_buf,
-                dispatches,
-                argmax,
-                staging,
+                let argmax = dispatches
+                    .pop()
+                    .ok_or_else(|| backend_err("no argmax dispatch"))?;
+                Ok(Built {
+                    state_len,
+                    weights_generation,
+                    tokens,
+                    work_state,
+                    arena,
+                    _params: param_buf,
+                    dispatches,
+                    argmax,
+                    staging,
+                })
             })
-        }))??;
+            .await??;
         self.built = Some(built);
         Ok(())
     }

@@ -1,19 +1,20 @@
 // out[r][o] (=|+=) act(W[o] . x[r] + bias[o]) for one chunk of W's rows.
-// One workgroup per output row o and tile of TILE activation rows: the 64 invocations stride over
+// One workgroup per output row o and tile of TILE activation rows: the WG invocations stride over
 // the row's 16-value units (decode_unit comes from the dtype's decode file), each decoded unit
 // is used for all rows of the tile, then one workgroup reduction gives the TILE sums.
 // params: 0 n_out (rows of this chunk), 1 cols, 2 row_words, 3 n_rows, 4 x_off, 5 out_off,
 //         6 out_stride, 7 bias_off (NONE without bias), 8 act, 9 accumulate, 10 groups_x,
 //         11 units_per_row
-const WG: u32 = 64u;
-const WG_HALF_POW2: u32 = 32u;
+// WG (16, 32 or 64: no more invocations than the row has units) is set when the module is built.
+const WG: u32 = MM_WGu;
+const WG_HALF_POW2: u32 = MM_HALFu;
 const TILE: u32 = 4u;
 
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
 @group(0) @binding(2) var<storage, read_write> arena: array<f32>;
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(MM_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, SG_BUILTINS) {
     let o = wid.x + wid.y * prm(10u);
     if (o >= prm(0u)) {

@@ -93,13 +93,15 @@ fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
         subgroup_min_size: info.subgroup_min_size,
         subgroup_max_size: info.subgroup_max_size,
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
@@ -115,7 +117,11 @@ fn instance() -> wgpu::Instance {
 /// Every adapter wgpu can see, in enumeration order (the order [`AdapterChoice::Index`] uses).
 pub async fn probe_async() -> Vec<AdapterReport> {
     let adapters = instance().enumerate_adapters(wgpu::Backends::all()).await;
-    adapters.iter().enumerate().map(|(i, a)| report(i, a)).collect()
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| report(i, a))
+        .collect()
 }
 
 /// The device and what the kernels may use on it.
@@ -157,7 +163,9 @@ impl Gpu {
                 let mut all = instance.enumerate_adapters(wgpu::Backends::all()).await;
                 let n = all.len();
                 if *i >= n {
-                    return Err(backend_err(format!("no wgpu adapter: index {i}, only {n} adapters")));
+                    return Err(backend_err(format!(
+                        "no wgpu adapter: index {i}, only {n} adapters"
+                    )));
                 }
                 all.swap_remove(*i)
             }
@@ -166,7 +174,9 @@ impl Gpu {
                 let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
                 all.into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                    .ok_or_else(|| backend_err(format!("no wgpu adapter: none named like '{name}'")))?
+                    .ok_or_else(|| {
+                        backend_err(format!("no wgpu adapter: none named like '{name}'"))
+                    })?
             }
         };
         let info = adapter.get_info();
@@ -205,12 +215,15 @@ impl Gpu {
                 v.push(one_line(&e.to_string()));
             }
         }));
-        let mut max_binding = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
+        let mut max_binding = limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size);
         if let Some(cap) = options.max_binding_bytes {
             max_binding = max_binding.min(cap);
         }
-        // Keep whole words and room for u32 offsets in the kernels (they index in 32-bit words).
-        max_binding = (max_binding & !3).min(u32::MAX as u64);
+        // Whole words, and at most 4 GiB so byte sizes of bound ranges stay small (the kernels
+        // index 32-bit words with u32).
+        max_binding = max_binding.min(u32::MAX as u64) & !3;
         Ok(Gpu {
             device,
             queue,
@@ -251,7 +264,10 @@ impl Gpu {
         let v_err = validation.pop().await;
         let o_err = oom.pop().await;
         if let Some(e) = o_err {
-            return Err(backend_err(format!("{what}: out of device memory: {}", one_line(&e.to_string()))));
+            return Err(backend_err(format!(
+                "{what}: out of device memory: {}",
+                one_line(&e.to_string())
+            )));
         }
         if let Some(e) = v_err {
             return Err(backend_err(format!("{what}: {}", one_line(&e.to_string()))));
@@ -278,7 +294,10 @@ impl Gpu {
             Err(e) => {
                 // A failed submission (lost device, rejected command buffer) ends up here.
                 self.check_alive()?;
-                return Err(backend_err(format!("{}: waiting for the GPU failed: {e}", self.info.name)));
+                return Err(backend_err(format!(
+                    "{}: waiting for the GPU failed: {e}",
+                    self.info.name
+                )));
             }
         }
         self.check_alive()
@@ -295,13 +314,21 @@ impl Gpu {
             Ok(_) | Err(wgpu::PollError::Timeout) => self.check_alive(),
             Err(e) => {
                 self.check_alive()?;
-                Err(backend_err(format!("{}: submission failed: {e}", self.info.name)))
+                Err(backend_err(format!(
+                    "{}: submission failed: {e}",
+                    self.info.name
+                )))
             }
         }
     }
 
     /// Maps `staging` (MAP_READ) after `submission` and copies `len` bytes out.
-    pub async fn read_mapped(&self, staging: &wgpu::Buffer, len: u64, submission: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
+    pub async fn read_mapped(
+        &self,
+        staging: &wgpu::Buffer,
+        len: u64,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
         let slot = OneShot::new();
         let sender = slot.sender();
         staging.map_async(wgpu::MapMode::Read, 0..len, move |r| sender.send(r));
@@ -319,7 +346,10 @@ impl Gpu {
         };
         if !matches!(mapped, Some(Ok(()))) {
             self.check_alive()?;
-            return Err(backend_err(format!("{}: mapping the read-back buffer failed", self.info.name)));
+            return Err(backend_err(format!(
+                "{}: mapping the read-back buffer failed",
+                self.info.name
+            )));
         }
         let bytes = match staging.get_mapped_range(0..len) {
             Ok(view) => view.to_vec(),
@@ -330,7 +360,12 @@ impl Gpu {
     }
 
     /// A buffer of `size` bytes (at least 4), checked against the device limits first.
-    pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    pub fn buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         let size = size.max(4).div_ceil(4) * 4;
         let limit = if usage.contains(wgpu::BufferUsages::STORAGE) {
             self.max_binding
@@ -368,14 +403,18 @@ struct OneShotSender<T> {
 
 impl<T> OneShot<T> {
     fn new() -> Self {
-        OneShot { shared: Arc::new(Mutex::new((None, None))) }
+        OneShot {
+            shared: Arc::new(Mutex::new((None, None))),
+        }
     }
     #[cfg(not(target_arch = "wasm32"))]
     fn try_take(&self) -> Option<T> {
         self.shared.lock().ok().and_then(|mut s| s.0.take())
     }
     fn sender(&self) -> OneShotSender<T> {
-        OneShotSender { shared: self.shared.clone() }
+        OneShotSender {
+            shared: self.shared.clone(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
 const TOKEN_SHIFT: &str = include_str!("../shaders/token_shift.wgsl");
@@ -38,19 +39,25 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    MatMul(PackedKind),
+    /// One workgroup of `wg` invocations per output row.
+    MatMul(PackedKind, u32),
+    /// One invocation per output row, for rows of at most NARROW_UNITS units.
+    MatMulNarrow(PackedKind),
     Embed(PackedKind),
     LayerNorm,
     TokenShift,
     LastRows,
     Argmax,
-    Wkv7 { head_size: u32 },
+    Wkv7 {
+        head_size: u32,
+    },
 }
 
 /// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
 pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     let (body, decode, reduce) = match kernel {
-        Kernel::MatMul(k) => (MATMUL, Some(k), true),
+        Kernel::MatMul(k, _) => (MATMUL, Some(k), true),
+        Kernel::MatMulNarrow(k) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
         Kernel::TokenShift => (TOKEN_SHIFT, None, false),
@@ -65,7 +72,11 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     }
     s.push_str(COMMON);
     if reduce {
-        s.push_str(if subgroups { REDUCE_SUBGROUP } else { REDUCE_PLAIN });
+        s.push_str(if subgroups {
+            REDUCE_SUBGROUP
+        } else {
+            REDUCE_PLAIN
+        });
     }
     if let Some(k) = decode {
         s.push_str(decode_source(k, native_f16));
@@ -81,12 +92,22 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         ("", "0u, 0u, 1u")
     };
     if native_f16 {
-        s = s.replace("var<storage, read> wq: array<u32>;", "var<storage, read> wq: array<vec2<f16>>;");
+        s = s.replace(
+            "var<storage, read> wq: array<u32>;",
+            "var<storage, read> wq: array<vec2<f16>>;",
+        );
     }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
+    if let Kernel::MatMul(_, wg) = kernel {
+        s = s
+            .replace("MM_WG", &wg.to_string())
+            .replace("MM_HALF", &(wg / 2).to_string());
+    }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;
-        s = s.replace("HEAD_SIZE", &head_size.to_string()).replace("HALF_POW2", &half_pow2.to_string());
+        s = s
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("HALF_POW2", &half_pow2.to_string());
     }
     s
 }
@@ -95,21 +116,43 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
 #[derive(Default)]
 pub(crate) struct Kernels {
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    /// Kernels whose subgroup / f16 variant the device rejected, with the reason; they run
+    /// their plain variant instead.
+    pub fallbacks: Vec<String>,
 }
 
 impl Kernels {
-    pub fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+    pub async fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = self.pipelines.get(&kernel) {
             return Ok(p.clone());
         }
-        let src = source(kernel, gpu.subgroups, gpu.f16);
-        let label = format!("{kernel:?}");
-        let pipeline = crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
-            let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let fast = source(kernel, gpu.subgroups, gpu.f16);
+        let plain = source(kernel, false, false);
+        let pipeline = match compile(gpu, kernel, &fast).await {
+            Ok(p) => p,
+            // A shader compiler that rejects a feature it advertised must not cost the device.
+            Err(e) if fast != plain => {
+                self.fallbacks.push(format!("{kernel:?}: {e}"));
+                compile(gpu, kernel, &plain).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.pipelines.insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+async fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
+    let label = format!("{kernel:?}");
+    gpu.scoped(&format!("compiling kernel {label}"), || {
+        let module = gpu
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
             });
-            gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        gpu.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&label),
                 layout: None,
                 module: &module,
@@ -117,8 +160,6 @@ impl Kernels {
                 compilation_options: Default::default(),
                 cache: None,
             })
-        }))?;
-        self.pipelines.insert(kernel, pipeline.clone());
-        Ok(pipeline)
-    }
+    })
+    .await
 }

@@ -23,6 +23,9 @@ const PARAM_BYTES: u64 = (PARAM_WORDS * 4) as u64;
 const NONE: u32 = u32::MAX;
 /// Activation rows per matrix-product workgroup (TILE in matmul.wgsl).
 const MATMUL_TILE: usize = 4;
+/// Rows of at most this many 16-value units use the one-invocation-per-row kernel: with
+/// fewer units than a workgroup has invocations, the reduction kernel would leave most idle.
+const NARROW_UNITS: usize = 8;
 /// Largest head size WKV supports: one invocation per channel of a head.
 const MAX_HEAD_SIZE: usize = 256;
 
@@ -49,7 +52,7 @@ pub(crate) struct Compiled {
 
 pub(crate) struct Built {
     pub state_len: usize,
-    pub vec_generation: u64,
+    pub weights_generation: u64,
     pub tokens: wgpu::Buffer,
     pub work_state: wgpu::Buffer,
     arena: wgpu::Buffer,
@@ -88,7 +91,11 @@ fn params(values: &[u32]) -> [u32; PARAM_WORDS] {
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| backend_err(format!("{what} ({v}) does not fit the kernels' 32-bit indices")))
+    u32::try_from(v).map_err(|_| {
+        backend_err(format!(
+            "{what} ({v}) does not fit the kernels' 32-bit indices"
+        ))
+    })
 }
 
 impl Compiled {
@@ -115,7 +122,9 @@ impl Compiled {
         let vector = |w: WeightId, len: usize| -> Result<()> {
             match weights.get(w) {
                 Some(Some(DeviceWeight::Vector { len: l, .. })) if *l == len => Ok(()),
-                _ => Err(bad(format!("weight {w} is not an uploaded vector of {len} values"))),
+                _ => Err(bad(format!(
+                    "weight {w} is not an uploaded vector of {len} values"
+                ))),
             }
         };
         let mut vocab = None;
@@ -125,7 +134,10 @@ impl Compiled {
                     let m = mat(*table)?;
                     let (r, w) = buf(*out)?;
                     if r != rows || w != m.cols {
-                        return Err(bad(format!("embed into buffer {out} of {r}x{w}, table has {} columns", m.cols)));
+                        return Err(bad(format!(
+                            "embed into buffer {out} of {r}x{w}, table has {} columns",
+                            m.cols
+                        )));
                     }
                     vocab = Some(m.rows);
                 }
@@ -140,12 +152,17 @@ impl Compiled {
                 Op::TokenShift { x, mixes, .. } => {
                     let (xr, xw) = buf(*x)?;
                     if xr != rows || mixes.len() > (PARAM_WORDS - 8) / 2 {
-                        return Err(bad(format!("token shift of buffer {x}: {} mixes", mixes.len())));
+                        return Err(bad(format!(
+                            "token shift of buffer {x}: {} mixes",
+                            mixes.len()
+                        )));
                     }
                     for (m, o) in mixes {
                         vector(*m, xw)?;
                         if buf(*o)? != (xr, xw) {
-                            return Err(bad(format!("token shift output {o}: shape differs from {x}")));
+                            return Err(bad(format!(
+                                "token shift output {o}: shape differs from {x}"
+                            )));
                         }
                     }
                 }
@@ -165,7 +182,23 @@ impl Compiled {
                         }
                     }
                 }
-                Op::Wkv7 { r, w, k, v, a, g, v_first, v_mix, k_k, k_a, r_k, ln_x_w, ln_x_b, out, .. } => {
+                Op::Wkv7 {
+                    r,
+                    w,
+                    k,
+                    v,
+                    a,
+                    g,
+                    v_first,
+                    v_mix,
+                    k_k,
+                    k_a,
+                    r_k,
+                    ln_x_w,
+                    ln_x_b,
+                    out,
+                    ..
+                } => {
                     let (xr, c) = buf(*r)?;
                     let mut all = vec![*w, *k, *v, *a, *g, *v_first, *out];
                     all.extend(v_mix.iter());
@@ -194,8 +227,13 @@ impl Compiled {
         let mut end = 0usize;
         for b in 0..n_buf {
             offsets.push(end);
-            let len = plan.rows_of(b).checked_mul(plan.buffers[b].width).ok_or_else(|| bad("buffer too large".into()))?;
-            end = end.checked_add(len.div_ceil(4) * 4).ok_or_else(|| bad("activations too large".into()))?;
+            let len = plan
+                .rows_of(b)
+                .checked_mul(plan.buffers[b].width)
+                .ok_or_else(|| bad("buffer too large".into()))?;
+            end = end
+                .checked_add(len.div_ceil(4) * 4)
+                .ok_or_else(|| bad("activations too large".into()))?;
         }
         let argmax_off = end;
         let arena_len = end + plan.rows_of(plan.logits).div_ceil(4) * 4;
@@ -206,7 +244,14 @@ impl Compiled {
                 gpu.info.name, plan.shape, gpu.max_binding
             )));
         }
-        Ok(Compiled { plan: plan.clone(), offsets, argmax_off, arena_len, vocab, built: None })
+        Ok(Compiled {
+            plan: plan.clone(),
+            offsets,
+            argmax_off,
+            arena_len,
+            vocab,
+            built: None,
+        })
     }
 
     fn off(&self, b: BufId) -> Result<u32> {
@@ -224,13 +269,13 @@ impl Compiled {
 
     /// Builds pipelines, buffers and bind groups for states of `state_len` values.
     #[allow(clippy::too_many_arguments)]
-    pub fn build(
+    pub async fn build(
         &mut self,
         gpu: &Gpu,
         kernels: &mut Kernels,
         weights: &[Option<DeviceWeight>],
         vecs: &wgpu::Buffer,
-        vec_generation: u64,
+        weights_generation: u64,
         state_len: usize,
     ) -> Result<()> {
         let plan = &self.plan;
@@ -249,16 +294,21 @@ impl Compiled {
             }
         };
         // State geometry: per layer [ffn_x (C), att_x (C), S (H·N·N)] = (2 + N)·C values.
-        let n_layer = plan.weights.iter().filter(|n| n.ends_with(".att.r_k")).count().max(
-            plan.ops
-                .iter()
-                .filter_map(|o| match o {
-                    Op::Wkv7 { layer, .. } | Op::TokenShift { layer, .. } => Some(layer + 1),
-                    _ => None,
-                })
-                .max()
-                .unwrap_or(1),
-        );
+        let n_layer = plan
+            .weights
+            .iter()
+            .filter(|n| n.ends_with(".att.r_k"))
+            .count()
+            .max(
+                plan.ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::Wkv7 { layer, .. } | Op::TokenShift { layer, .. } => Some(layer + 1),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(1),
+            );
         let head_size = plan
             .ops
             .iter()
@@ -268,7 +318,9 @@ impl Compiled {
             })
             .and_then(|width| {
                 let per_layer = state_len.checked_div(n_layer)?;
-                (per_layer * n_layer == state_len && per_layer % width == 0 && per_layer / width > 2)
+                (per_layer * n_layer == state_len
+                    && per_layer % width == 0
+                    && per_layer / width > 2)
                     .then(|| per_layer / width - 2)
             });
         let layer_state = state_len / n_layer.max(1);
@@ -277,7 +329,9 @@ impl Compiled {
             let x = total.clamp(1, max_dim);
             let y = total.div_ceil(x).max(1);
             if y > max_dim {
-                return Err(backend_err(format!("{total} workgroups exceed the device's grid")));
+                return Err(backend_err(format!(
+                    "{total} workgroups exceed the device's grid"
+                )));
             }
             Ok((x as u32, y as u32))
         };
@@ -330,11 +384,18 @@ impl Compiled {
                         groups: [r as u32, 1, 1],
                     });
                 }
-                Op::TokenShift { x, layer, kind, mixes } => {
+                Op::TokenShift {
+                    x,
+                    layer,
+                    kind,
+                    mixes,
+                } => {
                     let width = plan.buffers[*x].width;
                     let reg = layer * layer_state + if *kind == ShiftKind::Att { width } else { 0 };
                     if reg + width > layer_state * n_layer || layer_state == 0 {
-                        return Err(backend_err(format!("token shift of layer {layer} is outside the state")));
+                        return Err(backend_err(format!(
+                            "token shift of layer {layer} is outside the state"
+                        )));
                     }
                     let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
                     let mut p = vec![
@@ -365,12 +426,28 @@ impl Compiled {
                         let tiles = plan.rows_of(j.x).div_ceil(MATMUL_TILE) as u64;
                         let n_rows = u32_of(plan.rows_of(j.x), "rows")?;
                         if tiles > max_dim {
-                            return Err(backend_err(format!("{n_rows} rows exceed the device's grid")));
+                            return Err(backend_err(format!(
+                                "{n_rows} rows exceed the device's grid"
+                            )));
                         }
+                        let narrow = units <= NARROW_UNITS;
                         for ch in &m.chunks {
-                            let (gx, gy) = grid(ch.rows as u64)?;
+                            let groups = if narrow {
+                                (ch.rows as u64).div_ceil(64)
+                            } else {
+                                ch.rows as u64
+                            };
+                            let (gx, gy) = grid(groups)?;
                             recs.push(Rec {
-                                kernel: Kernel::MatMul(m.kind),
+                                kernel: if narrow {
+                                    Kernel::MatMulNarrow(m.kind)
+                                } else {
+                                    // No more invocations than units (short rows of small models).
+                                    Kernel::MatMul(
+                                        m.kind,
+                                        units.next_power_of_two().clamp(16, 64) as u32,
+                                    )
+                                },
                                 params: params(&[
                                     u32_of(ch.rows, "rows")?,
                                     u32_of(m.cols, "cols")?,
@@ -388,14 +465,33 @@ impl Compiled {
                                     gx,
                                     u32_of(units, "units")?,
                                 ]),
-                                binds: vec![Bind::Weight(ch.buffer.clone()), Bind::Arena, Bind::Vecs],
+                                binds: vec![
+                                    Bind::Weight(ch.buffer.clone()),
+                                    Bind::Arena,
+                                    Bind::Vecs,
+                                ],
                                 groups: [gx, gy, tiles as u32],
                             });
                         }
                     }
                 }
                 Op::Wkv7 {
-                    layer, r, w, k, v, a, g, v_first, v_mix, k_k, k_a, r_k, ln_x_w, ln_x_b, gn_eps, out,
+                    layer,
+                    r,
+                    w,
+                    k,
+                    v,
+                    a,
+                    g,
+                    v_first,
+                    v_mix,
+                    k_k,
+                    k_a,
+                    r_k,
+                    ln_x_w,
+                    ln_x_b,
+                    gn_eps,
+                    out,
                 } => {
                     let width = plan.buffers[*r].width;
                     let n = head_size.ok_or_else(|| {
@@ -403,18 +499,26 @@ impl Compiled {
                             "state length {state_len} does not fit {n_layer} layers of width {width}"
                         ))
                     })?;
-                    if n == 0 || n > MAX_HEAD_SIZE || width % n != 0 {
-                        return Err(backend_err(format!("head size {n} is not supported (width {width})")));
+                    if n == 0 || n > MAX_HEAD_SIZE || !width.is_multiple_of(n) {
+                        return Err(backend_err(format!(
+                            "head size {n} is not supported (width {width})"
+                        )));
                     }
                     if n as u32 > gpu.limits.max_compute_invocations_per_workgroup {
-                        return Err(backend_err(format!("head size {n} exceeds the device's workgroup size")));
+                        return Err(backend_err(format!(
+                            "head size {n} exceeds the device's workgroup size"
+                        )));
                     }
                     let s_off = layer * layer_state + 2 * width;
                     if s_off + width * n > state_len {
-                        return Err(backend_err(format!("wkv of layer {layer} is outside the state")));
+                        return Err(backend_err(format!(
+                            "wkv of layer {layer} is outside the state"
+                        )));
                     }
                     recs.push(Rec {
-                        kernel: Kernel::Wkv7 { head_size: n as u32 },
+                        kernel: Kernel::Wkv7 {
+                            head_size: n as u32,
+                        },
                         params: params(&[
                             self.off(*r)?,
                             self.off(*w)?,
@@ -448,7 +552,14 @@ impl Compiled {
                     let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
                     recs.push(Rec {
                         kernel: Kernel::LastRows,
-                        params: params(&[self.off(*x)?, self.off(*out)?, u32_of(width, "width")?, n_seq, n_tok, gx]),
+                        params: params(&[
+                            self.off(*x)?,
+                            self.off(*out)?,
+                            u32_of(width, "width")?,
+                            n_seq,
+                            n_tok,
+                            gx,
+                        ]),
                         binds: vec![Bind::Arena],
                         groups: [gx, gy, 1],
                     });
@@ -457,7 +568,9 @@ impl Compiled {
         }
         let logit_rows = plan.rows_of(plan.logits);
         if logit_rows as u64 > max_dim {
-            return Err(backend_err(format!("{logit_rows} logit rows exceed the device's grid")));
+            return Err(backend_err(format!(
+                "{logit_rows} logit rows exceed the device's grid"
+            )));
         }
         recs.push(Rec {
             kernel: Kernel::Argmax,
@@ -470,71 +583,88 @@ impl Compiled {
             groups: [logit_rows as u32, 1, 1],
         });
 
-        let pipelines = recs.iter().map(|r| kernels.get(gpu, r.kernel)).collect::<Result<Vec<_>>>()?;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let mut pipelines = Vec::with_capacity(recs.len());
+        for r in &recs {
+            pipelines.push(kernels.get(gpu, r.kernel).await?);
+        }
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         let state_bytes = (shape.n_seq as u64) * (state_len as u64) * 4;
-        let built = crate::gpu::block_on(gpu.scoped("building plan", || -> Result<Built> {
-            let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
-            let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
-            let work_state = gpu.buffer("step states", state_bytes, storage)?;
-            let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
-            let staging = gpu.buffer(
-                "read-back",
-                staging_len,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let param_buf = gpu.buffer(
-                "params",
-                recs.len() as u64 * PARAM_STRIDE,
-                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
-            for (i, rec) in recs.iter().enumerate() {
-                let at = i * PARAM_STRIDE as usize;
-                bytes[at..at + PARAM_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&rec.params));
-            }
-            gpu.queue.write_buffer(&param_buf, 0, &bytes);
-            let mut dispatches = Vec::with_capacity(recs.len());
-            for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
-                let layout = pipeline.get_bind_group_layout(0);
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &param_buf,
-                        offset: i as u64 * PARAM_STRIDE,
-                        size: wgpu::BufferSize::new(PARAM_BYTES),
-                    }),
-                }];
-                for (j, b) in rec.binds.iter().enumerate() {
-                    let buffer = match b {
-                        Bind::Arena => &arena,
-                        Bind::Vecs => vecs,
-                        Bind::State => &work_state,
-                        Bind::Tokens => &tokens,
-                        Bind::Weight(w) => w,
-                    };
-                    entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buffer.as_entire_binding() });
+        let built = gpu
+            .scoped("building plan", || -> Result<Built> {
+                let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
+                let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
+                let work_state = gpu.buffer("step states", state_bytes, storage)?;
+                let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
+                let staging = gpu.buffer(
+                    "read-back",
+                    staging_len,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let param_buf = gpu.buffer(
+                    "params",
+                    recs.len() as u64 * PARAM_STRIDE,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
+                for (i, rec) in recs.iter().enumerate() {
+                    let at = i * PARAM_STRIDE as usize;
+                    bytes[at..at + PARAM_BYTES as usize]
+                        .copy_from_slice(bytemuck::cast_slice(&rec.params));
                 }
-                let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &layout,
-                    entries: &entries,
-                });
-                dispatches.push(Dispatch { pipeline, bind_group, groups: rec.groups });
-            }
-            let argmax = dispatches.pop().ok_or_else(|| backend_err("no argmax dispatch"))?;
-            Ok(Built {
-                state_len,
-                vec_generation,
-                tokens,
-                work_state,
-                arena,
-                _params: param_buf,
-                dispatches,
-                argmax,
-                staging,
+                gpu.queue.write_buffer(&param_buf, 0, &bytes);
+                let mut dispatches = Vec::with_capacity(recs.len());
+                for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
+                    let layout = pipeline.get_bind_group_layout(0);
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &param_buf,
+                            offset: i as u64 * PARAM_STRIDE,
+                            size: wgpu::BufferSize::new(PARAM_BYTES),
+                        }),
+                    }];
+                    for (j, b) in rec.binds.iter().enumerate() {
+                        let buffer = match b {
+                            Bind::Arena => &arena,
+                            Bind::Vecs => vecs,
+                            Bind::State => &work_state,
+                            Bind::Tokens => &tokens,
+                            Bind::Weight(w) => w,
+                        };
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: j as u32 + 1,
+                            resource: buffer.as_entire_binding(),
+                        });
+                    }
+                    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout,
+                        entries: &entries,
+                    });
+                    dispatches.push(Dispatch {
+                        pipeline,
+                        bind_group,
+                        groups: rec.groups,
+                    });
+                }
+                let argmax = dispatches
+                    .pop()
+                    .ok_or_else(|| backend_err("no argmax dispatch"))?;
+                Ok(Built {
+                    state_len,
+                    weights_generation,
+                    tokens,
+                    work_state,
+                    arena,
+                    _params: param_buf,
+                    dispatches,
+                    argmax,
+                    staging,
+                })
             })
-        }))??;
+            .await??;
         self.built = Some(built);
         Ok(())
     }
@@ -551,15 +681,37 @@ pub(crate) enum ReadBack {
 impl Compiled {
     /// Encodes one step into one command buffer: states in, every dispatch, states out, result
     /// to the read-back buffer. Returns the read-back buffer and its byte length.
-    pub fn encode(&self, gpu: &Gpu, states: &[wgpu::Buffer], slots: &[usize], read: ReadBack) -> Result<(wgpu::CommandBuffer, u64)> {
-        let built = self.built.as_ref().ok_or_else(|| backend_err("plan not built"))?;
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        states: &[wgpu::Buffer],
+        slots: &[usize],
+        read: ReadBack,
+    ) -> Result<(wgpu::CommandBuffer, u64)> {
+        let built = self
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
         let state_bytes = built.state_len as u64 * 4;
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rwkv step") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("rwkv step"),
+            });
         for (s, &slot) in slots.iter().enumerate() {
-            enc.copy_buffer_to_buffer(&states[slot], 0, &built.work_state, s as u64 * state_bytes, state_bytes);
+            enc.copy_buffer_to_buffer(
+                &states[slot],
+                0,
+                &built.work_state,
+                s as u64 * state_bytes,
+                state_bytes,
+            );
         }
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rwkv ops"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("rwkv ops"),
+                timestamp_writes: None,
+            });
             let run = |pass: &mut wgpu::ComputePass<'_>, d: &Dispatch| {
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);
@@ -573,18 +725,36 @@ impl Compiled {
             }
         }
         for (s, &slot) in slots.iter().enumerate() {
-            enc.copy_buffer_to_buffer(&built.work_state, s as u64 * state_bytes, &states[slot], 0, state_bytes);
+            enc.copy_buffer_to_buffer(
+                &built.work_state,
+                s as u64 * state_bytes,
+                &states[slot],
+                0,
+                state_bytes,
+            );
         }
         let len = match read {
             ReadBack::None => 0,
             ReadBack::Logits => {
                 let len = self.logits_len() as u64 * 4;
-                enc.copy_buffer_to_buffer(&built.arena, self.offsets[self.plan.logits] as u64 * 4, &built.staging, 0, len);
+                enc.copy_buffer_to_buffer(
+                    &built.arena,
+                    self.offsets[self.plan.logits] as u64 * 4,
+                    &built.staging,
+                    0,
+                    len,
+                );
                 len
             }
             ReadBack::Argmax => {
                 let len = self.logit_rows() as u64 * 4;
-                enc.copy_buffer_to_buffer(&built.arena, self.argmax_off as u64 * 4, &built.staging, 0, len);
+                enc.copy_buffer_to_buffer(
+                    &built.arena,
+                    self.argmax_off as u64 * 4,
+                    &built.staging,
+                    0,
+                    len,
+                );
                 len
             }
         };

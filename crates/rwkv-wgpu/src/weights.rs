@@ -38,26 +38,15 @@ impl PackedKind {
         }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            PackedKind::F32 => "f32",
-            PackedKind::F16 => "f16",
-            PackedKind::BF16 => "bf16",
-            PackedKind::Q8_0 => "q8_0",
-            PackedKind::Q4K => "q4k",
-            PackedKind::Q6K => "q6k",
-        }
-    }
-
     /// Words of one packed row of `cols` values (`cols` a whole number of blocks for quants).
     pub fn row_words(self, cols: usize) -> Option<usize> {
         let padded = cols.checked_add(UNIT - 1)? / UNIT * UNIT;
         match self {
             PackedKind::F32 => Some(padded),
             PackedKind::F16 | PackedKind::BF16 => Some(padded / 2),
-            PackedKind::Q8_0 => (cols % 32 == 0).then(|| cols / 32 * 9),
-            PackedKind::Q4K => (cols % 256 == 0).then(|| cols / 256 * 36),
-            PackedKind::Q6K => (cols % 256 == 0).then(|| cols / 256 * 53),
+            PackedKind::Q8_0 => cols.is_multiple_of(32).then(|| cols / 32 * 9),
+            PackedKind::Q4K => cols.is_multiple_of(256).then(|| cols / 256 * 36),
+            PackedKind::Q6K => cols.is_multiple_of(256).then(|| cols / 256 * 53),
         }
     }
 }
@@ -111,20 +100,33 @@ pub(crate) struct DeviceMatrix {
 pub(crate) enum DeviceWeight {
     Matrix(DeviceMatrix),
     /// Offset and length in the vector arena (f32 values).
-    Vector { offset: usize, len: usize },
+    Vector {
+        offset: usize,
+        len: usize,
+    },
 }
 
 /// Stored values of a tensor as f32 (for vectors and for dtypes without a device format).
 pub(crate) fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
     let bytes = t.data.as_slice();
     match t.dtype {
-        DType::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        DType::F16 => Ok(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-        DType::BF16 => Ok(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        DType::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        DType::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        DType::BF16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
         d => {
             let mut out = vec![0f32; t.n_elements()];
-            rwkv_core::quant::dequantize(d, bytes, &mut out)
-                .map_err(|e| backend_err(format!("weight '{name}': cannot convert {d} to f32: {e}")))?;
+            rwkv_core::quant::dequantize(d, bytes, &mut out).map_err(|e| {
+                backend_err(format!("weight '{name}': cannot convert {d} to f32: {e}"))
+            })?;
             Ok(out)
         }
     }
@@ -139,16 +141,26 @@ pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceM
         None => {
             // Exact in f32 (every ggml quant value is d·q or d·q+m with an f16 d), 8x the memory.
             let values = to_f32(name, t)?;
-            converted = values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+            converted = values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>();
             (PackedKind::F32, &converted[..], DType::F32)
         }
     };
     let err = |what: String| backend_err(format!("weight '{name}': {what}"));
-    let src_row = dtype.row_bytes(cols).ok_or_else(|| err(format!("{cols} columns are not whole {dtype} blocks")))?;
+    let src_row = dtype
+        .row_bytes(cols)
+        .ok_or_else(|| err(format!("{cols} columns are not whole {dtype} blocks")))?;
     if rows.checked_mul(src_row) != Some(bytes.len()) {
-        return Err(err(format!("{} bytes for {rows}x{cols} {dtype}", bytes.len())));
+        return Err(err(format!(
+            "{} bytes for {rows}x{cols} {dtype}",
+            bytes.len()
+        )));
     }
-    let row_words = kind.row_words(cols).ok_or_else(|| err(format!("{cols} columns are not whole blocks")))?;
+    let row_words = kind
+        .row_words(cols)
+        .ok_or_else(|| err(format!("{cols} columns are not whole blocks")))?;
     let row_bytes = (row_words as u64) * 4;
     let rows_per_chunk = (gpu.max_binding / row_bytes.max(1)) as usize;
     if rows_per_chunk == 0 {
@@ -163,7 +175,12 @@ pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceM
         let n = rows_per_chunk.min(rows - row_begin);
         let mut words = Vec::with_capacity(n * row_words);
         for r in row_begin..row_begin + n {
-            pack_row(kind, &bytes[r * src_row..(r + 1) * src_row], cols, &mut words);
+            pack_row(
+                kind,
+                &bytes[r * src_row..(r + 1) * src_row],
+                cols,
+                &mut words,
+            );
         }
         let buffer = gpu.buffer(
             name,
@@ -171,12 +188,23 @@ pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceM
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         )?;
         if !words.is_empty() {
-            gpu.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+            gpu.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
         }
-        chunks.push(Chunk { buffer, row_begin, rows: n });
+        chunks.push(Chunk {
+            buffer,
+            row_begin,
+            rows: n,
+        });
         row_begin += n;
     }
-    Ok(DeviceMatrix { kind, rows, cols, row_words, chunks })
+    Ok(DeviceMatrix {
+        kind,
+        rows,
+        cols,
+        row_words,
+        chunks,
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +228,10 @@ mod tests {
         let mut out = Vec::new();
         pack_row(PackedKind::Q6K, &block, 256, &mut out);
         assert_eq!(out.len(), 53);
-        assert_eq!(out[0], u32::from_le_bytes([block[0], block[1], block[2], block[3]]));
+        assert_eq!(
+            out[0],
+            u32::from_le_bytes([block[0], block[1], block[2], block[3]])
+        );
         assert_eq!(out[52], u32::from_le_bytes([block[208], block[209], 0, 0]));
     }
 }

@@ -38,12 +38,15 @@ impl Rng {
 
 /// A fresh seed per run (printed so a failure can be replayed with RWKV_TEST_SEED).
 pub fn seed() -> u64 {
-    let s = std::env::var("RWKV_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
+    let s = std::env::var("RWKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
     println!("seed {s} (replay with RWKV_TEST_SEED={s})");
     s
 }
@@ -52,11 +55,19 @@ pub fn seed() -> u64 {
 /// Empty (after a loud message) when there is no adapter, unless RWKV_REQUIRE_GPU=1.
 pub fn backends(options: WgpuOptions) -> Vec<(String, WgpuBackend)> {
     let mut out = Vec::new();
-    let plain = WgpuOptions { allow_f16: false, allow_subgroups: false, ..options.clone() };
+    let plain = WgpuOptions {
+        allow_f16: false,
+        allow_subgroups: false,
+        ..options.clone()
+    };
     for (label, opts) in [("features", options), ("plain", plain)] {
         match WgpuBackend::new(opts) {
             Ok(b) => {
-                let label = format!("{label} (f16 {}, subgroups {})", b.uses_f16(), b.uses_subgroups());
+                let label = format!(
+                    "{label} (f16 {}, subgroups {})",
+                    b.uses_f16(),
+                    b.uses_subgroups()
+                );
                 out.push((label, b));
             }
             Err(e) => {
@@ -112,9 +123,18 @@ pub fn random_blocks(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
 pub fn dequant(dtype: DType, src: &[u8]) -> Vec<f32> {
     let mut y = Vec::new();
     match dtype {
-        DType::F32 => y.extend(src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        DType::F16 => y.extend(src.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
-        DType::BF16 => y.extend(src.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        DType::F32 => y.extend(
+            src.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        DType::F16 => y.extend(
+            src.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        DType::BF16 => y.extend(
+            src.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
         DType::Q8_0 => {
             for b in src.chunks_exact(34) {
                 let d = f16_at(b, 0);

@@ -16,6 +16,18 @@ impl Vocab {
         Err(Error::format(path, "vocabulary loading not implemented yet"))
     }
 
+    /// Builds a vocabulary from a GGUF's `tokenizer.ggml.tokens` (llama.cpp's rwkv form).
+    /// Placeholder until the tokenizer branch lands with the real implementation.
+    pub fn from_gguf_tokens(tokens: &[String]) -> Result<Vocab> {
+        let _ = tokens;
+        Err(Error::invalid("GGUF vocabularies are not supported yet"))
+    }
+
+    /// The vocabulary as GGUF `tokenizer.ggml.tokens`. Placeholder (see `from_gguf_tokens`).
+    pub fn to_gguf_tokens(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }

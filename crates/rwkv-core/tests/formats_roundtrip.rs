@@ -205,3 +205,55 @@ impl PlainF32 for Tensor {
         self.data.as_slice().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     }
 }
+
+#[test]
+fn quant_option_converts_only_the_large_matrices() {
+    let dir = tmpdir("quant-option");
+    let model = random_model(0x5eed_0009, &small_desc());
+    let path = dir.join("m.gguf");
+    formats::write(&model, &path, Format::Gguf).unwrap();
+    let q = formats::load(&path, &LoadOptions { quant: Some(DType::Q8_0), progress: None }).unwrap();
+    for (name, t) in &q.tensors {
+        let orig = &model.tensors[name];
+        assert_eq!(t.shape, orig.shape, "{name}");
+        if v7::is_large_matrix(name) {
+            assert_eq!(t.dtype, DType::Q8_0, "{name}");
+            // Q8_0 keeps each value within half a step (d = |max|/127 ≤ 1/127) plus the f16
+            // rounding of d times 127: 1/254 + 2^-11 for values in [-1, 1).
+            let (a, b) = (orig.to_f32().unwrap(), t.to_f32().unwrap());
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst > 0.0 && worst <= 1.0 / 254.0 + 1.0 / 2048.0, "{name}: {worst}");
+        } else {
+            assert_eq!(t.dtype, DType::F32, "{name}");
+            assert_eq!(t.data.as_slice(), orig.data.as_slice());
+        }
+    }
+    // Rows of 128 are not whole Q4K blocks of 256: a clear error naming the tensor.
+    let e = formats::load(&path, &LoadOptions { quant: Some(DType::Q4K), progress: None }).unwrap_err().to_string();
+    assert!(e.contains("m.gguf") && e.contains("cannot convert tensor") && e.contains("256"), "{e}");
+}
+
+#[test]
+fn gguf_carries_the_vocabulary() {
+    use rwkv_core::tokenizer::Vocab;
+    let dir = tmpdir("gguf-vocab");
+    let mut model = random_model(0x5eed_000a, &small_desc());
+    let mut vocabs = vec![Vocab::byte_level(300)];
+    if let Some(p) = shared("refdata/vocab/rwkv_vocab_v20230424.txt") {
+        vocabs.push(Vocab::from_file(&p).unwrap());
+    }
+    for vocab in vocabs {
+        model.vocab = Some(vocab.clone());
+        let path = dir.join("v.gguf");
+        formats::write(&model, &path, Format::Gguf).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.get("tokenizer.ggml.model").and_then(GgufValue::as_str), Some("rwkv"));
+        let back = formats::load(&path, &LoadOptions::default()).unwrap();
+        let got = back.vocab.clone().expect("vocabulary read back");
+        assert_eq!(got.len(), vocab.len());
+        assert_eq!(got.to_gguf_tokens(), vocab.to_gguf_tokens());
+        let text = "Hello, world! \u{4e16}\u{754c}\n\n".as_bytes();
+        assert_eq!(got.encode(text), vocab.encode(text));
+        assert_same_tensors(&model, &back);
+    }
+}

@@ -736,8 +736,10 @@ fn to_model(g: &GgufFile) -> Result<Model> {
 
     let vocab = match (g.get("tokenizer.ggml.tokens"), g.get("tokenizer.ggml.model").and_then(GgufValue::as_str)) {
         (Some(GgufValue::Array(GgufArray::Str(tokens))), None | Some("rwkv")) => Some(
-            Vocab::from_gguf_tokens(tokens)
-                .map_err(|e| Error::format(path, format!("tokenizer.ggml.tokens: {e}")))?,
+            Vocab::from_gguf_tokens(tokens).map_err(|e| match e {
+                Error::Format { what, .. } => Error::format(path, format!("tokenizer.ggml.tokens: {what}")),
+                other => Error::format(path, format!("tokenizer.ggml.tokens: {other}")),
+            })?,
         ),
         _ => None,
     };
@@ -877,11 +879,20 @@ fn u32_kv(key: &str, v: usize) -> (String, GgufValue) {
 /// vocabulary).
 pub fn write(model: &Model, path: &Path) -> Result<()> {
     let d = &model.desc;
-    let tooth = |x: usize, what: &str| {
-        u32::try_from(x).map(|_| ()).map_err(|_| Error::invalid(format!("{what} {x} does not fit GGUF's u32")))
-    };
-    for (x, what) in [(d.n_embd, "n_embd"), (d.n_layer, "n_layer"), (d.ffn_size, "ffn_size"), (d.head_size, "head_size")] {
-        tooth(x, what)?;
+    let sizes = [
+        (d.n_embd, "n_embd"),
+        (d.n_layer, "n_layer"),
+        (d.ffn_size, "ffn_size"),
+        (d.head_size, "head_size"),
+        (d.lora.w, "decay rank"),
+        (d.lora.a, "iclr rank"),
+        (d.lora.v, "value rank"),
+        (d.lora.g, "gate rank"),
+    ];
+    for (x, what) in sizes {
+        if u32::try_from(x).is_err() {
+            return Err(Error::invalid(format!("{}: {what} {x} does not fit GGUF's u32", path.display())));
+        }
     }
     let mut out: Vec<OutTensor> = Vec::new();
     for (ours, canon) in GLOBAL_NAMES.iter().take(3) {

@@ -656,6 +656,15 @@ fn to_model(g: &GgufFile) -> Result<Model> {
         }
     }
 
+    // The width every split and squeeze below relies on must agree with the embedding.
+    let emb = g.tensor("token_embd.weight").ok_or_else(|| merr("missing tensor 'token_embd.weight'".into()))?;
+    if emb.dims.len() != 2 || emb.dims[0] != n_embd as u64 {
+        return Err(merr(format!(
+            "rwkv7.embedding_length is {n_embd} but token_embd.weight has dims {:?} (expected [{n_embd}, vocab])",
+            emb.dims
+        )));
+    }
+
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for info in &g.tensors {
         let dtype = info.dtype.ok_or_else(|| {
@@ -694,15 +703,7 @@ fn to_model(g: &GgufFile) -> Result<Model> {
             .map(|t| t.shape.as_slice())
             .ok_or_else(|| Error::model(path, format!("missing tensor '{name}'")))
     };
-    let (vocab_size, emb_c) = match shape_of("emb.weight")? {
-        &[v, c] => (v, c),
-        s => return Err(merr(format!("token_embd.weight has shape {s:?}, expected a matrix"))),
-    };
-    if emb_c != n_embd {
-        return Err(merr(format!(
-            "rwkv7.embedding_length is {n_embd} but token_embd.weight rows have {emb_c} values"
-        )));
-    }
+    let vocab_size = shape_of("emb.weight")?.first().copied().unwrap_or(0);
     let ffn_rows = shape_of("blocks.0.ffn.key.weight")?.first().copied().unwrap_or(0);
     if ffn_rows != ffn_size {
         return Err(merr(format!(

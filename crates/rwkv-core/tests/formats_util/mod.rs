@@ -109,3 +109,62 @@ pub fn gguf_info_after_name(bytes: &[u8], name: &str) -> usize {
     needle.extend_from_slice(name.as_bytes());
     find(bytes, &needle) + needle.len()
 }
+
+/// A tiny description for loops that write many files.
+pub fn tiny_desc() -> ModelDesc {
+    ModelDesc {
+        version: RwkvVersion::V7,
+        n_layer: 2,
+        n_embd: 32,
+        head_size: 16,
+        vocab_size: 16,
+        ffn_size: 64,
+        lora: LoraRanks { w: 8, a: 4, v: 8, g: 12 },
+    }
+}
+
+/// `model` (f32) in rwkv.cpp's .bin layout, written here independently of the library:
+/// fused `att.x_rwkvag` (6,1,C), vectors (1,1,C), `r_k` (H,N), LoRA as canonical `[out,in]`.
+pub fn rwkvcpp_bytes(model: &Model) -> Vec<u8> {
+    let d = &model.desc;
+    let c = d.n_embd;
+    let mut out = Vec::new();
+    for v in [0x6767_6d66u32, 100] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [d.vocab_size, c, d.n_layer, 0] {
+        out.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    let mut record = |name: &str, shape: &[usize], data: &[u8]| {
+        out.extend_from_slice(&(shape.len() as i32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        out.extend_from_slice(&0i32.to_le_bytes());
+        for &dim in shape.iter().rev() {
+            out.extend_from_slice(&(dim as i32).to_le_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+    };
+    for (name, shape) in v7::canonical_tensors(d) {
+        let t = &model.tensors[&name];
+        let rest = name.splitn(3, '.').nth(2).unwrap_or("");
+        if let Some(m) = rest.strip_prefix("att.x_") {
+            if m == "r" {
+                let block = &name[..name.len() - "att.x_r".len()];
+                let fused: Vec<u8> = v7::ATT_MIXES
+                    .iter()
+                    .flat_map(|m| model.tensors[&format!("{block}att.{m}")].data.as_slice().to_vec())
+                    .collect();
+                record(&format!("{block}att.x_rwkvag"), &[6, 1, c], &fused);
+            }
+            continue;
+        }
+        let shape = match rest {
+            "att.r_k" => vec![d.n_head(), d.head_size],
+            "att.w0" | "att.a0" | "att.v0" | "att.k_k" | "att.k_a" | "ffn.x_k" => vec![1, 1, c],
+            _ => shape,
+        };
+        record(&name, &shape, t.data.as_slice());
+    }
+    out
+}

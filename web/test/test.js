@@ -6,11 +6,11 @@ import { Model } from '../rwkv.js';
 const logEl = document.getElementById('log');
 const log = (line) => { logEl.textContent += line + '\n'; };
 
-// Logits of the WebGPU backend vs the f32 CPU reference: both compute in f32; natively (lavapipe)
-// they differ by <= 6e-6 on this model. The browser adds its own shader math (exp/tanh within
-// the WGSL spec's few-ULP bounds, ANGLE/SwiftShader translation), so allow 1e-3 absolute:
-// ~150x the native figure, yet a missing or wrong op moves logits by ~1e-1 and fails it.
-const TOLERANCE = 1e-3;
+// Logits of the WebGPU backend vs the f32 CPU reference: both compute in f32, so they differ
+// only by summation order and the shader's exp/tanh (a few ULP per the WGSL spec). Bound: 2e-4,
+// the one rwkv-wgpu's native model tests use against CpuBackend (measured there: <= 6e-6; here
+// in SwiftShader: ~8e-6). A missing or wrong op moves logits by ~1e-1 and fails it.
+const TOLERANCE = 2e-4;
 
 async function run() {
   const failures = [];
@@ -19,9 +19,9 @@ async function run() {
   const t0 = performance.now();
   let progressCalls = 0;
   const onProgress = () => { progressCalls++; };
-  // A small binding cap splits the embedding and head matrices over several GPU buffers, as
+  // A small binding cap (768 KiB) splits the 1 MiB channel-mix matrices over two GPU buffers, as
   // the browser's 128 MiB default does for real models.
-  const maxBindingBytes = Number(params.get('maxBinding') ?? 65536);
+  const maxBindingBytes = Number(params.get('maxBinding') ?? 786432);
   let model;
   if (expected.file) {
     const bytes = new Uint8Array(await (await fetch('./' + expected.file)).arrayBuffer());

@@ -2,44 +2,61 @@
 # Cross-platform build checks, so platform-specific code paths at least compile:
 #   1. x86_64-pc-windows-gnu: build of the `rwkv` binary (linked with MinGW-w64),
 #   2. aarch64-apple-darwin: `cargo check` of the workspace's default members,
-#   3. wasm32-unknown-unknown: `cargo check` of rwkv-core + rwkv-wgpu (+ rwkv-web).
-# rustup here carries only the host's std, so this uses Debian's rustc-web/cargo-web (1.85) with
-# its std sources (rust-web-src) and `-Zbuild-std` (RUSTC_BOOTSTRAP=1 unlocks the nightly flag on a
-# stable compiler). Installs what it needs with apt-get (as root or via sudo) on Debian 12.
-# Output goes to target-platforms/ so the native build in target/ is untouched.
+#   3. wasm32-unknown-unknown: `cargo check` of rwkv-core + rwkv-wgpu + rwkv-web.
+# Toolchain: rustup's stable with the three targets' std (`rustup target add`, downloads ~60 MB
+# once). Without rustup (or offline) it falls back to Debian's rustc-web/cargo-web with its std
+# sources (rust-web-src) and `-Zbuild-std` (RUSTC_BOOTSTRAP=1 unlocks the flag); on Debian 12
+# that compiler is 1.85, older than wgpu 30's MSRV (1.87), so that route only gets as far as
+# the crates without wgpu (see the report in the web branch).
+# Installs what it needs with apt-get (as root or via sudo): MinGW-w64 (the Windows linker) and,
+# for the fallback, the Debian toolchain. Output goes to target-platforms/ so the native build in
+# target/ is untouched.
 # Usage: scripts/check-platforms.sh [windows|macos|wasm ...]   (default: all three)
-#        scripts/check-platforms.sh --install-only               (just the packages)
+#        scripts/check-platforms.sh --install-only               (Debian toolchain, for build-web.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(rustc-web cargo-web rust-web-src lld-16 gcc-mingw-w64-x86-64)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
     echo "check-platforms: installing ${missing[*]}" >&2
-    sudo=""
+    local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+debian_toolchain=(rustc-web cargo-web rust-web-src lld-16)
+if [ "${1:-}" = --install-only ]; then
+    apt_install "${debian_toolchain[@]}"
+    exit 0
 fi
-[ "${1:-}" = --install-only ] && exit 0
 
-# Debian's toolchain must come first: rustup's shims in ~/.cargo/bin would pick a rustc whose
-# version does not match the std sources in /usr/lib/rustlib/src.
-export PATH="/usr/bin:$PATH"
-export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo
-unset RUSTUP_TOOLCHAIN
-export RUSTC_BOOTSTRAP=1
+apt_install gcc-mingw-w64-x86-64
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_PLATFORMS:-$PWD/target-platforms}"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-16
-# The workspace sets [profile.dev.package."*"] opt-level = 2 for fast native tests; these checks
-# only need to compile, so skip optimisation.
-cargo=(/usr/bin/cargo --config 'profile.dev.opt-level=0' --config 'profile.dev.debug=0'
+# The workspace builds dependencies at opt-level 2 for fast native tests; these checks only need
+# to compile.
+config=(--config 'profile.dev.opt-level=0' --config 'profile.dev.debug=0'
     --config 'profile.dev.package."*".opt-level=0')
-echo "check-platforms: $(/usr/bin/cargo --version), $(/usr/bin/rustc --version)"
+if command -v rustup >/dev/null &&
+    rustup target add x86_64-pc-windows-gnu aarch64-apple-darwin wasm32-unknown-unknown >/dev/null 2>&1; then
+    cargo=(cargo "${config[@]}")
+    build_std=()
+    echo "check-platforms: $(cargo --version) (rustup targets)"
+else
+    apt_install "${debian_toolchain[@]}"
+    # Debian's toolchain must come first: rustup's shims would pick a rustc whose version does
+    # not match the std sources in /usr/lib/rustlib/src.
+    export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
+    unset RUSTUP_TOOLCHAIN
+    export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-16
+    cargo=(/usr/bin/cargo "${config[@]}")
+    build_std=(-Zbuild-std=std,panic_abort)
+    echo "check-platforms: $(/usr/bin/cargo --version) with -Zbuild-std (no rustup targets)"
+fi
 
 which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(windows macos wasm)
@@ -60,15 +77,15 @@ step() {
 for w in "${which[@]}"; do
     case "$w" in
     windows)
-        step windows-gnu "${cargo[@]}" build -Zbuild-std=std,panic_abort --target x86_64-pc-windows-gnu -p rwkv --bin rwkv
+        step windows-gnu "${cargo[@]}" build "${build_std[@]}" --target x86_64-pc-windows-gnu -p rwkv --bin rwkv
         ;;
     macos)
-        step aarch64-apple-darwin "${cargo[@]}" check -Zbuild-std=std,panic_abort --target aarch64-apple-darwin
+        step aarch64-apple-darwin "${cargo[@]}" check "${build_std[@]}" --target aarch64-apple-darwin
         ;;
     wasm)
         web=()
         [ -d crates/rwkv-web ] && web=(-p rwkv-web)
-        step wasm32 "${cargo[@]}" check -Zbuild-std=std,panic_abort --target wasm32-unknown-unknown \
+        step wasm32 "${cargo[@]}" check "${build_std[@]}" --target wasm32-unknown-unknown \
             -p rwkv-core -p rwkv-wgpu "${web[@]}"
         ;;
     *)

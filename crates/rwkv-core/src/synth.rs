@@ -372,8 +372,9 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
             workers
                 .into_iter()
                 .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err(Error::invalid("synthetic model: a worker panicked")))
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::invalid("synthetic model: a worker panicked"))
+                    })
                 })
                 .collect()
         })

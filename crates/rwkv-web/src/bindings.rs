@@ -68,9 +68,19 @@ impl Engine {
         }
         let mut rest = tokens;
         while !rest.is_empty() {
-            let (plan, n) = if rest.len() >= CHUNK { (self.plan_chunk, CHUNK) } else { (self.plan_one, 1) };
-            let out = if n == rest.len() { StepOutput::Logits(&mut self.logits) } else { StepOutput::None };
-            self.backend.execute_async(plan, &rest[..n], &[SLOT], out).await?;
+            let (plan, n) = if rest.len() >= CHUNK {
+                (self.plan_chunk, CHUNK)
+            } else {
+                (self.plan_one, 1)
+            };
+            let out = if n == rest.len() {
+                StepOutput::Logits(&mut self.logits)
+            } else {
+                StepOutput::None
+            };
+            self.backend
+                .execute_async(plan, &rest[..n], &[SLOT], out)
+                .await?;
             rest = &rest[n..];
         }
         Ok(())
@@ -81,7 +91,11 @@ impl Engine {
 /// that to let the page repaint during a long upload).
 async fn report(callback: &Option<Function>, done: u64, total: u64) {
     let Some(f) = callback else { return };
-    if let Ok(v) = f.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64)) {
+    if let Ok(v) = f.call2(
+        &JsValue::NULL,
+        &JsValue::from_f64(done as f64),
+        &JsValue::from_f64(total as f64),
+    ) {
         if let Ok(p) = v.dyn_into::<Promise>() {
             let _ = JsFuture::from(p).await;
         }
@@ -117,8 +131,18 @@ async fn open(
         report(on_progress, done, total).await;
     }
     backend.alloc_states_async(1, desc.state_len()).await?;
-    let plan_one = backend.compile_async(&builder.build(StepShape { n_seq: 1, n_tok: 1 }, false)).await?;
-    let plan_chunk = backend.compile_async(&builder.build(StepShape { n_seq: 1, n_tok: CHUNK }, false)).await?;
+    let plan_one = backend
+        .compile_async(&builder.build(StepShape { n_seq: 1, n_tok: 1 }, false))
+        .await?;
+    let plan_chunk = backend
+        .compile_async(&builder.build(
+            StepShape {
+                n_seq: 1,
+                n_tok: CHUNK,
+            },
+            false,
+        ))
+        .await?;
     let info = format!(
         "{{\"device\":{},\"model\":{},\"source\":{:?},\"format\":{:?},\"vocab\":{}}}",
         serde_json::to_string(&backend.device_info()).unwrap_or_default(),
@@ -152,7 +176,10 @@ fn choose_vocab(model: &Model, vocab_file: Option<Vec<u8>>) -> Result<Vocab> {
             if v.len() > n {
                 return Err(Error::model(
                     &model.source,
-                    format!("the vocabulary file has {} tokens, the model only {n}", v.len()),
+                    format!(
+                        "the vocabulary file has {} tokens, the model only {n}",
+                        v.len()
+                    ),
                 ));
             }
             v
@@ -198,7 +225,8 @@ impl WebModel {
     ) -> std::result::Result<WebModel, JsValue> {
         let shape = SynthShape::parse(&shape)
             .ok_or_else(|| JsError::new(&format!("unknown shape '{shape}'")))?;
-        let dtype = DType::parse(&dtype).ok_or_else(|| JsError::new(&format!("unknown dtype '{dtype}'")))?;
+        let dtype = DType::parse(&dtype)
+            .ok_or_else(|| JsError::new(&format!("unknown dtype '{dtype}'")))?;
         let model = synth::synth_model(shape, dtype, seed as u64).map_err(js_err)?;
         Self::from_model(model, None, max_binding_bytes, on_progress).await
     }
@@ -210,8 +238,14 @@ impl WebModel {
         on_progress: Option<Function>,
     ) -> std::result::Result<WebModel, JsValue> {
         let vocab = choose_vocab(&model, vocab).map_err(js_err)?;
-        let (engine, info) = open(model, vocab.clone(), max_binding_bytes, &on_progress).await.map_err(js_err)?;
-        Ok(WebModel { engine: Rc::new(RefCell::new(Some(engine))), vocab: Rc::new(vocab), info })
+        let (engine, info) = open(model, vocab.clone(), max_binding_bytes, &on_progress)
+            .await
+            .map_err(js_err)?;
+        Ok(WebModel {
+            engine: Rc::new(RefCell::new(Some(engine))),
+            vocab: Rc::new(vocab),
+            info,
+        })
     }
 
     /// JSON: device, model shape, source, format, vocabulary size.
@@ -226,8 +260,12 @@ impl WebModel {
 
     /// Text of token ids (unknown ids are skipped, invalid UTF-8 becomes U+FFFD).
     pub fn detokenize(&self, ids: Vec<u32>) -> String {
-        let bytes: Vec<u8> =
-            ids.iter().filter_map(|&id| self.vocab.token_bytes(id)).flatten().copied().collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter_map(|&id| self.vocab.token_bytes(id))
+            .flatten()
+            .copied()
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -236,7 +274,10 @@ impl WebModel {
         self.spawn(move |mut e| async move {
             let r = async {
                 if let Some(t) = tokens.iter().find(|&&t| t as usize >= e.vocab_size) {
-                    return Err(Error::invalid(format!("token {t} is outside the vocabulary of {}", e.vocab_size)));
+                    return Err(Error::invalid(format!(
+                        "token {t} is outside the vocabulary of {}",
+                        e.vocab_size
+                    )));
                 }
                 e.needs_reset = true;
                 e.feed(&tokens).await?;
@@ -279,9 +320,15 @@ impl WebModel {
                 e.pending = vec![token];
                 if stop_at_end && token == END_OF_TEXT {
                     let rest = e.text.finish();
-                    return Ok(if rest.is_empty() { JsValue::UNDEFINED } else { rest.into() });
+                    return Ok(if rest.is_empty() {
+                        JsValue::UNDEFINED
+                    } else {
+                        rest.into()
+                    });
                 }
-                Ok(e.text.push(vocab.token_bytes(token).unwrap_or_default()).into())
+                Ok(e.text
+                    .push(vocab.token_bytes(token).unwrap_or_default())
+                    .into())
             }
             .await;
             (e, r)
@@ -295,7 +342,11 @@ impl WebModel {
         F: FnOnce(Engine) -> Fut,
         Fut: Future<Output = (Engine, Result<JsValue>)> + 'static,
     {
-        let taken = self.engine.try_borrow_mut().ok().and_then(|mut slot| slot.take());
+        let taken = self
+            .engine
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut slot| slot.take());
         let Some(engine) = taken else {
             return Promise::reject(&busy());
         };

@@ -8,7 +8,9 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(seed: u64) -> Sampler {
-        Sampler { state: seed ^ 0x9E37_79B9_7F4A_7C15 }
+        Sampler {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
     }
 
     /// Uniform in [0, 1).
@@ -39,7 +41,10 @@ impl Sampler {
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         let max = cand[0].1;
         let inv_t = 1.0 / temperature as f64;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| ((l - max) as f64 * inv_t).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, l)| ((l - max) as f64 * inv_t).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         // Keep the smallest head whose mass reaches top_p (at least one token).
         let keep_mass = (top_p.clamp(0.0, 1.0) as f64) * total;
@@ -137,14 +142,19 @@ mod tests {
 
     fn random_logits(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed;
-        (0..n).map(|_| (splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0).collect()
+        (0..n)
+            .map(|_| (splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0)
+            .collect()
     }
 
     #[test]
     fn greedy_and_tiny_top_p_pick_the_argmax() {
         let logits = random_logits(11, 300);
         let best = argmax(&logits);
-        assert_eq!(logits[best as usize], logits.iter().cloned().fold(f32::MIN, f32::max));
+        assert_eq!(
+            logits[best as usize],
+            logits.iter().cloned().fold(f32::MIN, f32::max)
+        );
         let mut s = Sampler::new(3);
         assert_eq!(s.sample(&logits, 0.0, 0.9), best);
         for _ in 0..20 {
@@ -158,7 +168,10 @@ mod tests {
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let max = logits[order[0]];
-        let p: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) as f64).exp()).collect();
+        let p: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] - max) as f64).exp())
+            .collect();
         let total: f64 = p.iter().sum();
         let mut mass = 0.0;
         let mut nucleus = Vec::new();
@@ -173,7 +186,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..500 {
             let t = a.sample(&logits, 1.0, 0.5);
-            assert!(nucleus.contains(&t), "token {t} outside the top-p nucleus {nucleus:?}");
+            assert!(
+                nucleus.contains(&t),
+                "token {t} outside the top-p nucleus {nucleus:?}"
+            );
             assert_eq!(t, b.sample(&logits, 1.0, 0.5));
             seen.insert(t);
         }

@@ -134,6 +134,8 @@ pub(crate) struct Gpu {
     pub subgroups: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
+    // The browser has no blocking wait.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub wait_timeout: Duration,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -277,6 +279,7 @@ impl Gpu {
     }
 
     /// Waits (with the timeout) for a submission to finish.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         let r = self.device.poll(wgpu::PollType::Wait {
             submission_index: Some(submission),

@@ -45,7 +45,7 @@ fn code_name(code: i32) -> String {
 
 /// The header of an rwkv.cpp file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RwkvCppHeader {
+pub(crate) struct RwkvCppHeader {
     pub version: u32,
     pub n_vocab: usize,
     pub n_embed: usize,

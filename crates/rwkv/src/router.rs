@@ -86,13 +86,13 @@ pub fn open(choice: BackendChoice) -> Result<Opened> {
             };
             let wgpu_err = match webgpu::open(false) {
                 Ok((b, d)) => {
-                    return Ok(Opened { backend: b, why: format!("auto: webgpu on {d} (cuda: {cuda_err})") })
+                    return Ok(Opened { backend: b, why: format!("auto: webgpu on {d} ({cuda_err})") })
                 }
                 Err(e) => e.to_string(),
             };
             Ok(Opened {
                 backend: Box::new(rwkv_cpu::CpuBackend::new()),
-                why: format!("auto: cpu (cuda: {cuda_err}; webgpu: {wgpu_err})"),
+                why: format!("auto: cpu ({cuda_err}; {wgpu_err})"),
             })
         }
     }

@@ -15,9 +15,9 @@ use crate::error::{Error, Result};
 const SUB: usize = 32;
 /// Grids tried per sub-block: (max − min)·iscale spans QMAX_LO ..= QMAX_LO + (GRIDS−1)·GRID_STEP
 /// quant steps; spans above 15 clip the extremes, which pays off for bell-shaped data.
-const GRIDS: usize = 17;
+const GRIDS: usize = 9;
 const QMAX_LO: f32 = 14.0;
-const GRID_STEP: f32 = 0.125;
+const GRID_STEP: f32 = 0.25;
 
 pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) -> Result<()> {
     for (x, block) in src.chunks_exact(256).zip(dst.chunks_exact_mut(144)) {

@@ -73,10 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let kind = match &plan_desc.ops[t.op] {
                 Op::MatMul { jobs } => {
                     let w = &plan_desc.weights[jobs[0].weight];
-                    format!(
-                        "MatMul {}",
-                        w.split('.').skip(2).collect::<Vec<_>>().join(".")
-                    )
+                    let short = match w.strip_prefix("blocks.") {
+                        Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
+                        None => w.as_str(),
+                    };
+                    format!("MatMul {short}")
                 }
                 op => format!("{op:?}")
                     .split([' ', '{'])

@@ -438,23 +438,19 @@ impl Compiled {
                             )));
                         }
                         let narrow = units <= NARROW_UNITS;
+                        // Invocations per row: no more than the row has units (short rows of
+                        // small models); the rest of the 64 take further rows.
+                        let tpr = units.next_power_of_two().clamp(16, 64);
                         for ch in &m.chunks {
-                            let groups = if narrow {
-                                (ch.rows as u64).div_ceil(64)
-                            } else {
-                                ch.rows as u64
-                            };
+                            let rows_per_group = if narrow { 64 } else { 64 / tpr };
+                            let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
                             let (gx, gy) = grid(groups)?;
                             recs.push(Rec {
                                 op: op_index,
                                 kernel: if narrow {
                                     Kernel::MatMulNarrow(m.kind)
                                 } else {
-                                    // No more invocations than units (short rows of small models).
-                                    Kernel::MatMul(
-                                        m.kind,
-                                        units.next_power_of_two().clamp(16, 64) as u32,
-                                    )
+                                    Kernel::MatMul(m.kind, tpr as u32)
                                 },
                                 params: params(&[
                                     u32_of(ch.rows, "rows")?,

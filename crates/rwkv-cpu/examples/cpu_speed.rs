@@ -21,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let model = synth_model(shape, dtype, 1)?;
-    println!("synth {shape} {dtype}: {:.2} s, {} bytes", start.elapsed().as_secs_f64(), model.total_bytes());
+    println!(
+        "synth {shape} {dtype}: {:.2} s, {} bytes",
+        start.elapsed().as_secs_f64(),
+        model.total_bytes()
+    );
 
     let mut backend = CpuBackend::new();
     let builder = PlanBuilder::new(&model.desc);

@@ -59,22 +59,8 @@ impl Weight {
     }
 }
 
-/// Bytes of `dtype` → f32 values.
+/// Bytes of `dtype` → f32 values (bit-exact with ggml).
 fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    // TODO: use rwkv_core::quant::dequantize for every dtype once it has landed.
-    if dtype == DType::F32 {
-        if bytes.len() != out.len() * 4 {
-            return Err(fail(format!(
-                "{} bytes do not hold {} f32 values",
-                bytes.len(),
-                out.len()
-            )));
-        }
-        for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        return Ok(());
-    }
     rwkv_core::quant::dequantize(dtype, bytes, out)
 }
 

@@ -7,6 +7,9 @@
 //!
 //! Try it: `synth_model(SynthShape::Tiny, DType::F32, 42)`.
 
+// The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;

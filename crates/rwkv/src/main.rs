@@ -222,14 +222,16 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 vec![engine.feed(&mut s, &ids)?]
             };
-            let json = serde_json::json!({ "tokens": ids, "logits": rows });
-            println!("{json}");
-            Ok(())
+            #[derive(serde::Serialize)]
+            struct LogitsOut {
+                tokens: Vec<u32>,
+                logits: Vec<Vec<f32>>,
+            }
+            emit(&serde_json::to_string(&LogitsOut { tokens: ids, logits: rows }).unwrap_or_default())
         }
         Cmd::Tokenize { vocab, model, prompt } => {
             let v = vocab_from(&vocab, &model)?;
-            println!("{}", serde_json::to_string(&v.encode(prompt.as_bytes())).unwrap_or_default());
-            Ok(())
+            emit(&serde_json::to_string(&v.encode(prompt.as_bytes())).unwrap_or_default())
         }
         Cmd::Detokenize { vocab, model, tokens } => {
             let v = vocab_from(&vocab, &model)?;
@@ -261,6 +263,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Doctor { json } => doctor(json),
+    }
+}
+
+/// Prints one line on stdout; a closed pipe (`| head`) ends the program quietly, not with a panic.
+fn emit(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.map_err(|e| Error::io("stdout", e)),
     }
 }
 
@@ -296,7 +307,7 @@ fn info(spec: &str, json: bool) -> Result<()> {
             "tensors_per_dtype": counts,
             "has_vocab": model.vocab.is_some(),
         });
-        println!("{j}");
+        emit(&j.to_string())?;
     } else {
         println!("file:        {spec} ({})", model.format);
         println!("version:     RWKV {}", d.version.name());
@@ -316,8 +327,7 @@ fn info(spec: &str, json: bool) -> Result<()> {
 fn doctor(json: bool) -> Result<()> {
     let reports = rwkv::router::report_all();
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
-        return Ok(());
+        return emit(&serde_json::to_string_pretty(&reports).unwrap_or_default());
     }
     for r in &reports {
         let status = if r.available { "available" } else { "unavailable" };

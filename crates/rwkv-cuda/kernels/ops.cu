@@ -1,0 +1,126 @@
+// Row-wise ops: embedding, layer norm, token shift, last rows, argmax.
+
+// Layer norm of `n` values at `x` (read twice: mean first, then variance of the deviations, as
+// the f64 reference does) into `out`; returns nothing. Each thread touches the same indices in
+// every pass, so `out` may alias `x`.
+__device__ void ln_row(const float* x, float* out, const float* w, const float* b, int n, float eps, float* red) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    float mean = block_sum(s, red) / (float)n;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { float d = x[i] - mean; v += d * d; }
+    float var = block_sum(v, red) / (float)n;
+    float inv = rsqrtf(var + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+// out[r] = table[tokens[r]] (dequantized); with ln_w != 0, then layer-normed in place.
+extern "C" __global__ void embed_kernel(const u32* tokens, int dtype, const u8* q, const u8* m, int cols,
+                                        float* out, const float* ln_w, const float* ln_b, float eps) {
+    __shared__ float red[32];
+    int r = blockIdx.x;
+    long long tok = tokens[r];
+    float* o = out + (long long)r * cols;
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) o[k] = dequant_one(dtype, q, m, tok, cols, k);
+    if (ln_w) ln_row(o, o, ln_w, ln_b, cols, eps, red);
+}
+
+// out[r] = LN(x[r * in_mul + in_add]); copy (if set) receives the raw source row.
+extern "C" __global__ void layernorm_kernel(const float* x, float* out, const float* w, const float* b, int n,
+                                            float eps, int in_mul, int in_add, float* copy) {
+    __shared__ float red[32];
+    int r = blockIdx.x;
+    const float* xr = x + (long long)(r * in_mul + in_add) * n;
+    if (copy) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) copy[(long long)r * n + i] = xr[i];
+    }
+    ln_row(xr, out + (long long)r * n, w, b, n, eps, red);
+}
+
+struct ShiftArgs {
+    const float* mix[6];
+    float* out[6];
+    int n_mix;
+};
+
+// Token shift (optionally fused with the layer norm that produces its input):
+//   with ln_w: xn[r] = LN(x[r]) (x is then the norm's input), else xn is the input itself;
+//   prev = LN(x[r-1]) / xn[r-1] within the sequence, or the slot's register for the first token;
+//   out_m[r] = xn[r] + (prev - xn[r]) * mix_m.
+// With n_tok == 1 the register is updated here (each thread reads, then writes, its own entries);
+// otherwise shift_store_kernel does it after this kernel.
+extern "C" __global__ void ln_shift_kernel(const float* x, float* xn, const float* ln_w, const float* ln_b,
+                                           float eps, int n, int n_tok, const int* slots, float* state,
+                                           long long state_len, long long reg_off, ShiftArgs a) {
+    extern __shared__ float sh[];  // prev row: n floats
+    __shared__ float red[32];
+    int r = blockIdx.x, t = r % n_tok, s = r / n_tok;
+    float* reg = state + (long long)slots[s] * state_len + reg_off;
+    float* cur = xn + (long long)r * n;
+    if (ln_w) ln_row(x + (long long)r * n, cur, ln_w, ln_b, n, eps, red);
+    if (t > 0) {
+        if (ln_w) ln_row(x + (long long)(r - 1) * n, sh, ln_w, ln_b, n, eps, red);
+        else
+            for (int i = threadIdx.x; i < n; i += blockDim.x) sh[i] = xn[(long long)(r - 1) * n + i];
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) sh[i] = reg[i];
+    }
+    // Each thread reads back only what it wrote (cur) or what the block wrote to sh under the
+    // barrier below.
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float c = cur[i], d = sh[i] - c;
+        for (int j = 0; j < a.n_mix; j++) a.out[j][(long long)r * n + i] = c + d * a.mix[j][i];
+        if (n_tok == 1) reg[i] = c;
+    }
+}
+
+// Register <- the last row of xn of each sequence (grid: n_seq blocks).
+extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok, const int* slots, float* state,
+                                              long long state_len, long long reg_off) {
+    int s = blockIdx.x;
+    float* reg = state + (long long)slots[s] * state_len + reg_off;
+    const float* src = xn + (long long)(s * n_tok + n_tok - 1) * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) reg[i] = src[i];
+}
+
+extern "C" __global__ void last_rows_kernel(const float* x, float* out, int n, int n_tok) {
+    int s = blockIdx.x;
+    const float* src = x + (long long)(s * n_tok + n_tok - 1) * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long long)s * n + i] = src[i];
+}
+
+// Index of the largest value of each row; ties go to the lowest index; NaN never wins.
+extern "C" __global__ void argmax_kernel(const float* x, int n, u32* out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    int r = blockIdx.x;
+    const float* xr = x + (long long)r * n;
+    float best = -__int_as_float(0x7f800000);
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (v > best) { best = v; idx = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        best = lane < nw ? bv[lane] : -__int_as_float(0x7f800000);
+        idx = lane < nw ? bi[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+        }
+        if (lane == 0) out[r] = idx == 0x7fffffff ? 0u : (u32)idx;
+    }
+}

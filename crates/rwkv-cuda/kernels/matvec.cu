@@ -18,8 +18,7 @@ struct MatJob {
     int pad;
 };
 
-#define MV_WARPS 4
-#define MV_WR 2
+#define MV_THREADS 256
 
 __device__ __forceinline__ int find_job(const MatJob* jobs, int n_jobs, int bid) {
     int j = 0;
@@ -44,183 +43,259 @@ __device__ __forceinline__ void q4k_sm_words(u32 y, u32 z, u32 w, int j, float d
     dmn = dmin * (float)mn;
 }
 
-// Decoders: unit u (32 values) of weight row `row` into w[32]; returns the x offset of its first
-// segment; segments are 32 apart, NSEG of them, 32/NSEG values each.
-__device__ __forceinline__ int unit_q4k(const u8* q, const u8* m, long long row, int nb, int u, float (&w)[32]) {
-    int b = u >> 3, c = (u & 7) >> 1, half = u & 1;
-    long long blk = row * nb + b;
-    uint4 qv = __ldg((const uint4*)(q + blk * 128 + 32 * c + 16 * half));
-    uint4 mv = __ldg((const uint4*)(m + blk * 16));
-    float d = h2f((u16)(mv.x & 0xffff)), dmin = h2f((u16)(mv.x >> 16));
-    float d1, m1, d2, m2;
-    q4k_sm_words(mv.y, mv.z, mv.w, 2 * c, d, dmin, d1, m1);
-    q4k_sm_words(mv.y, mv.z, mv.w, 2 * c + 1, d, dmin, d2, m2);
-    u32 qw[4] = {qv.x, qv.y, qv.z, qv.w};
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        u32 byte = byte_of(qw[i >> 2], i & 3);
-        w[i] = d1 * (float)(byte & 15) - m1;
-        w[16 + i] = d2 * (float)(byte >> 4) - m2;
+// Raw bytes of one unit, loaded before any arithmetic so that several units' loads are in flight.
+struct RawUnit {
+    uint4 a, b;
+    u32 c, d;
+};
+
+template <int DT>
+__device__ __forceinline__ void raw_load(const MatJob& J, long long row, int u, RawUnit& w) {
+    if (DT == DT_Q4K) {
+        long long blk = row * (J.in_dim / 256) + (u >> 3);
+        int c = (u & 7) >> 1, half = u & 1;
+        w.a = __ldg((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
+        w.b = __ldg((const uint4*)(J.wm + blk * 16));
+    } else if (DT == DT_Q6K) {
+        long long blk = row * (J.in_dim / 256) + (u >> 3);
+        int n = (u & 7) >> 2, g = u & 3;
+        const u8* qb = J.wq + blk * 192;
+        uint2 l0 = __ldg((const uint2*)(qb + 64 * n + 8 * g));
+        uint2 l1 = __ldg((const uint2*)(qb + 64 * n + 32 + 8 * g));
+        uint2 hv = __ldg((const uint2*)(qb + 128 + 32 * n + 8 * g));
+        const u8* mb = J.wm + blk * 20;
+        w.a = make_uint4(l0.x, l0.y, l1.x, l1.y);
+        w.b = make_uint4(hv.x, hv.y, __ldg((const u32*)mb), 0u);
+        // scales S[8n + g/2 + {0,2,4,6}]: bytes 8n+g/2 .. 8n+g/2+6 of the 16 scale bytes.
+        const u8* S = mb + 4 + 8 * n + (g >> 1);
+        w.c = (u32)S[0] | ((u32)S[2] << 8) | ((u32)S[4] << 16) | ((u32)S[6] << 24);
+    } else if (DT == DT_Q8_0) {
+        long long blk = row * (J.in_dim / 32) + u;
+        const uint4* p = (const uint4*)(J.wq + blk * 32);
+        w.a = __ldg(p);
+        w.b = __ldg(p + 1);
+        w.c = __ldg((const u16*)J.wm + blk);
+    } else if (DT == DT_F16) {
+        w.a = __ldg((const uint4*)(J.wq + (row * J.in_dim + 8 * u) * 2));
+    } else {
+        const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + 8 * u) * 4);
+        w.a = __ldg(p);
+        w.b = __ldg(p + 1);
     }
-    return b * 256 + 64 * c + 16 * half;
 }
 
-__device__ __forceinline__ int unit_q6k(const u8* q, const u8* m, long long row, int nb, int u, float (&w)[32]) {
-    int b = u >> 3, n = (u & 7) >> 2, g = u & 3;
-    long long blk = row * nb + b;
-    const u8* qb = q + blk * 192;
-    uint2 l0 = __ldg((const uint2*)(qb + 64 * n + 8 * g));
-    uint2 l1 = __ldg((const uint2*)(qb + 64 * n + 32 + 8 * g));
-    uint2 hv = __ldg((const uint2*)(qb + 128 + 32 * n + 8 * g));
-    const u8* mb = m + blk * 20;
-    float d = h2f(__ldg((const u16*)mb));
-    const i8* S = (const i8*)(mb + 4) + 8 * n + g / 2;
-    float s0 = d * (float)S[0], s1 = d * (float)S[2], s2 = d * (float)S[4], s3 = d * (float)S[6];
-    u32 a0[2] = {l0.x, l0.y}, a1[2] = {l1.x, l1.y}, hh[2] = {hv.x, hv.y};
+// 4-bit or 6-bit integer q as a float without I2F: the bits of 2^23 + q, minus 2^23 (exact).
+__device__ __forceinline__ float small_int_f(u32 q) { return __uint_as_float(0x4B000000u | q) - 8388608.0f; }
+
+template <int N>
+__device__ __forceinline__ void xload(const float* x, float (&xv)[N]) {
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        u32 lo0 = byte_of(a0[i >> 2], i & 3), lo1 = byte_of(a1[i >> 2], i & 3), h = byte_of(hh[i >> 2], i & 3);
-        w[i] = s0 * (float)((int)((lo0 & 15) | ((h & 3) << 4)) - 32);
-        w[8 + i] = s1 * (float)((int)((lo1 & 15) | (((h >> 2) & 3) << 4)) - 32);
-        w[16 + i] = s2 * (float)((int)((lo0 >> 4) | (((h >> 4) & 3) << 4)) - 32);
-        w[24 + i] = s3 * (float)((int)((lo1 >> 4) | (((h >> 6) & 3) << 4)) - 32);
+    for (int i = 0; i < N; i += 4) {
+        float4 t = *(const float4*)(x + i);
+        xv[i] = t.x; xv[i + 1] = t.y; xv[i + 2] = t.z; xv[i + 3] = t.w;
     }
-    return b * 256 + 128 * n + 8 * g;
 }
 
-__device__ __forceinline__ int unit_q8(const u8* q, const u8* m, long long row, int nb, int u, float (&w)[32]) {
-    long long blk = row * nb + u;
-    const uint4* p = (const uint4*)(q + blk * 32);
-    uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
-    float d = h2f(__ldg((const u16*)m + blk));
-    u32 ws[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+// acc[r] += dot(unit, x[r]) for the R activation rows.
+template <int DT, int R>
+__device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u, const float* x, int nr, float (&acc)[R]) {
+    if (DT == DT_Q4K) {
+        int c = (u & 7) >> 1, half = u & 1;
+        int base = (u >> 3) * 256 + 64 * c + 16 * half;
+        float d = h2f((u16)(w.b.x & 0xffff)), dmin = h2f((u16)(w.b.x >> 16));
+        float d1, m1, d2, m2;
+        q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c, d, dmin, d1, m1);
+        q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c + 1, d, dmin, d2, m2);
+        u32 qw[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
+        float lo[16], hi[16];
 #pragma unroll
-    for (int i = 0; i < 32; i++) w[i] = d * (float)(int)(signed char)byte_of(ws[i >> 2], i & 3);
-    return 32 * u;
-}
-
-__device__ __forceinline__ int unit_f16(const u8* q, long long row, int in_dim, int u, float (&w)[32]) {
-    const uint4* p = (const uint4*)(q + (row * in_dim + 32 * u) * 2);
+        for (int i = 0; i < 16; i++) {
+            u32 byte = byte_of(qw[i >> 2], i & 3);
+            lo[i] = small_int_f(byte & 15);
+            hi[i] = small_int_f(byte >> 4);
+        }
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        uint4 v = __ldg(p + j);
-        u32 ws[4] = {v.x, v.y, v.z, v.w};
+        for (int r = 0; r < R; r++) {
+            if (r < nr) {
+                const float* xr = x + (long long)r * J.in_dim + base;
+                float x0[16], x1[16];
+                xload<16>(xr, x0);
+                xload<16>(xr + 32, x1);
+                float q0 = 0.f, s0 = 0.f, q1 = 0.f, s1 = 0.f;
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    q0 += lo[i] * x0[i];
+                    s0 += x0[i];
+                    q1 += hi[i] * x1[i];
+                    s1 += x1[i];
+                }
+                acc[r] += d1 * q0 - m1 * s0 + d2 * q1 - m2 * s1;
+            }
+        }
+    } else if (DT == DT_Q6K) {
+        int n = (u & 7) >> 2, g = u & 3;
+        int base = (u >> 3) * 256 + 128 * n + 8 * g;
+        float d = h2f((u16)(w.b.z & 0xffff));
+        float sc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) sc[j] = d * (float)(signed char)byte_of(w.c, j);
+        u32 a0[2] = {w.a.x, w.a.y}, a1[2] = {w.a.z, w.a.w}, hh[2] = {w.b.x, w.b.y};
+        float q[4][8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 lo0 = byte_of(a0[i >> 2], i & 3), lo1 = byte_of(a1[i >> 2], i & 3), h = byte_of(hh[i >> 2], i & 3);
+            q[0][i] = small_int_f((lo0 & 15) | ((h & 3) << 4)) - 32.0f;
+            q[1][i] = small_int_f((lo1 & 15) | (((h >> 2) & 3) << 4)) - 32.0f;
+            q[2][i] = small_int_f((lo0 >> 4) | (((h >> 4) & 3) << 4)) - 32.0f;
+            q[3][i] = small_int_f((lo1 >> 4) | (((h >> 6) & 3) << 4)) - 32.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < nr) {
+                const float* xr = x + (long long)r * J.in_dim + base;
+                float tot = 0.f;
+#pragma unroll
+                for (int sg = 0; sg < 4; sg++) {
+                    float xv[8];
+                    xload<8>(xr + 32 * sg, xv);
+                    float t = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) t += q[sg][i] * xv[i];
+                    tot += sc[sg] * t;
+                }
+                acc[r] += tot;
+            }
+        }
+    } else if (DT == DT_Q8_0) {
+        float d = h2f((u16)w.c);
+        u32 ws[8] = {w.a.x, w.a.y, w.a.z, w.a.w, w.b.x, w.b.y, w.b.z, w.b.w};
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < nr) {
+                const float* xr = x + (long long)r * J.in_dim + 32 * u;
+                float xv[32];
+                xload<32>(xr, xv);
+                float t = 0.f;
+#pragma unroll
+                for (int i = 0; i < 32; i++) t += (float)(int)(signed char)byte_of(ws[i >> 2], i & 3) * xv[i];
+                acc[r] += d * t;
+            }
+        }
+    } else if (DT == DT_F16) {
+        u32 ws[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
+        float wv[8];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            w[8 * j + 2 * i] = h2f((u16)(ws[i] & 0xffff));
-            w[8 * j + 2 * i + 1] = h2f((u16)(ws[i] >> 16));
+            wv[2 * i] = h2f((u16)(ws[i] & 0xffff));
+            wv[2 * i + 1] = h2f((u16)(ws[i] >> 16));
         }
-    }
-    return 32 * u;
-}
-
-__device__ __forceinline__ int unit_f32(const u8* q, long long row, int in_dim, int u, float (&w)[32]) {
-    const float4* p = (const float4*)(q + (row * in_dim + 32 * u) * 4);
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        float4 v = __ldg(p + j);
-        w[4 * j] = v.x;
-        w[4 * j + 1] = v.y;
-        w[4 * j + 2] = v.z;
-        w[4 * j + 3] = v.w;
-    }
-    return 32 * u;
-}
-
-template <int NSEG, int R>
-__device__ __forceinline__ void fma_unit(const float (&w)[32], const float* x, int in_dim, int base, int nr, float (&acc)[R]) {
-    constexpr int SL = 32 / NSEG;
+        for (int r = 0; r < R; r++) {
+            if (r < nr) {
+                float xv[8];
+                xload<8>(x + (long long)r * J.in_dim + 8 * u, xv);
+                float t = 0.f;
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (r < nr) {
-            const float* xr = x + (long long)r * in_dim + base;
-            float s = 0.0f;
-#pragma unroll
-            for (int sg = 0; sg < NSEG; sg++) {
-#pragma unroll
-                for (int v = 0; v < SL / 4; v++) {
-                    float4 xv = *(const float4*)(xr + sg * 32 + 4 * v);
-                    s += w[sg * SL + 4 * v] * xv.x + w[sg * SL + 4 * v + 1] * xv.y + w[sg * SL + 4 * v + 2] * xv.z +
-                         w[sg * SL + 4 * v + 3] * xv.w;
-                }
+                for (int i = 0; i < 8; i++) t += wv[i] * xv[i];
+                acc[r] += t;
             }
-            acc[r] += s;
+        }
+    } else {
+        float wv[8] = {__uint_as_float(w.a.x), __uint_as_float(w.a.y), __uint_as_float(w.a.z), __uint_as_float(w.a.w),
+                       __uint_as_float(w.b.x), __uint_as_float(w.b.y), __uint_as_float(w.b.z), __uint_as_float(w.b.w)};
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < nr) {
+                float xv[8];
+                xload<8>(x + (long long)r * J.in_dim + 8 * u, xv);
+                float t = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) t += wv[i] * xv[i];
+                acc[r] += t;
+            }
         }
     }
 }
 
+// Lanes of a row walk its units [u0, u1) with stride lpr, 4 units' loads in flight at a time.
 template <int DT, int R>
-__device__ __forceinline__ void mv_units(const MatJob& J, const float* x, int nr, int row0, float (&acc)[MV_WR][R]) {
-    int lane = threadIdx.x & 31;
-    int units = J.in_dim / 32, nb = DT == DT_Q8_0 ? J.in_dim / 32 : J.in_dim / 256;
-#pragma unroll 2
-    for (int u = lane; u < units; u += 32) {
+__device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
+                                         const float* x, int nr, float (&acc)[R]) {
+    constexpr int PF = 4;
+    for (int u = u0 + l; u < u1; u += PF * lpr) {
+        RawUnit w[PF];
 #pragma unroll
-        for (int i = 0; i < MV_WR; i++) {
-            long long row = row0 + i;
-            if (row < J.out_dim) {
-                float w[32];
-                int base;
-                if (DT == DT_Q4K) base = unit_q4k(J.wq, J.wm, row, nb, u, w);
-                else if (DT == DT_Q6K) base = unit_q6k(J.wq, J.wm, row, nb, u, w);
-                else if (DT == DT_Q8_0) base = unit_q8(J.wq, J.wm, row, nb, u, w);
-                else if (DT == DT_F16) base = unit_f16(J.wq, row, J.in_dim, u, w);
-                else base = unit_f32(J.wq, row, J.in_dim, u, w);
-                if (DT == DT_Q4K) fma_unit<2, R>(w, x, J.in_dim, base, nr, acc[i]);
-                else if (DT == DT_Q6K) fma_unit<4, R>(w, x, J.in_dim, base, nr, acc[i]);
-                else fma_unit<1, R>(w, x, J.in_dim, base, nr, acc[i]);
-            }
-        }
+        for (int p = 0; p < PF; p++)
+            if (u + p * lpr < u1) raw_load<DT>(J, row, u + p * lpr, w[p]);
+#pragma unroll
+        for (int p = 0; p < PF; p++)
+            if (u + p * lpr < u1) raw_dot<DT, R>(J, w[p], u + p * lpr, x, nr, acc);
     }
 }
 
-template <int R>
-__device__ __forceinline__ void mv_generic(const MatJob& J, const float* x, int nr, int row0, float (&acc)[MV_WR][R]) {
-    int lane = threadIdx.x & 31;
-    for (int k = lane; k < J.in_dim; k += 32) {
-#pragma unroll
-        for (int i = 0; i < MV_WR; i++) {
-            long long row = row0 + i;
-            if (row < J.out_dim) {
-                float w = dequant_one(J.dtype, J.wq, J.wm, row, J.in_dim, k);
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    if (r < nr) acc[i][r] += w * x[(long long)r * J.in_dim + k];
-            }
-        }
-    }
-}
-
+// Grid: x over (job, block of weight rows), y over groups of R activation rows.
+// Fields of a SIMT job: n_tiles_n = lanes per row (lpr, a power of two <= 32), pad = warps per row
+// (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers (8/ks) * (32/lpr) rows.
 template <int R>
 __device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int rows) {
+    __shared__ float part[8][32][R];
     int bid = blockIdx.x;
     const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
+    int lpr = J.n_tiles_n, ks = J.pad;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row0 = ((bid - J.block_start) * MV_WARPS + warp) * MV_WR;
-    if (row0 >= J.out_dim) return;
-    bool fast = (J.in_dim % 32 == 0) && (J.dtype == DT_F32 || J.dtype == DT_F16 || J.dtype == DT_Q8_0 ||
-                                         ((J.dtype == DT_Q4K || J.dtype == DT_Q6K) && J.in_dim % 256 == 0));
-    for (int rg = 0; rg < rows; rg += R) {
+    int rpw = 32 / lpr;  // rows per warp
+    int wrow = warp / ks, kslice = warp % ks;
+    int sub = lane / lpr, l = lane % lpr;
+    long long row = (long long)(bid - J.block_start) * (8 / ks) * rpw + wrow * rpw + sub;
+    bool valid = row < J.out_dim;
+    int vals = (J.dtype == DT_F16 || J.dtype == DT_F32) ? 8 : 32;
+    bool fast = J.in_dim % vals == 0 && ((J.dtype != DT_Q4K && J.dtype != DT_Q6K) || J.in_dim % 256 == 0);
+    int units = J.in_dim / vals;
+    int u0 = units * kslice / ks, u1 = units * (kslice + 1) / ks;
+    // Each blockIdx.y takes one group of R activation rows.
+    {
+        int rg = blockIdx.y * R;
         int nr = min(R, rows - rg);
         const float* x = J.x + (long long)rg * J.in_dim;
-        float acc[MV_WR][R];
+        float acc[R];
 #pragma unroll
-        for (int i = 0; i < MV_WR; i++)
+        for (int r = 0; r < R; r++) acc[r] = 0.0f;
+        if (valid) {
+            if (!fast) {
+                for (int k = l + kslice * lpr; k < J.in_dim; k += lpr * ks) {
+                    float w = dequant_one(J.dtype, J.wq, J.wm, row, J.in_dim, k);
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
-        if (!fast) mv_generic<R>(J, x, nr, row0, acc);
-        else if (J.dtype == DT_Q4K) mv_units<DT_Q4K, R>(J, x, nr, row0, acc);
-        else if (J.dtype == DT_Q6K) mv_units<DT_Q6K, R>(J, x, nr, row0, acc);
-        else if (J.dtype == DT_Q8_0) mv_units<DT_Q8_0, R>(J, x, nr, row0, acc);
-        else if (J.dtype == DT_F16) mv_units<DT_F16, R>(J, x, nr, row0, acc);
-        else mv_units<DT_F32, R>(J, x, nr, row0, acc);
+                    for (int r = 0; r < R; r++)
+                        if (r < nr) acc[r] += w * x[(long long)r * J.in_dim + k];
+                }
+            } else if (J.dtype == DT_Q4K) mv_units<DT_Q4K, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+            else if (J.dtype == DT_Q6K) mv_units<DT_Q6K, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+            else if (J.dtype == DT_Q8_0) mv_units<DT_Q8_0, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+            else if (J.dtype == DT_F16) mv_units<DT_F16, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+            else mv_units<DT_F32, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+        }
+        // Reduce within each group of lpr lanes (xor offsets below lpr stay inside the group).
 #pragma unroll
-        for (int i = 0; i < MV_WR; i++) {
-            int row = row0 + i;
+        for (int r = 0; r < R; r++)
+            for (int o = lpr >> 1; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+        if (ks > 1) {
+            __syncthreads();
+            if (l == 0) {
+#pragma unroll
+                for (int r = 0; r < R; r++) part[warp][sub][r] = acc[r];
+            }
+            __syncthreads();
+            if (kslice == 0 && l == 0) {
+                for (int k2 = 1; k2 < ks; k2++)
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r] += part[warp + k2][sub][r];
+            }
+        }
+        if (kslice == 0 && l == 0 && valid) {
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                float v = warp_sum(acc[i][r]);
-                if (lane == r && r < nr && row < J.out_dim) {
+                if (r < nr) {
+                    float v = acc[r];
                     if (J.bias) v += J.bias[row];
                     v = apply_act(J.act, v);
                     float* o = J.out + (long long)(rg + r) * J.out_dim + row;
@@ -232,15 +307,15 @@ __device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec1_kernel(const MatJob* jobs, int n_jobs, int rows) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const MatJob* jobs, int n_jobs, int rows) {
     matvec_impl<1>(jobs, n_jobs, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec2_kernel(const MatJob* jobs, int n_jobs, int rows) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const MatJob* jobs, int n_jobs, int rows) {
     matvec_impl<2>(jobs, n_jobs, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec4_kernel(const MatJob* jobs, int n_jobs, int rows) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const MatJob* jobs, int n_jobs, int rows) {
     matvec_impl<4>(jobs, n_jobs, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec8_kernel(const MatJob* jobs, int n_jobs, int rows) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const MatJob* jobs, int n_jobs, int rows) {
     matvec_impl<8>(jobs, n_jobs, rows);
 }

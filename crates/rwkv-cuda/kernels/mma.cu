@@ -2,7 +2,9 @@
 // Block tile: 64 activation rows x 64 weight rows, K steps of 64. Each step dequantizes the weight
 // tile to f16 in shared memory (2 threads per weight row, 32 values each) and converts the
 // activation tile to f16; 4 warps (2 x 2) each compute 32 x 32 with mma.sync m16n8k16, f32
-// accumulators. Needs in_dim % 64 == 0 (and % 256 for the K-quants); the host checks.
+// accumulators. Needs in_dim % 32 == 0 (% 256 for the K-quants); a last half step is zero-filled.
+// Split K (job.pad = splits > 1, only for act == NONE): each split adds its partial sum into
+// `out` with atomicAdd (split 0 adds the bias); `out` is cleared first unless accumulating.
 
 #define MM_BM 64
 #define MM_BN 64
@@ -29,6 +31,12 @@ __device__ __forceinline__ void store16(u16* dst, const float (&v)[16]) {
 // written as f16 to dst (the tile row).
 __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0, int half, u16* dst) {
     float v[16], u[16];
+    if (k0 + 32 * half >= J.in_dim) {
+        uint4 z = make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = z;
+        return;
+    }
     if (J.dtype == DT_Q4K) {
         int nb = J.in_dim / 256, b = k0 / 256, c = (k0 % 256) / 64;
         long long blk = row * nb + b;
@@ -104,7 +112,11 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const MatJob
     int bid = blockIdx.x;
     const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
     int tile = bid - J.block_start;
-    int n0 = (tile % J.n_tiles_n) * MM_BN, m0 = (tile / J.n_tiles_n) * MM_BM;
+    int tiles_m = (rows + MM_BM - 1) / MM_BM;
+    int n0 = (tile % J.n_tiles_n) * MM_BN, rest = tile / J.n_tiles_n;
+    int m0 = (rest % tiles_m) * MM_BM, split = rest / tiles_m, splits = max(J.pad, 1);
+    int steps = (J.in_dim + MM_BK - 1) / MM_BK;
+    int k_begin = steps * split / splits * MM_BK, k_end = min(J.in_dim, steps * (split + 1) / splits * MM_BK);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
     int wm = warp >> 1, wn = warp & 1;
     float acc[2][4][4];
@@ -117,13 +129,13 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const MatJob
 
     int brow = tid >> 1, bhalf = tid & 1;
     long long wrow = n0 + brow;
-    for (int k0 = 0; k0 < J.in_dim; k0 += MM_BK) {
+    for (int k0 = k_begin; k0 < k_end; k0 += MM_BK) {
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int idx = tid + 128 * i, r = idx >> 4, c4 = idx & 15;
             int gr = m0 + r;
             float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (gr < rows) v = *(const float4*)(J.x + (long long)gr * J.in_dim + k0 + 4 * c4);
+            if (gr < rows && k0 + 4 * c4 < J.in_dim) v = *(const float4*)(J.x + (long long)gr * J.in_dim + k0 + 4 * c4);
             *(uint2*)&As[r * MM_LD + 4 * c4] = make_uint2(pack_h2(v.x, v.y), pack_h2(v.z, v.w));
         }
         if (wrow < J.out_dim) {
@@ -166,6 +178,11 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const MatJob
                 int n = n0 + 32 * wn + 8 * nt + 2 * tig + (e & 1);
                 if (m < rows && n < J.out_dim) {
                     float v = acc[mt][nt][e];
+                    if (splits > 1) {
+                        if (J.bias && split == 0) v += J.bias[n];
+                        atomicAdd(J.out + (long long)m * J.out_dim + n, v);
+                        continue;
+                    }
                     if (J.bias) v += J.bias[n];
                     v = apply_act(J.act, v);
                     float* o = J.out + (long long)m * J.out_dim + n;

@@ -1,17 +1,46 @@
 // Row-wise ops: embedding, layer norm, token shift, last rows, argmax.
 
-// Layer norm of `n` values at `x` (read twice: mean first, then variance of the deviations, as
-// the f64 reference does) into `out`; returns nothing. Each thread touches the same indices in
-// every pass, so `out` may alias `x`.
-__device__ void ln_row(const float* x, float* out, const float* w, const float* b, int n, float eps, float* red) {
+// Layer norm of `n` values at `x` into `out`. Values stay in registers (LN_MAXV per thread, all
+// loads issued at once: one memory latency per row instead of one per loop trip); the variance
+// is taken of the deviations, as the f64 reference does. `out` may alias `x`.
+#define LN_MAXV 8
+__device__ __forceinline__ void ln_load(const float* x, int n, float (&v)[LN_MAXV], float& mean, float& inv,
+                                        float eps, float* red) {
     float s = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
-    float mean = block_sum(s, red) / (float)n;
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) { float d = x[i] - mean; v += d * d; }
-    float var = block_sum(v, red) / (float)n;
-    float inv = rsqrtf(var + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+#pragma unroll
+    for (int j = 0; j < LN_MAXV; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n ? x[i] : 0.0f;
+        s += v[j];
+    }
+    mean = block_sum(s, red) / (float)n;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < LN_MAXV; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        float d = v[j] - mean;
+        q += i < n ? d * d : 0.0f;
+    }
+    inv = rsqrtf(block_sum(q, red) / (float)n + eps);
+}
+
+__device__ __forceinline__ void ln_apply(float (&v)[LN_MAXV], int n, float mean, float inv, const float* w, const float* b) {
+#pragma unroll
+    for (int j = 0; j < LN_MAXV; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < n) v[j] = (v[j] - mean) * inv * w[i] + b[i];
+    }
+}
+
+__device__ void ln_row(const float* x, float* out, const float* w, const float* b, int n, float eps, float* red) {
+    float v[LN_MAXV], mean, inv;
+    ln_load(x, n, v, mean, inv, eps, red);
+    ln_apply(v, n, mean, inv, w, b);
+#pragma unroll
+    for (int j = 0; j < LN_MAXV; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < n) out[i] = v[j];
+    }
 }
 
 // out[r] = table[tokens[r]] (dequantized); with ln_w != 0, then layer-normed in place.
@@ -48,30 +77,46 @@ struct ShiftArgs {
 //   prev = LN(x[r-1]) / xn[r-1] within the sequence, or the slot's register for the first token;
 //   out_m[r] = xn[r] + (prev - xn[r]) * mix_m.
 // With n_tok == 1 the register is updated here (each thread reads, then writes, its own entries);
-// otherwise shift_store_kernel does it after this kernel.
+// otherwise shift_store_kernel does it after this kernel. Needs n <= LN_MAXV * blockDim.
 extern "C" __global__ void ln_shift_kernel(const float* x, float* xn, const float* ln_w, const float* ln_b,
                                            float eps, int n, int n_tok, const int* slots, float* state,
                                            long long state_len, long long reg_off, ShiftArgs a) {
-    extern __shared__ float sh[];  // prev row: n floats
     __shared__ float red[32];
     int r = blockIdx.x, t = r % n_tok, s = r / n_tok;
     float* reg = state + (long long)slots[s] * state_len + reg_off;
-    float* cur = xn + (long long)r * n;
-    if (ln_w) ln_row(x + (long long)r * n, cur, ln_w, ln_b, n, eps, red);
-    if (t > 0) {
-        if (ln_w) ln_row(x + (long long)(r - 1) * n, sh, ln_w, ln_b, n, eps, red);
-        else
-            for (int i = threadIdx.x; i < n; i += blockDim.x) sh[i] = xn[(long long)(r - 1) * n + i];
+    float cur[LN_MAXV], prev[LN_MAXV];
+    if (ln_w) {
+        float mean, inv;
+        ln_load(x + (long long)r * n, n, cur, mean, inv, eps, red);
+        ln_apply(cur, n, mean, inv, ln_w, ln_b);
+        if (t > 0) {
+            ln_load(x + (long long)(r - 1) * n, n, prev, mean, inv, eps, red);
+            ln_apply(prev, n, mean, inv, ln_w, ln_b);
+        }
     } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) sh[i] = reg[i];
+#pragma unroll
+        for (int j = 0; j < LN_MAXV; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            cur[j] = i < n ? x[(long long)r * n + i] : 0.0f;
+            if (t > 0) prev[j] = i < n ? x[(long long)(r - 1) * n + i] : 0.0f;
+        }
     }
-    // Each thread reads back only what it wrote (cur) or what the block wrote to sh under the
-    // barrier below.
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float c = cur[i], d = sh[i] - c;
-        for (int j = 0; j < a.n_mix; j++) a.out[j][(long long)r * n + i] = c + d * a.mix[j][i];
-        if (n_tok == 1) reg[i] = c;
+    if (t == 0) {
+#pragma unroll
+        for (int j = 0; j < LN_MAXV; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            prev[j] = i < n ? reg[i] : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < LN_MAXV; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < n) {
+            float c = cur[j], d = prev[j] - c;
+            if (ln_w) xn[(long long)r * n + i] = c;
+            for (int m = 0; m < a.n_mix; m++) a.out[m][(long long)r * n + i] = c + d * a.mix[m][i];
+            if (n_tok == 1) reg[i] = c;
+        }
     }
 }
 
@@ -123,4 +168,9 @@ extern "C" __global__ void argmax_kernel(const float* x, int n, u32* out) {
         }
         if (lane == 0) out[r] = idx == 0x7fffffff ? 0u : (u32)idx;
     }
+}
+
+extern "C" __global__ void zero_kernel(float* p, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        p[i] = 0.0f;
 }

@@ -134,8 +134,6 @@ impl Drop for CudaBackend {
     }
 }
 
-/// Rows of weight rows handled by one matvec block (MV_WARPS * MV_WR in matvec.cu).
-const MV_ROWS_PER_BLOCK: usize = 8;
 /// mma.cu tile sizes.
 const MM_BM: usize = 64;
 const MM_BN: usize = 64;
@@ -150,6 +148,16 @@ fn act_code(a: Act) -> i32 {
         Act::ReluSq => 3,
         Act::Decay => 4,
     }
+}
+
+/// Threads of a row kernel over `n` values (layer norm, token shift): about 4 values per thread;
+/// the kernels keep at most 8 per thread in registers (LN_MAXV).
+fn ln_threads(n: usize) -> Result<u32> {
+    let t = n.div_ceil(4).div_ceil(32).clamp(1, 32) * 32;
+    if n > 8 * t {
+        return Err(err(format!("row width {n} exceeds the row kernels' limit of 8192")));
+    }
+    Ok(t as u32)
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -304,7 +312,7 @@ impl CudaBackend {
                         name: "embed_kernel".to_string(),
                         func: f,
                         grid: (rows as u32, 1, 1),
-                        block: (256, 1, 1),
+                        block: (ln_threads(cols)?, 1, 1),
                         smem: 0,
                         args: ArgList::default()
                             .ptr(cp.tokens.ptr)
@@ -363,7 +371,7 @@ impl CudaBackend {
                         name: "layernorm_kernel".to_string(),
                         func: f,
                         grid: (rows_of(*x) as u32, 1, 1),
-                        block: (256, 1, 1),
+                        block: (ln_threads(n)?, 1, 1),
                         smem: 0,
                         args: ArgList::default()
                             .ptr(bp(*x)?)
@@ -411,15 +419,8 @@ impl CudaBackend {
                     i += 1;
                 }
                 Op::MatMul { jobs } => {
-                    push_matmul(
-                        gpu,
-                        &mut launches,
-                        &mut tables,
-                        &self.weights,
-                        plan,
-                        jobs,
-                        &bp,
-                    )?;
+                    let sms = gpu.sm_count.max(1) as usize;
+                    push_matmul(gpu, &mut launches, &mut tables, &self.weights, plan, jobs, &bp, sms)?;
                     i += 1;
                 }
                 Op::Wkv7 {
@@ -516,7 +517,7 @@ impl CudaBackend {
                             name: (&format!("wkv7_scan_{head}")).to_string(),
                             func: gpu.func(&format!("wkv7_scan_{head}"))?,
                             grid: (h as u32, shape.n_seq as u32, 1),
-                            block: (head as u32, 1, 1),
+                            block: (4 * head as u32, 1, 1),
                             smem: 0,
                             args: vec![args.clone()],
                         });
@@ -551,7 +552,7 @@ impl CudaBackend {
                                 name: "layernorm_kernel".to_string(),
                                 func: f,
                                 grid: (shape.n_seq as u32, 1, 1),
-                                block: (256, 1, 1),
+                                block: (ln_threads(n)?, 1, 1),
                                 smem: 0,
                                 args: ArgList::default()
                                     .ptr(bp(*x)?)
@@ -645,10 +646,6 @@ fn push_shift(
             "TokenShift: layer {layer} is beyond the state"
         )));
     }
-    // Dynamic shared memory of the kernel holds one row.
-    if n * 4 > 48 * 1024 {
-        return Err(err(format!("TokenShift: width {n} too large")));
-    }
     let mut sa: Vec<u8> = Vec::with_capacity(104);
     let mut outs = [0u64; 6];
     let mut mixp = [0u64; 6];
@@ -670,8 +667,8 @@ fn push_shift(
         name: "ln_shift_kernel".to_string(),
         func: f,
         grid: (rows as u32, 1, 1),
-        block: (256, 1, 1),
-        smem: (n * 4) as u32,
+        block: (ln_threads(n)?, 1, 1),
+        smem: 0,
         args: ArgList::default()
             .ptr(x)
             .ptr(xn)
@@ -724,34 +721,41 @@ fn job_bytes(
     acc: bool,
     block_start: i32,
     n_tiles_n: i32,
+    pad: i32,
 ) -> Vec<u8> {
     let mut v = Vec::with_capacity(72);
     for p in [wq, wm, bias, x, out] {
         v.extend_from_slice(&p.to_ne_bytes());
     }
-    for i in [
-        dtype as i32,
-        in_dim,
-        out_dim,
-        act,
-        acc as i32,
-        block_start,
-        n_tiles_n,
-        0,
-    ] {
+    for i in [dtype as i32, in_dim, out_dim, act, acc as i32, block_start, n_tiles_n, pad] {
         v.extend_from_slice(&i.to_ne_bytes());
     }
     v
 }
 
+/// Whether the tensor-core kernel can take a job: enough rows, and K a whole number of its steps.
 fn mma_ok(dtype: GpuDType, in_dim: usize, rows: usize) -> bool {
-    if rows < MMA_MIN_ROWS || in_dim % 64 != 0 {
-        return false;
+    rows >= MMA_MIN_ROWS
+        && match dtype {
+            GpuDType::Q4K | GpuDType::Q6K => in_dim % 256 == 0,
+            _ => in_dim % 32 == 0,
+        }
+}
+
+/// SIMT layout of a job: (lanes per weight row, warps per weight row), see matvec.cu.
+fn matvec_layout(dtype: GpuDType, in_dim: usize) -> (usize, usize) {
+    let vals = if matches!(dtype, GpuDType::F16 | GpuDType::F32) { 8 } else { 32 };
+    let fast = in_dim % vals == 0 && (!matches!(dtype, GpuDType::Q4K | GpuDType::Q6K) || in_dim % 256 == 0);
+    if !fast {
+        return (32, 1);
     }
-    match dtype {
-        GpuDType::Q4K | GpuDType::Q6K => in_dim % 256 == 0,
-        _ => true,
-    }
+    let units = in_dim / vals;
+    let pow2_floor = |v: usize| if v <= 1 { 1 } else { 1 << (usize::BITS - 1 - v.leading_zeros()) };
+    // About 2-4 units per lane; long rows are split across up to 8 warps.
+    let lpr = if units >= 64 { 32 } else { pow2_floor((units / 2).max(1)).min(32) };
+    let per_lane = units / lpr;
+    let ks = pow2_floor((per_lane / 2).clamp(1, 8));
+    (lpr, ks)
 }
 
 fn push_matmul(
@@ -762,6 +766,7 @@ fn push_matmul(
     plan: &Plan,
     jobs: &[MatJob],
     bp: &dyn Fn(BufId) -> Result<u64>,
+    sm_count: usize,
 ) -> Result<()> {
     let mut mv: Vec<u8> = Vec::new();
     let mut mv_blocks = 0usize;
@@ -772,21 +777,11 @@ fn push_matmul(
     let mut rows_all = None;
     let mut desc_mv = String::new();
     let mut desc_mm = String::new();
+    let mut zero: Vec<(u64, usize)> = Vec::new();
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
-            Some(GpuWeight::Matrix {
-                dtype,
-                rows,
-                cols,
-                q,
-                m,
-            }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
-            _ => {
-                return Err(err(format!(
-                    "MatMul: weight {} is not an uploaded matrix",
-                    j.weight
-                )))
-            }
+            Some(GpuWeight::Matrix { dtype, rows, cols, q, m }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
+            _ => return Err(err(format!("MatMul: weight {} is not an uploaded matrix", j.weight))),
         };
         let xw = plan.buffers.get(j.x).map(|b| b.width);
         let ow = plan.buffers.get(j.out).map(|b| b.width);
@@ -809,66 +804,65 @@ fn push_matmul(
         };
         let (ii, oi) = (i32_of(in_dim, "in")?, i32_of(out_dim, "out")?);
         let d = format!(" {out_dim}x{in_dim}:{dtype:?}");
-        if mma_ok(dtype, in_dim, rows) {
+        let tn = out_dim.div_ceil(MM_BN);
+        let tiles = tn * rows.div_ceil(MM_BM);
+        // A job with an activation cannot be split over K; with few tiles it goes to the SIMT
+        // kernel (one block row per 8 activation rows) rather than leave the GPU idle.
+        let use_mma = mma_ok(dtype, in_dim, rows) && (j.act == Act::None || tiles >= 64);
+        if use_mma {
+            let steps = in_dim.div_ceil(64);
+            let splits = if j.act == Act::None && tiles < sm_count {
+                (2 * sm_count).div_ceil(tiles).min(steps / 4).max(1)
+            } else {
+                1
+            };
+            if splits > 1 && !j.accumulate {
+                zero.push((bp(j.out)?, rows * out_dim));
+            }
             desc_mm.push_str(&d);
-            let tn = out_dim.div_ceil(MM_BN);
-            let tiles = tn * rows.div_ceil(MM_BM);
-            mm.extend(job_bytes(
-                q,
-                m,
-                bias,
-                bp(j.x)?,
-                bp(j.out)?,
-                dtype,
-                ii,
-                oi,
-                act_code(j.act),
-                j.accumulate,
-                i32_of(mm_blocks, "blocks")?,
-                tn as i32,
-            ));
-            mm_blocks += tiles;
+            if splits > 1 {
+                desc_mm.push_str(&format!("/k{splits}"));
+            }
+            let job = job_bytes(q, m, bias, bp(j.x)?, bp(j.out)?, dtype, ii, oi, act_code(j.act), j.accumulate, i32_of(mm_blocks, "blocks")?, tn as i32, splits as i32);
+            mm.extend(job);
+            mm_blocks += tiles * splits;
             mm_n += 1;
         } else {
             desc_mv.push_str(&d);
-            mv.extend(job_bytes(
-                q,
-                m,
-                bias,
-                bp(j.x)?,
-                bp(j.out)?,
-                dtype,
-                ii,
-                oi,
-                act_code(j.act),
-                j.accumulate,
-                i32_of(mv_blocks, "blocks")?,
-                0,
-            ));
-            mv_blocks += out_dim.div_ceil(MV_ROWS_PER_BLOCK);
+            let (lpr, ks) = matvec_layout(dtype, in_dim);
+            let job = job_bytes(q, m, bias, bp(j.x)?, bp(j.out)?, dtype, ii, oi, act_code(j.act), j.accumulate, i32_of(mv_blocks, "blocks")?, lpr as i32, ks as i32);
+            mv.extend(job);
+            mv_blocks += out_dim.div_ceil((8 / ks) * (32 / lpr));
             mv_n += 1;
         }
     }
     let rows = rows_all.unwrap_or(0);
+    for (p, n) in zero {
+        let f = gpu.func("zero_kernel")?;
+        launches.push(Launch {
+            name: "zero_kernel".into(),
+            func: f,
+            grid: (n.div_ceil(256).min(1024) as u32, 1, 1),
+            block: (256, 1, 1),
+            smem: 0,
+            args: ArgList::default().ptr(p).i64(n as i64).0,
+        });
+    }
     if mv_n > 0 {
         let t = DevBuf::from_bytes(&mv)?;
-        let name = match rows {
-            1 => "matvec1_kernel",
-            2 => "matvec2_kernel",
-            3 | 4 => "matvec4_kernel",
-            _ => "matvec8_kernel",
+        let (name, r) = match rows {
+            1 => ("matvec1_kernel", 1),
+            2 => ("matvec2_kernel", 2),
+            3 | 4 => ("matvec4_kernel", 4),
+            _ => ("matvec8_kernel", 8),
         };
         launches.push(Launch {
             name: format!("{name}{desc_mv}"),
             func: gpu.func(name)?,
-            grid: (mv_blocks as u32, 1, 1),
-            block: (128, 1, 1),
+            grid: (mv_blocks as u32, rows.div_ceil(r) as u32, 1),
+            block: (256, 1, 1),
             smem: 0,
-            args: ArgList::default()
-                .ptr(t.ptr)
-                .i32(mv_n)
-                .i32(i32_of(rows, "rows")?)
-                .0,
+            args: ArgList::default().ptr(t.ptr).i32(mv_n).i32(i32_of(rows, "rows")?).0,
         });
         tables.push(t);
     }
@@ -880,11 +874,7 @@ fn push_matmul(
             grid: (mm_blocks as u32, 1, 1),
             block: (128, 1, 1),
             smem: 0,
-            args: ArgList::default()
-                .ptr(t.ptr)
-                .i32(mm_n)
-                .i32(i32_of(rows, "rows")?)
-                .0,
+            args: ArgList::default().ptr(t.ptr).i32(mm_n).i32(i32_of(rows, "rows")?).0,
         });
         tables.push(t);
     }

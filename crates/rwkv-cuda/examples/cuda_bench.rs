@@ -260,7 +260,7 @@ fn main() {
                     prof.len(),
                     sum
                 );
-                for (name, ms, n) in agg.iter().take(12) {
+                for (name, ms, n) in agg.iter().take(16) {
                     eprintln!("    {:>8.3} ms  {:>3}x  {}", ms, n, name);
                 }
             }

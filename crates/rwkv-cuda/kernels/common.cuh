@@ -120,3 +120,34 @@ __device__ float dequant_one(int dtype, const u8* q, const u8* m, long long row,
         default: return 0.0f;
     }
 }
+
+// Streaming loads of weights: read once per step, so they bypass L1 (no_allocate) and leave it to
+// the activations that every warp re-reads.
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 ld_stream8(const void* p) {
+    uint2 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+// Programmatic dependent launch (Hopper): the host launches every kernel with programmatic stream
+// serialization, so a kernel may start while its predecessor drains. Each kernel lets its
+// successor launch early (pdl_trigger) and waits for its predecessor's results (pdl_wait) before
+// touching activations or state; weight loads may come before the wait. Without the launch
+// attribute, or before sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

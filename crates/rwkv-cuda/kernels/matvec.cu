@@ -54,15 +54,15 @@ __device__ __forceinline__ void raw_load(const MatJob& J, long long row, int u, 
     if (DT == DT_Q4K) {
         long long blk = row * (J.in_dim / 256) + (u >> 3);
         int c = (u & 7) >> 1, half = u & 1;
-        w.a = __ldg((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
-        w.b = __ldg((const uint4*)(J.wm + blk * 16));
+        w.a = ld_stream16((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
+        w.b = ld_stream16((const uint4*)(J.wm + blk * 16));
     } else if (DT == DT_Q6K) {
         long long blk = row * (J.in_dim / 256) + (u >> 3);
         int n = (u & 7) >> 2, g = u & 3;
         const u8* qb = J.wq + blk * 192;
-        uint2 l0 = __ldg((const uint2*)(qb + 64 * n + 8 * g));
-        uint2 l1 = __ldg((const uint2*)(qb + 64 * n + 32 + 8 * g));
-        uint2 hv = __ldg((const uint2*)(qb + 128 + 32 * n + 8 * g));
+        uint2 l0 = ld_stream8((const uint2*)(qb + 64 * n + 8 * g));
+        uint2 l1 = ld_stream8((const uint2*)(qb + 64 * n + 32 + 8 * g));
+        uint2 hv = ld_stream8((const uint2*)(qb + 128 + 32 * n + 8 * g));
         const u8* mb = J.wm + blk * 20;
         w.a = make_uint4(l0.x, l0.y, l1.x, l1.y);
         w.b = make_uint4(hv.x, hv.y, __ldg((const u32*)mb), 0u);
@@ -72,15 +72,15 @@ __device__ __forceinline__ void raw_load(const MatJob& J, long long row, int u, 
     } else if (DT == DT_Q8_0) {
         long long blk = row * (J.in_dim / 32) + u;
         const uint4* p = (const uint4*)(J.wq + blk * 32);
-        w.a = __ldg(p);
-        w.b = __ldg(p + 1);
+        w.a = ld_stream16(p);
+        w.b = ld_stream16(p + 1);
         w.c = __ldg((const u16*)J.wm + blk);
     } else if (DT == DT_F16) {
-        w.a = __ldg((const uint4*)(J.wq + (row * J.in_dim + 8 * u) * 2));
+        w.a = ld_stream16((const uint4*)(J.wq + (row * J.in_dim + 8 * u) * 2));
     } else {
         const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + 8 * u) * 4);
-        w.a = __ldg(p);
-        w.b = __ldg(p + 1);
+        w.a = ld_stream16(p);
+        w.b = ld_stream16(p + 1);
     }
 }
 
@@ -227,6 +227,8 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
 #pragma unroll
         for (int p = 0; p < PF; p++)
             if (u + p * lpr < u1) raw_load<DT>(J, row, u + p * lpr, w[p]);
+        // The first weights are in flight before waiting for the previous kernel's activations.
+        pdl_wait();
 #pragma unroll
         for (int p = 0; p < PF; p++)
             if (u + p * lpr < u1) raw_dot<DT, R>(J, w[p], u + p * lpr, x, nr, acc);
@@ -239,6 +241,7 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
 template <int R>
 __device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int rows) {
     __shared__ float part[8][32][R];
+    pdl_trigger();
     int bid = blockIdx.x;
     const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
     int lpr = J.n_tiles_n, ks = J.pad;
@@ -274,6 +277,7 @@ __device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int 
             else if (J.dtype == DT_F16) mv_units<DT_F16, R>(J, row, u0, u1, l, lpr, x, nr, acc);
             else mv_units<DT_F32, R>(J, row, u0, u1, l, lpr, x, nr, acc);
         }
+        pdl_wait();  // every thread, before any write
         // Reduce within each group of lpr lanes (xor offsets below lpr stay inside the group).
 #pragma unroll
         for (int r = 0; r < R; r++)

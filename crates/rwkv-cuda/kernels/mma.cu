@@ -40,8 +40,8 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
     if (J.dtype == DT_Q4K) {
         int nb = J.in_dim / 256, b = k0 / 256, c = (k0 % 256) / 64;
         long long blk = row * nb + b;
-        uint4 qv = __ldg((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
-        uint4 mv = __ldg((const uint4*)(J.wm + blk * 16));
+        uint4 qv = ld_stream16((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
+        uint4 mv = ld_stream16((const uint4*)(J.wm + blk * 16));
         float d = h2f((u16)(mv.x & 0xffff)), dmin = h2f((u16)(mv.x >> 16));
         float d1, m1, d2, m2;
         q4k_sm_words(mv.y, mv.z, mv.w, 2 * c, d, dmin, d1, m1);
@@ -59,9 +59,9 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
         int nb = J.in_dim / 256, b = k0 / 256, j0 = k0 % 256, n = j0 / 128, q0 = (j0 % 128) / 32;
         long long blk = row * nb + b;
         const u8* qb = J.wq + blk * 192;
-        uint4 l0 = __ldg((const uint4*)(qb + 64 * n + 16 * half));
-        uint4 l1 = __ldg((const uint4*)(qb + 64 * n + 32 + 16 * half));
-        uint4 hv = __ldg((const uint4*)(qb + 128 + 32 * n + 16 * half));
+        uint4 l0 = ld_stream16((const uint4*)(qb + 64 * n + 16 * half));
+        uint4 l1 = ld_stream16((const uint4*)(qb + 64 * n + 32 + 16 * half));
+        uint4 hv = ld_stream16((const uint4*)(qb + 128 + 32 * n + 16 * half));
         const u8* mb = J.wm + blk * 20;
         float d = h2f(__ldg((const u16*)mb));
         const i8* S = (const i8*)(mb + 4) + 8 * n + half + 2 * q0;
@@ -79,7 +79,7 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
     } else if (J.dtype == DT_Q8_0) {
         long long blk = row * (J.in_dim / 32) + k0 / 32 + half;
         const uint4* p = (const uint4*)(J.wq + blk * 32);
-        uint4 x0 = __ldg(p), x1 = __ldg(p + 1);
+        uint4 x0 = ld_stream16(p), x1 = ld_stream16(p + 1);
         float d = h2f(__ldg((const u16*)J.wm + blk));
         u32 ws[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
@@ -92,7 +92,7 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
     } else if (J.dtype == DT_F16) {
         const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 2);
 #pragma unroll
-        for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = __ldg(p + j);
+        for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = ld_stream16(p + j);
     } else {
         const float4* p = (const float4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 4);
 #pragma unroll
@@ -109,6 +109,8 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
 extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const MatJob* jobs, int n_jobs, int rows) {
     __shared__ __align__(16) u16 As[MM_BM * MM_LD];
     __shared__ __align__(16) u16 Bs[MM_BN * MM_LD];
+    pdl_trigger();
+    pdl_wait();
     int bid = blockIdx.x;
     const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
     int tile = bid - J.block_start;

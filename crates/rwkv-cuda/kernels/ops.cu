@@ -44,8 +44,10 @@ __device__ void ln_row(const float* x, float* out, const float* w, const float* 
 }
 
 // out[r] = table[tokens[r]] (dequantized); with ln_w != 0, then layer-normed in place.
-extern "C" __global__ void embed_kernel(const u32* tokens, int dtype, const u8* q, const u8* m, int cols,
+extern "C" __global__ void __launch_bounds__(1024) embed_kernel(const u32* tokens, int dtype, const u8* q, const u8* m, int cols,
                                         float* out, const float* ln_w, const float* ln_b, float eps) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float red[32];
     int r = blockIdx.x;
     long long tok = tokens[r];
@@ -55,8 +57,10 @@ extern "C" __global__ void embed_kernel(const u32* tokens, int dtype, const u8* 
 }
 
 // out[r] = LN(x[r * in_mul + in_add]); copy (if set) receives the raw source row.
-extern "C" __global__ void layernorm_kernel(const float* x, float* out, const float* w, const float* b, int n,
+extern "C" __global__ void __launch_bounds__(1024) layernorm_kernel(const float* x, float* out, const float* w, const float* b, int n,
                                             float eps, int in_mul, int in_add, float* copy) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float red[32];
     int r = blockIdx.x;
     const float* xr = x + (long long)(r * in_mul + in_add) * n;
@@ -78,9 +82,11 @@ struct ShiftArgs {
 //   out_m[r] = xn[r] + (prev - xn[r]) * mix_m.
 // With n_tok == 1 the register is updated here (each thread reads, then writes, its own entries);
 // otherwise shift_store_kernel does it after this kernel. Needs n <= LN_MAXV * blockDim.
-extern "C" __global__ void ln_shift_kernel(const float* x, float* xn, const float* ln_w, const float* ln_b,
+extern "C" __global__ void __launch_bounds__(1024) ln_shift_kernel(const float* x, float* xn, const float* ln_w, const float* ln_b,
                                            float eps, int n, int n_tok, const int* slots, float* state,
                                            long long state_len, long long reg_off, ShiftArgs a) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float red[32];
     int r = blockIdx.x, t = r % n_tok, s = r / n_tok;
     float* reg = state + (long long)slots[s] * state_len + reg_off;
@@ -123,6 +129,8 @@ extern "C" __global__ void ln_shift_kernel(const float* x, float* xn, const floa
 // Register <- the last row of xn of each sequence (grid: n_seq blocks).
 extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok, const int* slots, float* state,
                                               long long state_len, long long reg_off) {
+    pdl_trigger();
+    pdl_wait();
     int s = blockIdx.x;
     float* reg = state + (long long)slots[s] * state_len + reg_off;
     const float* src = xn + (long long)(s * n_tok + n_tok - 1) * n;
@@ -130,13 +138,17 @@ extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok,
 }
 
 extern "C" __global__ void last_rows_kernel(const float* x, float* out, int n, int n_tok) {
+    pdl_trigger();
+    pdl_wait();
     int s = blockIdx.x;
     const float* src = x + (long long)(s * n_tok + n_tok - 1) * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long long)s * n + i] = src[i];
 }
 
 // Index of the largest value of each row; ties go to the lowest index; NaN never wins.
-extern "C" __global__ void argmax_kernel(const float* x, int n, u32* out) {
+extern "C" __global__ void __launch_bounds__(1024) argmax_kernel(const float* x, int n, u32* out) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float bv[32];
     __shared__ int bi[32];
     int r = blockIdx.x;
@@ -171,6 +183,8 @@ extern "C" __global__ void argmax_kernel(const float* x, int n, u32* out) {
 }
 
 extern "C" __global__ void zero_kernel(float* p, long long n) {
+    pdl_trigger();
+    pdl_wait();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         p[i] = 0.0f;
 }

@@ -47,6 +47,8 @@ __device__ __forceinline__ void store_row(float* S, const float (&st)[N]) {
 // Block of max(N, 32) threads; threads p >= N only take part in reductions.
 template <int N>
 __device__ void wkv7_fused(const WkvArgs& A) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float sr[N], sw[N], sk[N], skk[N], sb[N];
     __shared__ float red[32];
     int h = blockIdx.x, s = blockIdx.y, p = threadIdx.x;
@@ -94,6 +96,8 @@ __device__ void wkv7_fused(const WkvArgs& A) {
 // Prefill, before the scan: per (head, row): v mix / v_first, -kk, kk*a, modified k, bonus.
 template <int N>
 __device__ void wkv7_pre(const WkvArgs& A) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float red[32];
     int h = blockIdx.x, row = blockIdx.y, p = threadIdx.x;
     bool on = p < N;
@@ -123,6 +127,8 @@ __device__ void wkv7_pre(const WkvArgs& A) {
 // their partial dot products with two shuffles (shorter dependency chains, 4x the warps).
 template <int N>
 __device__ void wkv7_scan(const WkvArgs& A) {
+    pdl_trigger();
+    pdl_wait();
     const int T = 16;
     constexpr int Q = N / 4;
     __shared__ __align__(16) float sh[5][T][N];
@@ -173,6 +179,8 @@ __device__ void wkv7_scan(const WkvArgs& A) {
 // Prefill, after the scan: GroupNorm of raw y, bonus * v, times g (in place on out).
 template <int N>
 __device__ void wkv7_post(const WkvArgs& A) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float red[32];
     int h = blockIdx.x, row = blockIdx.y, p = threadIdx.x;
     bool on = p < N;

@@ -153,6 +153,8 @@ pub(crate) struct Gpu {
     pub driver_version: i32,
     pub nvrtc_version: (i32, i32),
     pub kernel_cache: String,
+    /// Launch with programmatic dependent launch (sm_90+, RWKV_CUDA_PDL=0 disables).
+    pub pdl: bool,
 }
 
 // SAFETY: the CUDA handles may be used from any thread once the context is made current there,
@@ -243,6 +245,7 @@ impl Gpu {
             driver_version,
             nvrtc_version: (0, 0),
             kernel_cache: String::new(),
+            pdl: major >= 9 && std::env::var("RWKV_CUDA_PDL").map(|v| v != "0").unwrap_or(true),
         };
         gpu.load_kernels()?;
         Ok(gpu)
@@ -387,7 +390,9 @@ impl Gpu {
         self.sync()
     }
 
-    /// Runs each launch alone between two events: (kernel name, milliseconds) per launch.
+    /// Runs each launch PROFILE_REPS times back to back between two events: (kernel name,
+    /// milliseconds per run) per launch. Repeats hide the event overhead; the values computed are
+    /// garbage afterwards (accumulating kernels run several times).
     pub fn profile(&self, launches: &[Launch]) -> Result<Vec<(String, f32)>> {
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
         let a = check(cu::event::create(flags), "create event")?;
@@ -398,13 +403,13 @@ impl Gpu {
             // SAFETY: events and stream belong to this context.
             let r = unsafe {
                 cu::event::record(a, self.stream)
-                    .and_then(|_| Ok(self.launch(l)))
+                    .map(|_| (0..PROFILE_REPS).try_for_each(|_| self.launch(l)))
                     .and_then(|x| cu::event::record(b, self.stream).map(|_| x))
                     .and_then(|x| cu::event::synchronize(b).map(|_| x))
                     .and_then(|x| cu::event::elapsed(a, b).map(|ms| (x, ms)))
             };
             match r {
-                Ok((Ok(()), ms)) => out.push((l.name.clone(), ms)),
+                Ok((Ok(()), ms)) => out.push((l.name.clone(), ms / PROFILE_REPS as f32)),
                 Ok((Err(e), _)) => {
                     res = Err(e);
                     break;
@@ -441,6 +446,8 @@ impl Drop for Gpu {
         }
     }
 }
+
+const PROFILE_REPS: usize = 10;
 
 pub(crate) struct Graph {
     graph: sys::CUgraph,

@@ -419,6 +419,23 @@ impl CudaBackend {
                     i += 1;
                 }
                 Op::MatMul { jobs } => {
+                    // Independent MatMul ops that follow (reading nothing this launch writes, and
+                    // writing nothing it touches) join the same launch.
+                    let mut jobs: Vec<MatJob> = jobs.clone();
+                    while let Some(Op::MatMul { jobs: next }) = ops.get(i + 1) {
+                        let writes: Vec<BufId> = jobs.iter().map(|j| j.out).collect();
+                        let reads: Vec<BufId> = jobs.iter().map(|j| j.x).collect();
+                        let independent = next.iter().all(|n| {
+                            !writes.contains(&n.x) && !writes.contains(&n.out) && !reads.contains(&n.out)
+                        });
+                        let same_rows = jobs.first().is_some_and(|f| next.iter().all(|n| rows_of(n.x) == rows_of(f.x)));
+                        if !independent || !same_rows {
+                            break;
+                        }
+                        jobs.extend(next.iter().cloned());
+                        i += 1;
+                    }
+                    let jobs = &jobs;
                     let sms = gpu.sm_count.max(1) as usize;
                     push_matmul(gpu, &mut launches, &mut tables, &self.weights, plan, jobs, &bp, sms)?;
                     i += 1;
@@ -908,6 +925,7 @@ impl Backend for CudaBackend {
                 ),
                 ("kernels".into(), g.kernel_cache.clone()),
                 ("graphs".into(), self.use_graphs.to_string()),
+                ("pdl".into(), g.pdl.to_string()),
             ],
         }
     }

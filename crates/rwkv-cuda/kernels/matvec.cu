@@ -20,9 +20,17 @@ struct MatJob {
 
 #define MV_THREADS 256
 
-__device__ __forceinline__ int find_job(const MatJob* jobs, int n_jobs, int bid) {
+// The jobs of one launch travel as a kernel parameter (constant bank): finding a block's job
+// costs no dependent global loads.
+#define MAX_JOBS 8
+struct JobTable {
+    MatJob job[MAX_JOBS];
+    int n;
+};
+
+__device__ __forceinline__ int find_job(const JobTable& T, int bid) {
     int j = 0;
-    while (j + 1 < n_jobs && bid >= jobs[j + 1].block_start) j++;
+    while (j + 1 < T.n && bid >= T.job[j + 1].block_start) j++;
     return j;
 }
 
@@ -239,11 +247,11 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
 // Fields of a SIMT job: n_tiles_n = lanes per row (lpr, a power of two <= 32), pad = warps per row
 // (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers (8/ks) * (32/lpr) rows.
 template <int R>
-__device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int rows) {
+__device__ __forceinline__ void matvec_impl(const JobTable& T, int rows) {
     __shared__ float part[8][32][R];
     pdl_trigger();
     int bid = blockIdx.x;
-    const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
+    const MatJob& J = T.job[find_job(T, bid)];
     int lpr = J.n_tiles_n, ks = J.pad;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpw = 32 / lpr;  // rows per warp
@@ -311,15 +319,15 @@ __device__ __forceinline__ void matvec_impl(const MatJob* jobs, int n_jobs, int 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const MatJob* jobs, int n_jobs, int rows) {
-    matvec_impl<1>(jobs, n_jobs, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const JobTable T, int rows) {
+    matvec_impl<1>(T, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const MatJob* jobs, int n_jobs, int rows) {
-    matvec_impl<2>(jobs, n_jobs, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const JobTable T, int rows) {
+    matvec_impl<2>(T, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const MatJob* jobs, int n_jobs, int rows) {
-    matvec_impl<4>(jobs, n_jobs, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const JobTable T, int rows) {
+    matvec_impl<4>(T, rows);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const MatJob* jobs, int n_jobs, int rows) {
-    matvec_impl<8>(jobs, n_jobs, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const JobTable T, int rows) {
+    matvec_impl<8>(T, rows);
 }

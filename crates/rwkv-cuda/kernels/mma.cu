@@ -106,13 +106,13 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const MatJob* jobs, int n_jobs, int rows) {
+extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const JobTable T, int rows) {
     __shared__ __align__(16) u16 As[MM_BM * MM_LD];
     __shared__ __align__(16) u16 Bs[MM_BN * MM_LD];
     pdl_trigger();
     pdl_wait();
     int bid = blockIdx.x;
-    const MatJob J = jobs[find_job(jobs, n_jobs, bid)];
+    const MatJob& J = T.job[find_job(T, bid)];
     int tile = bid - J.block_start;
     int tiles_m = (rows + MM_BM - 1) / MM_BM;
     int n0 = (tile % J.n_tiles_n) * MM_BN, rest = tile / J.n_tiles_n;

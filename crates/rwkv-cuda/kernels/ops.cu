@@ -81,50 +81,78 @@ struct ShiftArgs {
 //   prev = LN(x[r-1]) / xn[r-1] within the sequence, or the slot's register for the first token;
 //   out_m[r] = xn[r] + (prev - xn[r]) * mix_m.
 // With n_tok == 1 the register is updated here (each thread reads, then writes, its own entries);
-// otherwise shift_store_kernel does it after this kernel. Needs n <= LN_MAXV * blockDim.
-extern "C" __global__ void __launch_bounds__(1024) ln_shift_kernel(const float* x, float* xn, const float* ln_w, const float* ln_b,
-                                           float eps, int n, int n_tok, const int* slots, float* state,
-                                           long long state_len, long long reg_off, ShiftArgs a) {
-    pdl_trigger();
-    pdl_wait();
+// otherwise shift_store_kernel does it after this kernel. V values per thread (n <= V * blockDim);
+// every global load is issued up front, so a row costs about one memory latency.
+template <int V>
+__device__ __forceinline__ void ln_shift(const float* x, float* xn, const float* ln_w, const float* ln_b, float eps,
+                                         int n, int n_tok, const int* slots, float* state, long long state_len,
+                                         long long reg_off, const ShiftArgs& a) {
     __shared__ float red[32];
     int r = blockIdx.x, t = r % n_tok, s = r / n_tok;
+    float cur[V], prev[V], wv[V], bv[V], mx[6][V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        bool in = i < n;
+        wv[j] = in && ln_w ? ln_w[i] : 0.0f;
+        bv[j] = in && ln_w ? ln_b[i] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < 6; m++) mx[m][j] = in && m < a.n_mix ? a.mix[m][i] : 0.0f;
+    }
+    pdl_wait();
     float* reg = state + (long long)slots[s] * state_len + reg_off;
-    float cur[LN_MAXV], prev[LN_MAXV];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        bool in = i < n;
+        cur[j] = in ? x[(long long)r * n + i] : 0.0f;
+        prev[j] = in ? (t > 0 ? x[(long long)(r - 1) * n + i] : reg[i]) : 0.0f;
+    }
     if (ln_w) {
-        float mean, inv;
-        ln_load(x + (long long)r * n, n, cur, mean, inv, eps, red);
-        ln_apply(cur, n, mean, inv, ln_w, ln_b);
-        if (t > 0) {
-            ln_load(x + (long long)(r - 1) * n, n, prev, mean, inv, eps, red);
-            ln_apply(prev, n, mean, inv, ln_w, ln_b);
-        }
-    } else {
+        float sc = 0.f, sp = 0.f;
 #pragma unroll
-        for (int j = 0; j < LN_MAXV; j++) {
-            int i = threadIdx.x + j * blockDim.x;
-            cur[j] = i < n ? x[(long long)r * n + i] : 0.0f;
-            if (t > 0) prev[j] = i < n ? x[(long long)(r - 1) * n + i] : 0.0f;
-        }
-    }
-    if (t == 0) {
+        for (int j = 0; j < V; j++) { sc += cur[j]; sp += prev[j]; }
+        float mc = block_sum(sc, red) / (float)n;
+        float mp = t > 0 ? block_sum(sp, red) / (float)n : 0.0f;
+        float qc = 0.f, qp = 0.f;
 #pragma unroll
-        for (int j = 0; j < LN_MAXV; j++) {
-            int i = threadIdx.x + j * blockDim.x;
-            prev[j] = i < n ? reg[i] : 0.0f;
+        for (int j = 0; j < V; j++) {
+            bool in = threadIdx.x + j * blockDim.x < n;
+            qc += in ? (cur[j] - mc) * (cur[j] - mc) : 0.0f;
+            qp += in ? (prev[j] - mp) * (prev[j] - mp) : 0.0f;
+        }
+        float ic = rsqrtf(block_sum(qc, red) / (float)n + eps);
+        float ip = t > 0 ? rsqrtf(block_sum(qp, red) / (float)n + eps) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            cur[j] = (cur[j] - mc) * ic * wv[j] + bv[j];
+            if (t > 0) prev[j] = (prev[j] - mp) * ip * wv[j] + bv[j];
         }
     }
 #pragma unroll
-    for (int j = 0; j < LN_MAXV; j++) {
+    for (int j = 0; j < V; j++) {
         int i = threadIdx.x + j * blockDim.x;
         if (i < n) {
             float c = cur[j], d = prev[j] - c;
             if (ln_w) xn[(long long)r * n + i] = c;
-            for (int m = 0; m < a.n_mix; m++) a.out[m][(long long)r * n + i] = c + d * a.mix[m][i];
+#pragma unroll
+            for (int m = 0; m < 6; m++)
+                if (m < a.n_mix) a.out[m][(long long)r * n + i] = c + d * mx[m][j];
             if (n_tok == 1) reg[i] = c;
         }
     }
 }
+
+#define LN_SHIFT_ENTRY(VV)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(1024) ln_shift##VV##_kernel(                                     \
+        const float* x, float* xn, const float* ln_w, const float* ln_b, float eps, int n, int n_tok,              \
+        const int* slots, float* state, long long state_len, long long reg_off, ShiftArgs a) {                     \
+        pdl_trigger();                                                                                            \
+        ln_shift<VV>(x, xn, ln_w, ln_b, eps, n, n_tok, slots, state, state_len, reg_off, a);                       \
+    }
+LN_SHIFT_ENTRY(2)
+LN_SHIFT_ENTRY(4)
+LN_SHIFT_ENTRY(8)
 
 // Register <- the last row of xn of each sequence (grid: n_seq blocks).
 extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok, const int* slots, float* state,
@@ -187,4 +215,12 @@ extern "C" __global__ void zero_kernel(float* p, long long n) {
     pdl_wait();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         p[i] = 0.0f;
+}
+
+// out = act(out) over n values (after a split-K product whose activation could not be fused).
+extern "C" __global__ void act_kernel(float* p, long long n, int act) {
+    pdl_trigger();
+    pdl_wait();
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        p[i] = apply_act(act, p[i]);
 }

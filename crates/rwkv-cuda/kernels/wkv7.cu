@@ -131,7 +131,7 @@ __device__ void wkv7_scan(const WkvArgs& A) {
     pdl_wait();
     const int T = 16;
     constexpr int Q = N / 4;
-    __shared__ __align__(16) float sh[5][T][N];
+    __shared__ __align__(16) float sh[6][T][N];
     int h = blockIdx.x, s = blockIdx.y, t = threadIdx.x, p = t >> 2, part = t & 3;
     float* S = A.state + (long long)A.slots[s] * A.state_len + A.s_off + (long long)h * N * N + (long long)p * N + part * Q;
     float st[Q];
@@ -147,11 +147,12 @@ __device__ void wkv7_scan(const WkvArgs& A) {
             sh[2][tt][q] = A.k[idx];
             sh[3][tt][q] = A.kk[idx];
             sh[4][tt][q] = A.b[idx];
+            sh[5][tt][q] = A.v[idx];
         }
         __syncthreads();
         for (int tt = 0; tt < nt; tt++) {
             long long idx = ((long long)s * A.n_tok + t0 + tt) * A.C + h * N + p;
-            float v = A.v[idx];
+            float v = sh[5][tt][p];
             const float* r_ = &sh[0][tt][part * Q];
             const float* w_ = &sh[1][tt][part * Q];
             const float* k_ = &sh[2][tt][part * Q];

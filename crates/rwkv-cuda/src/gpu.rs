@@ -409,7 +409,17 @@ impl Gpu {
                     .and_then(|x| cu::event::elapsed(a, b).map(|ms| (x, ms)))
             };
             match r {
-                Ok((Ok(()), ms)) => out.push((l.name.clone(), ms / PROFILE_REPS as f32)),
+                Ok((Ok(()), ms)) => {
+                    // SAFETY: l.func is a valid function of the loaded module.
+                    let (regs, local) = unsafe {
+                        (
+                            cu::function::get_function_attribute(l.func, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS).unwrap_or(-1),
+                            cu::function::get_function_attribute(l.func, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES).unwrap_or(-1),
+                        )
+                    };
+                    let name = format!("{} [grid {}x{} blk {} regs {regs} local {local}]", l.name, l.grid.0, l.grid.1, l.block.0);
+                    out.push((name, ms / PROFILE_REPS as f32))
+                }
                 Ok((Err(e), _)) => {
                     res = Err(e);
                     break;

@@ -265,7 +265,7 @@ impl CudaBackend {
         let slots_ptr = cp.slots.ptr;
 
         let mut launches: Vec<Launch> = Vec::new();
-        let mut tables: Vec<DevBuf> = Vec::new();
+        let tables: Vec<DevBuf> = Vec::new();
         let gpu = &mut self.gpu;
         let ops = &plan.ops;
         let mut i = 0;
@@ -437,7 +437,7 @@ impl CudaBackend {
                     }
                     let jobs = &jobs;
                     let sms = gpu.sm_count.max(1) as usize;
-                    push_matmul(gpu, &mut launches, &mut tables, &self.weights, plan, jobs, &bp, sms)?;
+                    push_matmul(gpu, &mut launches, &self.weights, plan, jobs, &bp, sms)?;
                     i += 1;
                 }
                 Op::Wkv7 {
@@ -679,12 +679,17 @@ fn push_shift(
     sa.extend_from_slice(&(mixes.len() as i32).to_ne_bytes());
     sa.resize(104, 0);
     let reg_off = layer * layer_len + if kind == ShiftKind::Att { n } else { 0 };
-    let f = gpu.func("ln_shift_kernel")?;
+    let v = if n <= 2048 { 2 } else if n <= 4096 { 4 } else { 8 };
+    if n > 8 * 1024 {
+        return Err(err(format!("TokenShift: width {n} exceeds 8192")));
+    }
+    let kname = format!("ln_shift{v}_kernel");
+    let f = gpu.func(&kname)?;
     launches.push(Launch {
-        name: "ln_shift_kernel".to_string(),
+        name: kname,
         func: f,
         grid: (rows as u32, 1, 1),
-        block: (ln_threads(n)?, 1, 1),
+        block: ((n.div_ceil(v).div_ceil(32) * 32) as u32, 1, 1),
         smem: 0,
         args: ArgList::default()
             .ptr(x)
@@ -759,8 +764,9 @@ fn mma_ok(dtype: GpuDType, in_dim: usize, rows: usize) -> bool {
         }
 }
 
-/// SIMT layout of a job: (lanes per weight row, warps per weight row), see matvec.cu.
-fn matvec_layout(dtype: GpuDType, in_dim: usize) -> (usize, usize) {
+/// SIMT layout of a job: (lanes per weight row, warps per weight row), see matvec.cu. Long rows
+/// are split across warps only when the matrix has too few rows to give the GPU ~1024 warps.
+fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usize) {
     let vals = if matches!(dtype, GpuDType::F16 | GpuDType::F32) { 8 } else { 32 };
     let fast = in_dim % vals == 0 && (!matches!(dtype, GpuDType::Q4K | GpuDType::Q6K) || in_dim % 256 == 0);
     if !fast {
@@ -768,33 +774,41 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize) -> (usize, usize) {
     }
     let units = in_dim / vals;
     let pow2_floor = |v: usize| if v <= 1 { 1 } else { 1 << (usize::BITS - 1 - v.leading_zeros()) };
-    // About 2-4 units per lane; long rows are split across up to 8 warps.
     let lpr = if units >= 64 { 32 } else { pow2_floor((units / 2).max(1)).min(32) };
-    let per_lane = units / lpr;
-    let ks = pow2_floor((per_lane / 2).clamp(1, 8));
+    let per_lane = (units / lpr).max(1);
+    let warps = out_dim.div_ceil(32 / lpr);
+    let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane));
     (lpr, ks)
 }
 
+const MAX_JOBS: usize = 8;
+/// Size of matvec.cu's `JobTable` (8 jobs of 72 bytes, the count, padding to 8).
+const JOB_TABLE_BYTES: usize = MAX_JOBS * 72 + 8;
+
+fn job_table(jobs: &[Vec<u8>]) -> Vec<u8> {
+    let mut t: Vec<u8> = jobs.concat();
+    t.resize(MAX_JOBS * 72, 0);
+    t.extend_from_slice(&(jobs.len() as i32).to_ne_bytes());
+    t.resize(JOB_TABLE_BYTES, 0);
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
 fn push_matmul(
     gpu: &mut Gpu,
     launches: &mut Vec<Launch>,
-    tables: &mut Vec<DevBuf>,
     weights: &[Option<GpuWeight>],
     plan: &Plan,
     jobs: &[MatJob],
     bp: &dyn Fn(BufId) -> Result<u64>,
     sm_count: usize,
 ) -> Result<()> {
-    let mut mv: Vec<u8> = Vec::new();
-    let mut mv_blocks = 0usize;
-    let mut mv_n = 0;
-    let mut mm: Vec<u8> = Vec::new();
-    let mut mm_blocks = 0usize;
-    let mut mm_n = 0;
+    // (job bytes without block_start, blocks, description)
+    let mut mv: Vec<(MatJob, Vec<u8>, usize, String)> = Vec::new();
+    let mut mm: Vec<(MatJob, Vec<u8>, usize, String)> = Vec::new();
     let mut rows_all = None;
-    let mut desc_mv = String::new();
-    let mut desc_mm = String::new();
-    let mut zero: Vec<(u64, usize)> = Vec::new();
+    let mut pre: Vec<Launch> = Vec::new();
+    let mut post: Vec<Launch> = Vec::new();
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
             Some(GpuWeight::Matrix { dtype, rows, cols, q, m }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
@@ -820,81 +834,81 @@ fn push_matmul(
             None => 0,
         };
         let (ii, oi) = (i32_of(in_dim, "in")?, i32_of(out_dim, "out")?);
-        let d = format!(" {out_dim}x{in_dim}:{dtype:?}");
-        let tn = out_dim.div_ceil(MM_BN);
-        let tiles = tn * rows.div_ceil(MM_BM);
-        // A job with an activation cannot be split over K; with few tiles it goes to the SIMT
-        // kernel (one block row per 8 activation rows) rather than leave the GPU idle.
-        let use_mma = mma_ok(dtype, in_dim, rows) && (j.act == Act::None || tiles >= 64);
-        if use_mma {
+        let mut d = format!(" {out_dim}x{in_dim}:{dtype:?}");
+        let (xp, op) = (bp(j.x)?, bp(j.out)?);
+        if mma_ok(dtype, in_dim, rows) {
+            let tn = out_dim.div_ceil(MM_BN);
+            let tiles = tn * rows.div_ceil(MM_BM);
             let steps = in_dim.div_ceil(64);
-            let splits = if j.act == Act::None && tiles < sm_count {
-                (2 * sm_count).div_ceil(tiles).min(steps / 4).max(1)
-            } else {
-                1
-            };
-            if splits > 1 && !j.accumulate {
-                zero.push((bp(j.out)?, rows * out_dim));
-            }
-            desc_mm.push_str(&d);
+            // Few tiles: split K over blocks that add into a cleared output. An activation is
+            // then applied by a separate pass (only when not accumulating, as in every plan).
+            let splittable = j.act == Act::None || !j.accumulate;
+            let splits = if splittable && tiles < sm_count { (2 * sm_count).div_ceil(tiles).min(steps / 4).max(1) } else { 1 };
+            let mut act = act_code(j.act);
             if splits > 1 {
-                desc_mm.push_str(&format!("/k{splits}"));
+                d.push_str(&format!("/k{splits}"));
+                if !j.accumulate {
+                    pre.push(Launch {
+                        name: "zero_kernel".into(),
+                        func: gpu.func("zero_kernel")?,
+                        grid: ((rows * out_dim).div_ceil(256).min(1024) as u32, 1, 1),
+                        block: (256, 1, 1),
+                        smem: 0,
+                        args: ArgList::default().ptr(op).i64((rows * out_dim) as i64).0,
+                    });
+                }
+                if j.act != Act::None {
+                    post.push(Launch {
+                        name: "act_kernel".into(),
+                        func: gpu.func("act_kernel")?,
+                        grid: ((rows * out_dim).div_ceil(256).min(1024) as u32, 1, 1),
+                        block: (256, 1, 1),
+                        smem: 0,
+                        args: ArgList::default().ptr(op).i64((rows * out_dim) as i64).i32(act).0,
+                    });
+                    act = 0;
+                }
             }
-            let job = job_bytes(q, m, bias, bp(j.x)?, bp(j.out)?, dtype, ii, oi, act_code(j.act), j.accumulate, i32_of(mm_blocks, "blocks")?, tn as i32, splits as i32);
-            mm.extend(job);
-            mm_blocks += tiles * splits;
-            mm_n += 1;
+            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act, j.accumulate, 0, tn as i32, splits as i32);
+            mm.push((j.clone(), job, tiles * splits, d));
         } else {
-            desc_mv.push_str(&d);
-            let (lpr, ks) = matvec_layout(dtype, in_dim);
-            let job = job_bytes(q, m, bias, bp(j.x)?, bp(j.out)?, dtype, ii, oi, act_code(j.act), j.accumulate, i32_of(mv_blocks, "blocks")?, lpr as i32, ks as i32);
-            mv.extend(job);
-            mv_blocks += out_dim.div_ceil((8 / ks) * (32 / lpr));
-            mv_n += 1;
+            let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
+            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, lpr as i32, ks as i32);
+            mv.push((j.clone(), job, out_dim.div_ceil((8 / ks) * (32 / lpr)), format!("{d}/l{lpr}k{ks}")));
         }
     }
     let rows = rows_all.unwrap_or(0);
-    for (p, n) in zero {
-        let f = gpu.func("zero_kernel")?;
-        launches.push(Launch {
-            name: "zero_kernel".into(),
-            func: f,
-            grid: (n.div_ceil(256).min(1024) as u32, 1, 1),
-            block: (256, 1, 1),
-            smem: 0,
-            args: ArgList::default().ptr(p).i64(n as i64).0,
-        });
+    launches.extend(pre);
+    let (mv_name, r) = match rows {
+        1 => ("matvec1_kernel", 1),
+        2 => ("matvec2_kernel", 2),
+        3 | 4 => ("matvec4_kernel", 4),
+        _ => ("matvec8_kernel", 8),
+    };
+    for (list, kernel, block, gy) in [(&mv, mv_name, 256u32, rows.div_ceil(r)), (&mm, "matmul_mma_kernel", 128, 1)] {
+        for chunk in list.chunks(MAX_JOBS) {
+            let mut blocks = 0usize;
+            let mut bytes = Vec::new();
+            let mut name = kernel.to_string();
+            for (_, job, nblocks, d) in chunk {
+                let mut job = job.clone();
+                // block_start sits after 5 pointers and 5 ints.
+                job[60..64].copy_from_slice(&i32_of(blocks, "blocks")?.to_ne_bytes());
+                bytes.push(job);
+                blocks += nblocks;
+                name.push_str(d);
+            }
+            launches.push(Launch {
+                name,
+                func: gpu.func(kernel)?,
+                grid: (blocks as u32, gy as u32, 1),
+                block: (block, 1, 1),
+                smem: 0,
+                args: ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).0,
+            });
+        }
     }
-    if mv_n > 0 {
-        let t = DevBuf::from_bytes(&mv)?;
-        let (name, r) = match rows {
-            1 => ("matvec1_kernel", 1),
-            2 => ("matvec2_kernel", 2),
-            3 | 4 => ("matvec4_kernel", 4),
-            _ => ("matvec8_kernel", 8),
-        };
-        launches.push(Launch {
-            name: format!("{name}{desc_mv}"),
-            func: gpu.func(name)?,
-            grid: (mv_blocks as u32, rows.div_ceil(r) as u32, 1),
-            block: (256, 1, 1),
-            smem: 0,
-            args: ArgList::default().ptr(t.ptr).i32(mv_n).i32(i32_of(rows, "rows")?).0,
-        });
-        tables.push(t);
-    }
-    if mm_n > 0 {
-        let t = DevBuf::from_bytes(&mm)?;
-        launches.push(Launch {
-            name: format!("matmul_mma_kernel{desc_mm}"),
-            func: gpu.func("matmul_mma_kernel")?,
-            grid: (mm_blocks as u32, 1, 1),
-            block: (128, 1, 1),
-            smem: 0,
-            args: ArgList::default().ptr(t.ptr).i32(mm_n).i32(i32_of(rows, "rows")?).0,
-        });
-        tables.push(t);
-    }
+    launches.extend(post);
     Ok(())
 }
 

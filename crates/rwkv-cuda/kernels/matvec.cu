@@ -95,6 +95,11 @@ __device__ __forceinline__ void raw_load(const MatJob& J, long long row, int u, 
 // 4-bit or 6-bit integer q as a float without I2F: the bits of 2^23 + q, minus 2^23 (exact).
 __device__ __forceinline__ float small_int_f(u32 q) { return __uint_as_float(0x4B000000u | q) - 8388608.0f; }
 
+// Staged activations sit in shared memory with 4 floats of padding after every 64 (fewer bank
+// conflicts for the lanes' scattered segments); global ones are unpadded.
+template <bool PAD>
+__device__ __forceinline__ int padi(int k) { return PAD ? k + ((k >> 6) << 2) : k; }
+
 template <int N>
 __device__ __forceinline__ void xload(const float* x, float (&xv)[N]) {
 #pragma unroll
@@ -105,8 +110,8 @@ __device__ __forceinline__ void xload(const float* x, float (&xv)[N]) {
 }
 
 // acc[r] += dot(unit, x[r]) for the R activation rows.
-template <int DT, int R>
-__device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u, const float* x, int nr, float (&acc)[R]) {
+template <int DT, int R, bool PAD>
+__device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u, const float* x, int xs, int nr, float (&acc)[R]) {
     if (DT == DT_Q4K) {
         int c = (u & 7) >> 1, half = u & 1;
         int base = (u >> 3) * 256 + 64 * c + 16 * half;
@@ -125,10 +130,10 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < nr) {
-                const float* xr = x + (long long)r * J.in_dim + base;
+                const float* xr = x + (long long)r * xs;
                 float x0[16], x1[16];
-                xload<16>(xr, x0);
-                xload<16>(xr + 32, x1);
+                xload<16>(xr + padi<PAD>(base), x0);
+                xload<16>(xr + padi<PAD>(base + 32), x1);
                 float q0 = 0.f, s0 = 0.f, q1 = 0.f, s1 = 0.f;
 #pragma unroll
                 for (int i = 0; i < 16; i++) {
@@ -160,12 +165,12 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < nr) {
-                const float* xr = x + (long long)r * J.in_dim + base;
+                const float* xr = x + (long long)r * xs;
                 float tot = 0.f;
 #pragma unroll
                 for (int sg = 0; sg < 4; sg++) {
                     float xv[8];
-                    xload<8>(xr + 32 * sg, xv);
+                    xload<8>(xr + padi<PAD>(base + 32 * sg), xv);
                     float t = 0.f;
 #pragma unroll
                     for (int i = 0; i < 8; i++) t += q[sg][i] * xv[i];
@@ -180,7 +185,7 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < nr) {
-                const float* xr = x + (long long)r * J.in_dim + 32 * u;
+                const float* xr = x + (long long)r * xs + padi<PAD>(32 * u);
                 float xv[32];
                 xload<32>(xr, xv);
                 float t = 0.f;
@@ -201,7 +206,7 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
         for (int r = 0; r < R; r++) {
             if (r < nr) {
                 float xv[8];
-                xload<8>(x + (long long)r * J.in_dim + 8 * u, xv);
+                xload<8>(x + (long long)r * xs + padi<PAD>(8 * u), xv);
                 float t = 0.f;
 #pragma unroll
                 for (int i = 0; i < 8; i++) t += wv[i] * xv[i];
@@ -215,7 +220,7 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
         for (int r = 0; r < R; r++) {
             if (r < nr) {
                 float xv[8];
-                xload<8>(x + (long long)r * J.in_dim + 8 * u, xv);
+                xload<8>(x + (long long)r * xs + padi<PAD>(8 * u), xv);
                 float t = 0.f;
 #pragma unroll
                 for (int i = 0; i < 8; i++) t += wv[i] * xv[i];
@@ -226,66 +231,135 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
 }
 
 // Lanes of a row walk its units [u0, u1) with stride lpr, 4 units' loads in flight at a time.
-template <int DT, int R>
+template <int DT, int R, bool PAD>
 __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
-                                         const float* x, int nr, float (&acc)[R]) {
+                                         const float* x, int xs, int nr, float (&acc)[R]) {
     constexpr int PF = 4;
     for (int u = u0 + l; u < u1; u += PF * lpr) {
         RawUnit w[PF];
 #pragma unroll
         for (int p = 0; p < PF; p++)
             if (u + p * lpr < u1) raw_load<DT>(J, row, u + p * lpr, w[p]);
-        // The first weights are in flight before waiting for the previous kernel's activations.
-        pdl_wait();
 #pragma unroll
         for (int p = 0; p < PF; p++)
-            if (u + p * lpr < u1) raw_dot<DT, R>(J, w[p], u + p * lpr, x, nr, acc);
+            if (u + p * lpr < u1) raw_dot<DT, R, PAD>(J, w[p], u + p * lpr, x, xs, nr, acc);
     }
 }
 
+// Software-pipelined variant for rows whose units fit in PF per lane: the next row's weights are
+// fetched while this row's are used, so each warp keeps its loads in flight across rows.
+constexpr int MV_PF = 4;
+template <int DT>
+__device__ __forceinline__ void raw_row(const MatJob& J, long long row, int u0, int u1, int l, int lpr, RawUnit (&w)[MV_PF]) {
+    if (row >= J.out_dim) return;
+#pragma unroll
+    for (int p = 0; p < MV_PF; p++)
+        if (u0 + l + p * lpr < u1) raw_load<DT>(J, row, u0 + l + p * lpr, w[p]);
+}
+template <int DT, int R>
+__device__ __forceinline__ void dot_row(const MatJob& J, int u0, int u1, int l, int lpr, const RawUnit (&w)[MV_PF],
+                                        const float* x, int xs, int nr, float (&acc)[R]) {
+#pragma unroll
+    for (int p = 0; p < MV_PF; p++)
+        if (u0 + l + p * lpr < u1) raw_dot<DT, R, true>(J, w[p], u0 + l + p * lpr, x, xs, nr, acc);
+}
+
+template <int R, bool PAD>
+__device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
+                                            const float* x, int xs, int nr, float (&acc)[R]) {
+    if (J.dtype == DT_Q4K) mv_units<DT_Q4K, R, PAD>(J, row, u0, u1, l, lpr, x, xs, nr, acc);
+    else if (J.dtype == DT_Q6K) mv_units<DT_Q6K, R, PAD>(J, row, u0, u1, l, lpr, x, xs, nr, acc);
+    else if (J.dtype == DT_Q8_0) mv_units<DT_Q8_0, R, PAD>(J, row, u0, u1, l, lpr, x, xs, nr, acc);
+    else if (J.dtype == DT_F16) mv_units<DT_F16, R, PAD>(J, row, u0, u1, l, lpr, x, xs, nr, acc);
+    else mv_units<DT_F32, R, PAD>(J, row, u0, u1, l, lpr, x, xs, nr, acc);
+}
+
 // Grid: x over (job, block of weight rows), y over groups of R activation rows.
-// Fields of a SIMT job: n_tiles_n = lanes per row (lpr, a power of two <= 32), pad = warps per row
-// (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers (8/ks) * (32/lpr) rows.
+// Fields of a SIMT job: n_tiles_n = lanes per row (lpr, a power of two <= 32) | passes << 8,
+// pad = warps per row (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers
+// (8/ks) * (32/lpr) rows per pass, `passes` row groups in turn, with its R activation rows staged
+// in shared memory once (when they fit in smem_floats).
 template <int R>
-__device__ __forceinline__ void matvec_impl(const JobTable& T, int rows) {
+__device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int smem_floats) {
+    extern __shared__ __align__(16) float xsh[];
     __shared__ float part[8][32][R];
     pdl_trigger();
     int bid = blockIdx.x;
     const MatJob& J = T.job[find_job(T, bid)];
-    int lpr = J.n_tiles_n, ks = J.pad;
+    int lpr = J.n_tiles_n & 255, passes = max(J.n_tiles_n >> 8, 1), ks = J.pad;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpw = 32 / lpr;  // rows per warp
+    int rpb = (8 / ks) * rpw;
     int wrow = warp / ks, kslice = warp % ks;
     int sub = lane / lpr, l = lane % lpr;
-    long long row = (long long)(bid - J.block_start) * (8 / ks) * rpw + wrow * rpw + sub;
-    bool valid = row < J.out_dim;
     int vals = (J.dtype == DT_F16 || J.dtype == DT_F32) ? 8 : 32;
     bool fast = J.in_dim % vals == 0 && ((J.dtype != DT_Q4K && J.dtype != DT_Q6K) || J.in_dim % 256 == 0);
     int units = J.in_dim / vals;
     int u0 = units * kslice / ks, u1 = units * (kslice + 1) / ks;
-    // Each blockIdx.y takes one group of R activation rows.
-    {
-        int rg = blockIdx.y * R;
-        int nr = min(R, rows - rg);
-        const float* x = J.x + (long long)rg * J.in_dim;
+    int rg = blockIdx.y * R;
+    int nr = min(R, rows - rg);
+    int pst = J.in_dim + (J.in_dim >> 6) * 4;
+    bool stage = fast && nr * pst <= smem_floats;
+    // Pipelined path: staged x, Q4_K/F16 weights, every lane's units of a row within MV_PF.
+    bool piped = fast && stage && (u1 - u0) <= MV_PF * lpr && (J.dtype == DT_Q4K || J.dtype == DT_F16);
+    RawUnit wa[MV_PF], wb[MV_PF];
+    long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
+    if (piped) {
+        // Weights do not depend on the previous kernel: fetch the first row before waiting.
+        if (J.dtype == DT_Q4K) raw_row<DT_Q4K>(J, row_base, u0, u1, l, lpr, wa);
+        else raw_row<DT_F16>(J, row_base, u0, u1, l, lpr, wa);
+    }
+    pdl_wait();
+    const float* xg = J.x + (long long)rg * J.in_dim;
+    if (stage) {
+        int q4 = J.in_dim / 4;
+        for (int i = threadIdx.x; i < nr * q4; i += blockDim.x) {
+            int r = i / q4, k = (i - r * q4) * 4;
+            *(float4*)(xsh + r * pst + padi<true>(k)) = *(const float4*)(xg + (long long)r * J.in_dim + k);
+        }
+        __syncthreads();
+    }
+    for (int pass = 0; pass < passes; pass++) {
+        long long row = row_base + (long long)pass * rpb;
+        bool valid = row < J.out_dim;
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = 0.0f;
-        if (valid) {
+        if (piped) {
+            // Even passes use wa and prefetch into wb, odd passes the reverse (register arrays
+            // must be indexed statically).
+            bool more = pass + 1 < passes;
+            if (J.dtype == DT_Q4K) {
+                if ((pass & 1) == 0) {
+                    if (more) raw_row<DT_Q4K>(J, row + rpb, u0, u1, l, lpr, wb);
+                    if (valid) dot_row<DT_Q4K, R>(J, u0, u1, l, lpr, wa, xsh, pst, nr, acc);
+                } else {
+                    if (more) raw_row<DT_Q4K>(J, row + rpb, u0, u1, l, lpr, wa);
+                    if (valid) dot_row<DT_Q4K, R>(J, u0, u1, l, lpr, wb, xsh, pst, nr, acc);
+                }
+            } else {
+                if ((pass & 1) == 0) {
+                    if (more) raw_row<DT_F16>(J, row + rpb, u0, u1, l, lpr, wb);
+                    if (valid) dot_row<DT_F16, R>(J, u0, u1, l, lpr, wa, xsh, pst, nr, acc);
+                } else {
+                    if (more) raw_row<DT_F16>(J, row + rpb, u0, u1, l, lpr, wa);
+                    if (valid) dot_row<DT_F16, R>(J, u0, u1, l, lpr, wb, xsh, pst, nr, acc);
+                }
+            }
+        } else if (valid) {
             if (!fast) {
                 for (int k = l + kslice * lpr; k < J.in_dim; k += lpr * ks) {
                     float w = dequant_one(J.dtype, J.wq, J.wm, row, J.in_dim, k);
 #pragma unroll
                     for (int r = 0; r < R; r++)
-                        if (r < nr) acc[r] += w * x[(long long)r * J.in_dim + k];
+                        if (r < nr) acc[r] += w * xg[(long long)r * J.in_dim + k];
                 }
-            } else if (J.dtype == DT_Q4K) mv_units<DT_Q4K, R>(J, row, u0, u1, l, lpr, x, nr, acc);
-            else if (J.dtype == DT_Q6K) mv_units<DT_Q6K, R>(J, row, u0, u1, l, lpr, x, nr, acc);
-            else if (J.dtype == DT_Q8_0) mv_units<DT_Q8_0, R>(J, row, u0, u1, l, lpr, x, nr, acc);
-            else if (J.dtype == DT_F16) mv_units<DT_F16, R>(J, row, u0, u1, l, lpr, x, nr, acc);
-            else mv_units<DT_F32, R>(J, row, u0, u1, l, lpr, x, nr, acc);
+            } else if (stage) {
+                mv_dispatch<R, true>(J, row, u0, u1, l, lpr, xsh, pst, nr, acc);
+            } else {
+                mv_dispatch<R, false>(J, row, u0, u1, l, lpr, xg, J.in_dim, nr, acc);
+            }
         }
-        pdl_wait();  // every thread, before any write
         // Reduce within each group of lpr lanes (xor offsets below lpr stay inside the group).
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -319,15 +393,15 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const JobTable T, int rows) {
-    matvec_impl<1>(T, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<1>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const JobTable T, int rows) {
-    matvec_impl<2>(T, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<2>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const JobTable T, int rows) {
-    matvec_impl<4>(T, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<4>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const JobTable T, int rows) {
-    matvec_impl<8>(T, rows);
+extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<8>(T, rows, smem_floats);
 }

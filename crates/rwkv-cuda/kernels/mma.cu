@@ -27,47 +27,79 @@ __device__ __forceinline__ void store16(u16* dst, const float (&v)[16]) {
     *(uint4*)(dst + 8) = b;
 }
 
-// Weight row `row`, values k0 + [32*half .. 32*half+32) in tile coordinates (see each case),
-// written as f16 to dst (the tile row).
-__device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0, int half, u16* dst) {
+// A weight tile row's share (32 values) is fetched into registers first (mm_raw_b) and decoded to
+// f16 in shared memory later (mm_store_b), so the next step's loads fly during this step's mma.
+struct RawB {
+    uint4 v[8];
+    bool zero;
+};
+
+__device__ __forceinline__ void mm_raw_b(const MatJob& J, long long row, int k0, int half, RawB& R) {
+    R.zero = row >= J.out_dim || k0 + 32 * half >= J.in_dim;
+    if (R.zero) return;
+    if (J.dtype == DT_Q4K) {
+        int nb = J.in_dim / 256, b = k0 / 256, c = (k0 % 256) / 64;
+        long long blk = row * nb + b;
+        R.v[0] = ld_stream16(J.wq + blk * 128 + 32 * c + 16 * half);
+        R.v[1] = ld_stream16(J.wm + blk * 16);
+    } else if (J.dtype == DT_Q6K) {
+        int nb = J.in_dim / 256, b = k0 / 256, j0 = k0 % 256, n = j0 / 128, q0 = (j0 % 128) / 32;
+        long long blk = row * nb + b;
+        const u8* qb = J.wq + blk * 192;
+        R.v[0] = ld_stream16(qb + 64 * n + 16 * half);
+        R.v[1] = ld_stream16(qb + 64 * n + 32 + 16 * half);
+        R.v[2] = ld_stream16(qb + 128 + 32 * n + 16 * half);
+        const u8* mb = J.wm + blk * 20;
+        const i8* S = (const i8*)(mb + 4) + 8 * n + half + 2 * q0;
+        R.v[3] = make_uint4(__ldg((const u16*)mb), (u32)(int)S[0], (u32)(int)S[2], 0u);
+    } else if (J.dtype == DT_Q8_0) {
+        long long blk = row * (J.in_dim / 32) + k0 / 32 + half;
+        const uint4* p = (const uint4*)(J.wq + blk * 32);
+        R.v[0] = ld_stream16(p);
+        R.v[1] = ld_stream16(p + 1);
+        R.v[2].x = __ldg((const u16*)J.wm + blk);
+    } else if (J.dtype == DT_F16) {
+        const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 2);
+#pragma unroll
+        for (int j = 0; j < 4; j++) R.v[j] = ld_stream16(p + j);
+    } else {
+        const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 4);
+#pragma unroll
+        for (int j = 0; j < 8; j++) R.v[j] = ld_stream16(p + j);
+    }
+}
+
+__device__ __forceinline__ void mm_store_b(const MatJob& J, int k0, int half, const RawB& R, u16* dst) {
     float v[16], u[16];
-    if (k0 + 32 * half >= J.in_dim) {
+    if (R.zero) {
         uint4 z = make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = z;
         return;
     }
     if (J.dtype == DT_Q4K) {
-        int nb = J.in_dim / 256, b = k0 / 256, c = (k0 % 256) / 64;
-        long long blk = row * nb + b;
-        uint4 qv = ld_stream16((const uint4*)(J.wq + blk * 128 + 32 * c + 16 * half));
-        uint4 mv = ld_stream16((const uint4*)(J.wm + blk * 16));
+        int c = (k0 % 256) / 64;
+        uint4 mv = R.v[1];
         float d = h2f((u16)(mv.x & 0xffff)), dmin = h2f((u16)(mv.x >> 16));
         float d1, m1, d2, m2;
         q4k_sm_words(mv.y, mv.z, mv.w, 2 * c, d, dmin, d1, m1);
         q4k_sm_words(mv.y, mv.z, mv.w, 2 * c + 1, d, dmin, d2, m2);
-        u32 qw[4] = {qv.x, qv.y, qv.z, qv.w};
+        u32 qw[4] = {R.v[0].x, R.v[0].y, R.v[0].z, R.v[0].w};
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             u32 byte = byte_of(qw[i >> 2], i & 3);
-            v[i] = d1 * (float)(byte & 15) - m1;
-            u[i] = d2 * (float)(byte >> 4) - m2;
+            v[i] = d1 * small_int_f(byte & 15) - m1;
+            u[i] = d2 * small_int_f(byte >> 4) - m2;
         }
         store16(dst + 16 * half, v);       // low nibbles: sub-block 2c, tile k = 16*half + i
         store16(dst + 32 + 16 * half, u);  // high nibbles: sub-block 2c+1
     } else if (J.dtype == DT_Q6K) {
-        int nb = J.in_dim / 256, b = k0 / 256, j0 = k0 % 256, n = j0 / 128, q0 = (j0 % 128) / 32;
-        long long blk = row * nb + b;
-        const u8* qb = J.wq + blk * 192;
-        uint4 l0 = ld_stream16((const uint4*)(qb + 64 * n + 16 * half));
-        uint4 l1 = ld_stream16((const uint4*)(qb + 64 * n + 32 + 16 * half));
-        uint4 hv = ld_stream16((const uint4*)(qb + 128 + 32 * n + 16 * half));
-        const u8* mb = J.wm + blk * 20;
-        float d = h2f(__ldg((const u16*)mb));
-        const i8* S = (const i8*)(mb + 4) + 8 * n + half + 2 * q0;
-        float s0 = d * (float)S[0], s1 = d * (float)S[2];
+        int q0 = ((k0 % 256) % 128) / 32;
+        float d = h2f((u16)R.v[3].x);
+        float s0 = d * (float)(int)R.v[3].y, s1 = d * (float)(int)R.v[3].z;
         int lsh = q0 == 2 ? 4 : 0;
-        u32 a0[4] = {l0.x, l0.y, l0.z, l0.w}, a1[4] = {l1.x, l1.y, l1.z, l1.w}, hh[4] = {hv.x, hv.y, hv.z, hv.w};
+        u32 a0[4] = {R.v[0].x, R.v[0].y, R.v[0].z, R.v[0].w}, a1[4] = {R.v[1].x, R.v[1].y, R.v[1].z, R.v[1].w};
+        u32 hh[4] = {R.v[2].x, R.v[2].y, R.v[2].z, R.v[2].w};
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             u32 lo0 = byte_of(a0[i >> 2], i & 3), lo1 = byte_of(a1[i >> 2], i & 3), h = byte_of(hh[i >> 2], i & 3);
@@ -77,11 +109,8 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
         store16(dst + 16 * half, v);       // quarter q0, l = 16*half + i
         store16(dst + 32 + 16 * half, u);  // quarter q0+1
     } else if (J.dtype == DT_Q8_0) {
-        long long blk = row * (J.in_dim / 32) + k0 / 32 + half;
-        const uint4* p = (const uint4*)(J.wq + blk * 32);
-        uint4 x0 = ld_stream16(p), x1 = ld_stream16(p + 1);
-        float d = h2f(__ldg((const u16*)J.wm + blk));
-        u32 ws[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        float d = h2f((u16)R.v[2].x);
+        u32 ws[8] = {R.v[0].x, R.v[0].y, R.v[0].z, R.v[0].w, R.v[1].x, R.v[1].y, R.v[1].z, R.v[1].w};
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             v[i] = d * (float)(int)(signed char)byte_of(ws[i >> 2], i & 3);
@@ -90,19 +119,28 @@ __device__ __forceinline__ void mm_load_b(const MatJob& J, long long row, int k0
         store16(dst + 32 * half, v);
         store16(dst + 32 * half + 16, u);
     } else if (J.dtype == DT_F16) {
-        const uint4* p = (const uint4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 2);
 #pragma unroll
-        for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = ld_stream16(p + j);
+        for (int j = 0; j < 4; j++) *(uint4*)(dst + 32 * half + 8 * j) = R.v[j];
     } else {
-        const float4* p = (const float4*)(J.wq + (row * J.in_dim + k0 + 32 * half) * 4);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float4 a = __ldg(p + j), b = __ldg(p + 4 + j);
-            v[4 * j] = a.x; v[4 * j + 1] = a.y; v[4 * j + 2] = a.z; v[4 * j + 3] = a.w;
-            u[4 * j] = b.x; u[4 * j + 1] = b.y; u[4 * j + 2] = b.z; u[4 * j + 3] = b.w;
+            v[4 * j] = __uint_as_float(R.v[j].x); v[4 * j + 1] = __uint_as_float(R.v[j].y);
+            v[4 * j + 2] = __uint_as_float(R.v[j].z); v[4 * j + 3] = __uint_as_float(R.v[j].w);
+            u[4 * j] = __uint_as_float(R.v[4 + j].x); u[4 * j + 1] = __uint_as_float(R.v[4 + j].y);
+            u[4 * j + 2] = __uint_as_float(R.v[4 + j].z); u[4 * j + 3] = __uint_as_float(R.v[4 + j].w);
         }
         store16(dst + 32 * half, v);
         store16(dst + 32 * half + 16, u);
+    }
+}
+
+__device__ __forceinline__ void mm_raw_a(const MatJob& J, int rows, int m0, int k0, int tid, float4 (&a)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int idx = tid + 128 * i, r = idx >> 4, c4 = idx & 15;
+        int gr = m0 + r;
+        a[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (gr < rows && k0 + 4 * c4 < J.in_dim) a[i] = *(const float4*)(J.x + (long long)gr * J.in_dim + k0 + 4 * c4);
     }
 }
 
@@ -110,7 +148,6 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const JobTab
     __shared__ __align__(16) u16 As[MM_BM * MM_LD];
     __shared__ __align__(16) u16 Bs[MM_BN * MM_LD];
     pdl_trigger();
-    pdl_wait();
     int bid = blockIdx.x;
     const MatJob& J = T.job[find_job(T, bid)];
     int tile = bid - J.block_start;
@@ -131,23 +168,24 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const JobTab
 
     int brow = tid >> 1, bhalf = tid & 1;
     long long wrow = n0 + brow;
+    RawB rb;
+    float4 ra[8];
+    // Weights do not depend on the previous kernel: the first tile's loads go out before the wait.
+    if (k_begin < k_end) mm_raw_b(J, wrow, k_begin, bhalf, rb);
+    pdl_wait();
+    if (k_begin < k_end) mm_raw_a(J, rows, m0, k_begin, tid, ra);
     for (int k0 = k_begin; k0 < k_end; k0 += MM_BK) {
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int idx = tid + 128 * i, r = idx >> 4, c4 = idx & 15;
-            int gr = m0 + r;
-            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (gr < rows && k0 + 4 * c4 < J.in_dim) v = *(const float4*)(J.x + (long long)gr * J.in_dim + k0 + 4 * c4);
-            *(uint2*)&As[r * MM_LD + 4 * c4] = make_uint2(pack_h2(v.x, v.y), pack_h2(v.z, v.w));
+            *(uint2*)&As[r * MM_LD + 4 * c4] = make_uint2(pack_h2(ra[i].x, ra[i].y), pack_h2(ra[i].z, ra[i].w));
         }
-        if (wrow < J.out_dim) {
-            mm_load_b(J, wrow, k0, bhalf, &Bs[brow * MM_LD]);
-        } else {
-            uint4 z = make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int j = 0; j < 4; j++) *(uint4*)&Bs[brow * MM_LD + 32 * bhalf + 8 * j] = z;
-        }
+        mm_store_b(J, k0, bhalf, rb, &Bs[brow * MM_LD]);
         __syncthreads();
+        if (k0 + MM_BK < k_end) {
+            mm_raw_b(J, wrow, k0 + MM_BK, bhalf, rb);
+            mm_raw_a(J, rows, m0, k0 + MM_BK, tid, ra);
+        }
 #pragma unroll
         for (int kk = 0; kk < MM_BK / 16; kk++) {
             u32 a[2][4];

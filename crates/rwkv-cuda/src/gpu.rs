@@ -153,6 +153,8 @@ pub(crate) struct Gpu {
     pub driver_version: i32,
     pub nvrtc_version: (i32, i32),
     pub kernel_cache: String,
+    /// Largest dynamic shared memory a block may opt into.
+    pub smem_optin: usize,
     /// Launch with programmatic dependent launch (sm_90+, RWKV_CUDA_PDL=0 disables).
     pub pdl: bool,
 }
@@ -245,6 +247,7 @@ impl Gpu {
             driver_version,
             nvrtc_version: (0, 0),
             kernel_cache: String::new(),
+            smem_optin: attr(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as usize,
             pdl: major >= 9 && std::env::var("RWKV_CUDA_PDL").map(|v| v != "0").unwrap_or(true),
         };
         gpu.load_kernels()?;
@@ -310,6 +313,21 @@ impl Gpu {
         )?;
         self.funcs.insert(name.to_string(), f);
         Ok(f)
+    }
+
+    /// Lets `f` use up to `bytes` of dynamic shared memory.
+    pub fn allow_smem(&self, f: sys::CUfunction, bytes: usize) -> Result<()> {
+        // SAFETY: f is a valid function of the loaded module.
+        check(
+            unsafe {
+                cu::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+            },
+            "raise shared memory limit",
+        )
     }
 
     pub fn launch(&self, l: &Launch) -> Result<()> {

@@ -777,7 +777,9 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
     let lpr = if units >= 64 { 32 } else { pow2_floor((units / 2).max(1)).min(32) };
     let per_lane = (units / lpr).max(1);
     let warps = out_dim.div_ceil(32 / lpr);
-    let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane));
+    // At most 4 units per lane (the pipelined kernel keeps a row's units in registers).
+    let ks_min = per_lane.div_ceil(4).next_power_of_two().min(8);
+    let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane)).max(ks_min);
     (lpr, ks)
 }
 
@@ -809,6 +811,9 @@ fn push_matmul(
     let mut rows_all = None;
     let mut pre: Vec<Launch> = Vec::new();
     let mut post: Vec<Launch> = Vec::new();
+    // Activations staged in shared memory by the SIMT kernel (up to 96 KiB per block).
+    let smem_cap = (96 * 1024).min(gpu.smem_optin.saturating_sub(12 * 1024));
+    let mut mv_smem = 0usize;
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
             Some(GpuWeight::Matrix { dtype, rows, cols, q, m }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
@@ -873,8 +878,18 @@ fn push_matmul(
             mm.push((j.clone(), job, tiles * splits, d));
         } else {
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
-            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, lpr as i32, ks as i32);
-            mv.push((j.clone(), job, out_dim.div_ceil((8 / ks) * (32 / lpr)), format!("{d}/l{lpr}k{ks}")));
+            // Several row groups per block (about two blocks per SM in all) so each block's
+            // staged activations serve more weight rows.
+            let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
+            let passes = (base_blocks / (2 * sm_count)).clamp(1, 64);
+            let tiles = (lpr | (passes << 8)) as i32;
+            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, tiles, ks as i32);
+            mv.push((j.clone(), job, base_blocks.div_ceil(passes), format!("{d}/l{lpr}k{ks}p{passes}")));
+            let r_eff = rows.min(8);
+            let need = r_eff * (in_dim + in_dim / 64 * 4) * 4;
+            if need <= smem_cap {
+                mv_smem = mv_smem.max(need);
+            }
         }
     }
     let rows = rows_all.unwrap_or(0);
@@ -885,7 +900,12 @@ fn push_matmul(
         3 | 4 => ("matvec4_kernel", 4),
         _ => ("matvec8_kernel", 8),
     };
+    if mv_smem > 48 * 1024 {
+        let f = gpu.func(mv_name)?;
+        gpu.allow_smem(f, mv_smem)?;
+    }
     for (list, kernel, block, gy) in [(&mv, mv_name, 256u32, rows.div_ceil(r)), (&mm, "matmul_mma_kernel", 128, 1)] {
+        let is_mv = kernel == mv_name;
         for chunk in list.chunks(MAX_JOBS) {
             let mut blocks = 0usize;
             let mut bytes = Vec::new();
@@ -903,8 +923,12 @@ fn push_matmul(
                 func: gpu.func(kernel)?,
                 grid: (blocks as u32, gy as u32, 1),
                 block: (block, 1, 1),
-                smem: 0,
-                args: ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).0,
+                smem: if is_mv { mv_smem as u32 } else { 0 },
+                args: if is_mv {
+                    ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).i32((mv_smem / 4) as i32).0
+                } else {
+                    ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).0
+                },
             });
         }
     }

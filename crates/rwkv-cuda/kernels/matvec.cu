@@ -122,10 +122,14 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
         u32 qw[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
         float lo[16], hi[16];
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            u32 byte = byte_of(qw[i >> 2], i & 3);
-            lo[i] = small_int_f(byte & 15);
-            hi[i] = small_int_f(byte >> 4);
+        for (int i4 = 0; i4 < 4; i4++) {
+            // Four nibbles per LOP3, then one byte permute per value builds 2^23 + q.
+            u32 l4 = qw[i4] & 0x0F0F0F0Fu, h4 = (qw[i4] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                lo[4 * i4 + b] = __uint_as_float(__byte_perm(l4, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
+                hi[4 * i4 + b] = __uint_as_float(__byte_perm(h4, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
+            }
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -246,24 +250,6 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
     }
 }
 
-// Software-pipelined variant for rows whose units fit in PF per lane: the next row's weights are
-// fetched while this row's are used, so each warp keeps its loads in flight across rows.
-constexpr int MV_PF = 4;
-template <int DT>
-__device__ __forceinline__ void raw_row(const MatJob& J, long long row, int u0, int u1, int l, int lpr, RawUnit (&w)[MV_PF]) {
-    if (row >= J.out_dim) return;
-#pragma unroll
-    for (int p = 0; p < MV_PF; p++)
-        if (u0 + l + p * lpr < u1) raw_load<DT>(J, row, u0 + l + p * lpr, w[p]);
-}
-template <int DT, int R>
-__device__ __forceinline__ void dot_row(const MatJob& J, int u0, int u1, int l, int lpr, const RawUnit (&w)[MV_PF],
-                                        const float* x, int xs, int nr, float (&acc)[R]) {
-#pragma unroll
-    for (int p = 0; p < MV_PF; p++)
-        if (u0 + l + p * lpr < u1) raw_dot<DT, R, true>(J, w[p], u0 + l + p * lpr, x, xs, nr, acc);
-}
-
 template <int R, bool PAD>
 __device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
                                             const float* x, int xs, int nr, float (&acc)[R]) {
@@ -299,16 +285,9 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     int rg = blockIdx.y * R;
     int nr = min(R, rows - rg);
     int pst = J.in_dim + (J.in_dim >> 6) * 4;
-    bool stage = fast && nr * pst <= smem_floats;
-    // Pipelined path: staged x, Q4_K/F16 weights, every lane's units of a row within MV_PF.
-    bool piped = fast && stage && (u1 - u0) <= MV_PF * lpr && (J.dtype == DT_Q4K || J.dtype == DT_F16);
-    RawUnit wa[MV_PF], wb[MV_PF];
+    // Staging pays when the block then serves several weight rows.
+    bool stage = fast && nr * pst <= smem_floats && rpb * passes >= 4;
     long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
-    if (piped) {
-        // Weights do not depend on the previous kernel: fetch the first row before waiting.
-        if (J.dtype == DT_Q4K) raw_row<DT_Q4K>(J, row_base, u0, u1, l, lpr, wa);
-        else raw_row<DT_F16>(J, row_base, u0, u1, l, lpr, wa);
-    }
     pdl_wait();
     const float* xg = J.x + (long long)rg * J.in_dim;
     if (stage) {
@@ -325,28 +304,7 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = 0.0f;
-        if (piped) {
-            // Even passes use wa and prefetch into wb, odd passes the reverse (register arrays
-            // must be indexed statically).
-            bool more = pass + 1 < passes;
-            if (J.dtype == DT_Q4K) {
-                if ((pass & 1) == 0) {
-                    if (more) raw_row<DT_Q4K>(J, row + rpb, u0, u1, l, lpr, wb);
-                    if (valid) dot_row<DT_Q4K, R>(J, u0, u1, l, lpr, wa, xsh, pst, nr, acc);
-                } else {
-                    if (more) raw_row<DT_Q4K>(J, row + rpb, u0, u1, l, lpr, wa);
-                    if (valid) dot_row<DT_Q4K, R>(J, u0, u1, l, lpr, wb, xsh, pst, nr, acc);
-                }
-            } else {
-                if ((pass & 1) == 0) {
-                    if (more) raw_row<DT_F16>(J, row + rpb, u0, u1, l, lpr, wb);
-                    if (valid) dot_row<DT_F16, R>(J, u0, u1, l, lpr, wa, xsh, pst, nr, acc);
-                } else {
-                    if (more) raw_row<DT_F16>(J, row + rpb, u0, u1, l, lpr, wa);
-                    if (valid) dot_row<DT_F16, R>(J, u0, u1, l, lpr, wb, xsh, pst, nr, acc);
-                }
-            }
-        } else if (valid) {
+        if (valid) {
             if (!fast) {
                 for (int k = l + kslice * lpr; k < J.in_dim; k += lpr * ks) {
                     float w = dequant_one(J.dtype, J.wq, J.wm, row, J.in_dim, k);

@@ -777,9 +777,7 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
     let lpr = if units >= 64 { 32 } else { pow2_floor((units / 2).max(1)).min(32) };
     let per_lane = (units / lpr).max(1);
     let warps = out_dim.div_ceil(32 / lpr);
-    // At most 4 units per lane (the pipelined kernel keeps a row's units in registers).
-    let ks_min = per_lane.div_ceil(4).next_power_of_two().min(8);
-    let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane)).max(ks_min);
+    let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane));
     (lpr, ks)
 }
 

@@ -1,1 +1,382 @@
-//! wgpu backend (work in progress).
+//! WebGPU backend: one set of WGSL kernels (`shaders/*.wgsl`) for every non-NVIDIA GPU and,
+//! later, the browser. Implements [`rwkv_core::backend::Backend`]; design notes in NOTES.md.
+//!
+//! - Weights: matrices repacked to `u32` words per dtype (F32, F16, BF16, Q8_0, Q4_K, Q6_K;
+//!   other quants are converted to F32), split by rows to respect the device's binding limits;
+//!   vectors in one f32 buffer.
+//! - A step is one command buffer: slot states copied in, every op's dispatch in one compute
+//!   pass, states copied out, logits or argmax copied to a read-back buffer.
+//! - Optional features are used when present (`shader-f16` to read F16 weights, subgroups for
+//!   reductions); every kernel has a plain fallback, selected with [`WgpuOptions`].
+
+mod gpu;
+mod kernels;
+mod plan;
+mod weights;
+
+use rwkv_core::backend::{Backend, DeviceInfo, Plan, PlanId, StepOutput};
+use rwkv_core::model::Tensor;
+use rwkv_core::{Error, Result};
+
+use gpu::{backend_err, block_on, Gpu};
+pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
+use kernels::Kernels;
+use plan::{Compiled, ReadBack};
+use weights::DeviceWeight;
+
+/// Every adapter wgpu can see (name, API, device type, features, limits), for the router and
+/// `rwkv doctor`. Empty when there is none.
+pub fn probe() -> Vec<AdapterReport> {
+    block_on(probe_async())
+}
+
+/// The WebGPU backend.
+pub struct WgpuBackend {
+    gpu: Gpu,
+    kernels: Kernels,
+    weights: Vec<Option<DeviceWeight>>,
+    vec_host: Vec<f32>,
+    vec_buffer: Option<wgpu::Buffer>,
+    /// Bumped when weights change after plans were built (their bind groups hold the buffers).
+    weights_generation: u64,
+    states: Vec<wgpu::Buffer>,
+    state_len: usize,
+    plans: Vec<Compiled>,
+}
+
+impl WgpuBackend {
+    /// Opens the adapter `options` chooses. Fails with `Error::Backend` ("no wgpu adapter: ...")
+    /// when there is none.
+    pub fn new(options: WgpuOptions) -> Result<WgpuBackend> {
+        let gpu = block_on(Gpu::new(&options))?;
+        Ok(WgpuBackend {
+            gpu,
+            kernels: Kernels::default(),
+            weights: Vec::new(),
+            vec_host: Vec::new(),
+            vec_buffer: None,
+            weights_generation: 0,
+            states: Vec::new(),
+            state_len: 0,
+            plans: Vec::new(),
+        })
+    }
+
+    /// Whether kernels use `shader-f16` / subgroups on this device.
+    pub fn uses_f16(&self) -> bool {
+        self.gpu.f16
+    }
+    pub fn uses_subgroups(&self) -> bool {
+        self.gpu.subgroups
+    }
+
+    /// Device buffers holding weight `id` (more than one when it was split to fit the binding
+    /// limit; 0 for vectors or unknown ids). For diagnostics and tests.
+    pub fn weight_buffers(&self, id: usize) -> usize {
+        match self.weights.get(id) {
+            Some(Some(DeviceWeight::Matrix(m))) => m.chunks.len(),
+            _ => 0,
+        }
+    }
+
+    /// Destroys the device, as a driver reset would; every later call must fail with
+    /// `Error::Backend` rather than hang or panic. For tests of the failure path.
+    #[doc(hidden)]
+    pub fn simulate_device_loss(&mut self) {
+        self.gpu.device.destroy();
+    }
+
+    fn vecs(&mut self) -> Result<wgpu::Buffer> {
+        if let Some(b) = &self.vec_buffer {
+            return Ok(b.clone());
+        }
+        let gpu = &self.gpu;
+        let host = &self.vec_host;
+        let buffer = block_on(gpu.scoped("uploading vectors", || -> Result<wgpu::Buffer> {
+            let b = gpu.buffer(
+                "vectors",
+                (host.len() as u64) * 4,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            )?;
+            if !host.is_empty() {
+                gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(host));
+            }
+            Ok(b)
+        }))??;
+        self.vec_buffer = Some(buffer.clone());
+        Ok(buffer)
+    }
+
+    /// Builds (or rebuilds after a state or vector change) the device side of plan `i`.
+    fn ensure_built(&mut self, i: usize) -> Result<()> {
+        if self.state_len == 0 {
+            return Err(backend_err(
+                "no states allocated: call alloc_states before running a plan",
+            ));
+        }
+        let fresh = self.plans[i].built.as_ref().is_some_and(|b| {
+            b.state_len == self.state_len && b.weights_generation == self.weights_generation
+        });
+        if fresh {
+            return Ok(());
+        }
+        let vecs = self.vecs()?;
+        let (gpu, kernels, weights) = (&self.gpu, &mut self.kernels, &self.weights);
+        self.plans[i].build(
+            gpu,
+            kernels,
+            weights,
+            &vecs,
+            self.weights_generation,
+            self.state_len,
+        )
+    }
+
+    fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let gpu = &self.gpu;
+        let staging = gpu.buffer(
+            "state read-back",
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
+        let idx = block_on(gpu.scoped("reading state", || gpu.queue.submit([enc.finish()])))?;
+        block_on(gpu.read_mapped(&staging, len, idx))
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn info(&self) -> DeviceInfo {
+        let g = &self.gpu;
+        DeviceInfo {
+            backend: gpu::BACKEND_NAME.into(),
+            device: g.info.name.clone(),
+            properties: vec![
+                ("api".into(), format!("{:?}", g.info.backend)),
+                ("device_type".into(), format!("{:?}", g.info.device_type)),
+                (
+                    "driver".into(),
+                    format!("{} {}", g.info.driver, g.info.driver_info)
+                        .trim()
+                        .to_string(),
+                ),
+                ("shader_f16".into(), g.f16.to_string()),
+                ("subgroups".into(), g.subgroups.to_string()),
+                ("max_binding_bytes".into(), g.max_binding.to_string()),
+            ],
+        }
+    }
+
+    fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
+        if self.weights.len() <= id {
+            self.weights.resize_with(id + 1, || None);
+        }
+        let weight = if tensor.shape.len() <= 1 {
+            let values = weights::to_f32(name, tensor)?;
+            let offset = self.vec_host.len();
+            // Offsets are u32 in the kernels.
+            if offset + values.len() > u32::MAX as usize / 4 {
+                return Err(backend_err(format!(
+                    "weight '{name}': too many vector values"
+                )));
+            }
+            self.vec_host.extend_from_slice(&values);
+            if self.vec_buffer.take().is_some() {
+                self.weights_generation += 1;
+            }
+            DeviceWeight::Vector {
+                offset,
+                len: values.len(),
+            }
+        } else {
+            let gpu = &self.gpu;
+            let m = block_on(gpu.scoped(&format!("uploading '{name}'"), || {
+                weights::upload_matrix(gpu, name, tensor)
+            }))??;
+            DeviceWeight::Matrix(m)
+        };
+        self.weights[id] = Some(weight);
+        // Plans built before this upload rebuild their bind groups on their next step.
+        self.weights_generation += 1;
+        Ok(())
+    }
+
+    fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
+        let gpu = &self.gpu;
+        let bytes = (state_len as u64)
+            .checked_mul(4)
+            .ok_or_else(|| backend_err("state too large"))?;
+        self.states.clear();
+        let states = block_on(gpu.scoped(
+            "allocating states",
+            || -> Result<Vec<wgpu::Buffer>> {
+                (0..n_slots)
+                    .map(|_| {
+                        gpu.buffer(
+                            "state slot",
+                            bytes,
+                            wgpu::BufferUsages::STORAGE
+                                | wgpu::BufferUsages::COPY_DST
+                                | wgpu::BufferUsages::COPY_SRC,
+                        )
+                    })
+                    .collect()
+            },
+        ))??;
+        // New buffers are zeroed by WebGPU.
+        self.states = states;
+        self.state_len = state_len;
+        Ok(())
+    }
+
+    fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
+        let compiled = Compiled::new(&self.gpu, plan, &self.weights)?;
+        self.plans.push(compiled);
+        let i = self.plans.len() - 1;
+        if self.state_len > 0 {
+            if let Err(e) = self.ensure_built(i) {
+                self.plans.pop();
+                return Err(e);
+            }
+        }
+        Ok(PlanId(i))
+    }
+
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        let i = plan.0;
+        let p = self
+            .plans
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("unknown plan {i}")))?;
+        let shape = p.plan.shape;
+        if tokens.len() != shape.rows() || slots.len() != shape.n_seq {
+            return Err(Error::invalid(format!(
+                "step of {:?} needs {} tokens and {} slots, got {} and {}",
+                shape,
+                shape.rows(),
+                shape.n_seq,
+                tokens.len(),
+                slots.len()
+            )));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= p.vocab) {
+            return Err(Error::invalid(format!(
+                "token id {t} is outside the vocabulary of {}",
+                p.vocab
+            )));
+        }
+        for (k, &s) in slots.iter().enumerate() {
+            if s >= self.states.len() {
+                return Err(backend_err(format!(
+                    "slot {s} out of range (have {})",
+                    self.states.len()
+                )));
+            }
+            if slots[..k].contains(&s) {
+                return Err(backend_err(format!("slot {s} appears twice in one step")));
+            }
+        }
+        let read = match &out {
+            StepOutput::None => ReadBack::None,
+            StepOutput::Logits(o) => {
+                if o.len() != p.logits_len() {
+                    return Err(Error::invalid(format!(
+                        "logits need {} values, got {}",
+                        p.logits_len(),
+                        o.len()
+                    )));
+                }
+                ReadBack::Logits
+            }
+            StepOutput::Argmax(o) => {
+                if o.len() != p.logit_rows() {
+                    return Err(Error::invalid(format!(
+                        "argmax needs {} rows, got {}",
+                        p.logit_rows(),
+                        o.len()
+                    )));
+                }
+                ReadBack::Argmax
+            }
+        };
+        self.ensure_built(i)?;
+        let p = &self.plans[i];
+        let gpu = &self.gpu;
+        let built = p
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
+        let (submission, len) = block_on(gpu.scoped("running step", || -> Result<_> {
+            gpu.queue
+                .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+            let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
+            Ok((gpu.queue.submit([cmd]), len))
+        }))??;
+        if read == ReadBack::None {
+            return gpu.check_submitted(submission);
+        }
+        let staging = p.staging().ok_or_else(|| backend_err("plan not built"))?;
+        let bytes = block_on(gpu.read_mapped(staging, len, submission))?;
+        match out {
+            StepOutput::Logits(o) => {
+                for (v, b) in o.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            StepOutput::Argmax(o) => {
+                for (v, b) in o.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            StepOutput::None => {}
+        }
+        Ok(())
+    }
+
+    fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
+        let buf = self
+            .states
+            .get(slot)
+            .ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
+        if out.len() != self.state_len {
+            return Err(Error::invalid(format!(
+                "state has {} values, got {}",
+                self.state_len,
+                out.len()
+            )));
+        }
+        let bytes = self.staging_read(buf, self.state_len as u64 * 4)?;
+        for (v, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
+        let buf = self
+            .states
+            .get(slot)
+            .ok_or_else(|| backend_err(format!("slot {slot} out of range")))?;
+        if values.len() != self.state_len {
+            return Err(Error::invalid(format!(
+                "state has {} values, got {}",
+                self.state_len,
+                values.len()
+            )));
+        }
+        let gpu = &self.gpu;
+        block_on(gpu.scoped("writing state", || {
+            gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))
+        }))?;
+        // Writes are staged until the next submit; submit nothing now so a lost device shows.
+        let idx = gpu.queue.submit([]);
+        gpu.check_submitted(idx)
+    }
+}

@@ -1,0 +1,66 @@
+//! Step speed of the WebGPU backend on a synthetic model (not a test: numbers for NOTES.md).
+//!
+//! `cargo run --release -p rwkv-wgpu --example wgpu_speed -- [shape] [dtype] [steps] [n_seq] [n_tok] [plain]`
+//! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16 and subgroups off.
+
+use std::time::Instant;
+
+use rwkv_core::backend::{Backend, StepOutput, StepShape};
+use rwkv_core::model::v7::PlanBuilder;
+use rwkv_core::synth::{synth_model, SynthShape};
+use rwkv_core::DType;
+use rwkv_wgpu::{WgpuBackend, WgpuOptions};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
+    let shape = SynthShape::parse(&arg(0, "tiny")).ok_or("unknown shape")?;
+    let dtype = DType::parse(&arg(1, "q4k")).ok_or("unknown dtype")?;
+    let steps: usize = arg(2, "16").parse()?;
+    let n_seq: usize = arg(3, "1").parse()?;
+    let n_tok: usize = arg(4, "1").parse()?;
+    let plain = arg(5, "") == "plain";
+
+    let model = synth_model(shape, dtype, 1)?;
+    let mut options = WgpuOptions::default();
+    if plain {
+        options.allow_f16 = false;
+        options.allow_subgroups = false;
+    }
+    let mut backend = WgpuBackend::new(options)?;
+    let builder = PlanBuilder::new(&model.desc);
+    let start = Instant::now();
+    for (id, name) in builder.weights().iter().enumerate() {
+        backend.upload_weight(id, name, model.tensor(name)?)?;
+    }
+    backend.alloc_states(n_seq, model.desc.state_len())?;
+    let shape_ = StepShape { n_seq, n_tok };
+    let plan = backend.compile(&builder.build(shape_, false))?;
+    println!(
+        "upload + compile: {:.2} s ({} bytes of weights)",
+        start.elapsed().as_secs_f64(),
+        model.total_bytes()
+    );
+    let slots: Vec<usize> = (0..n_seq).collect();
+    let mut tokens: Vec<u32> = (0..shape_.rows() as u32).map(|s| 17 + s).collect();
+    let mut ids = vec![0u32; n_seq];
+    backend.execute(plan, &tokens, &slots, StepOutput::Argmax(&mut ids))?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        backend.execute(plan, &tokens, &slots, StepOutput::Argmax(&mut ids))?;
+        for (s, &id) in ids.iter().enumerate() {
+            tokens[s * n_tok + n_tok - 1] = id;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let info = backend.info();
+    println!(
+        "{} (f16 {}, subgroups {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
+        info.device,
+        backend.uses_f16(),
+        backend.uses_subgroups(),
+        secs * 1e3 / steps as f64,
+        (steps * n_seq * n_tok) as f64 / secs
+    );
+    Ok(())
+}

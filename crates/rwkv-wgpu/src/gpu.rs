@@ -1,0 +1,452 @@
+//! The device: adapter choice, device creation, error capture and read-back.
+//!
+//! Failures never panic or hang: validation and out-of-memory errors are caught with error
+//! scopes around every batch of work, errors outside a scope land in an uncaptured-error sink
+//! (instead of wgpu's default handler, which panics), device loss is recorded by the lost
+//! callback, and waits for the GPU have a timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use rwkv_core::{Error, Result};
+
+pub(crate) const BACKEND_NAME: &str = "webgpu";
+
+pub(crate) fn backend_err(what: impl Into<String>) -> Error {
+    Error::backend(BACKEND_NAME, what)
+}
+
+/// Which adapter [`crate::WgpuBackend::new`] takes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AdapterChoice {
+    /// wgpu's pick with `PowerPreference::HighPerformance`.
+    #[default]
+    HighPerformance,
+    /// wgpu's pick with `PowerPreference::LowPower`.
+    LowPower,
+    /// Position in [`crate::probe`]'s list.
+    Index(usize),
+    /// First adapter whose name contains this text (case-insensitive).
+    Name(String),
+}
+
+/// Options for [`crate::WgpuBackend::new`].
+#[derive(Debug, Clone)]
+pub struct WgpuOptions {
+    pub adapter: AdapterChoice,
+    /// Use `shader-f16` when the adapter has it.
+    pub allow_f16: bool,
+    /// Use subgroup operations when the adapter has them.
+    pub allow_subgroups: bool,
+    /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
+    /// matrix splitting, or to mimic a browser's 128 MiB default).
+    pub max_binding_bytes: Option<u64>,
+    /// How long to wait for one step or read-back before reporting the device as hung.
+    pub wait_timeout: Duration,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            adapter: AdapterChoice::default(),
+            allow_f16: true,
+            allow_subgroups: true,
+            max_binding_bytes: None,
+            wait_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One adapter as [`crate::probe`] sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    /// "Vulkan", "Metal", "Dx12", "Gl", "BrowserWebGpu".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu", "Other".
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    /// All features, wgpu's names.
+    pub features: Vec<String>,
+}
+
+fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
+    let info = adapter.get_info();
+    let features = adapter.features();
+    let limits = adapter.limits();
+    AdapterReport {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
+        subgroup_min_size: info.subgroup_min_size,
+        subgroup_max_size: info.subgroup_max_size,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu can see, in enumeration order (the order [`AdapterChoice::Index`] uses).
+pub async fn probe_async() -> Vec<AdapterReport> {
+    let adapters = instance().enumerate_adapters(wgpu::Backends::all()).await;
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| report(i, a))
+        .collect()
+}
+
+/// The device and what the kernels may use on it.
+pub(crate) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub f16: bool,
+    pub subgroups: bool,
+    /// Largest buffer we create and bind (min of binding and buffer limits and the option).
+    pub max_binding: u64,
+    pub wait_timeout: Duration,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    pub async fn new(options: &WgpuOptions) -> Result<Gpu> {
+        let instance = instance();
+        let adapter = match &options.adapter {
+            AdapterChoice::HighPerformance | AdapterChoice::LowPower => {
+                let power_preference = if options.adapter == AdapterChoice::LowPower {
+                    wgpu::PowerPreference::LowPower
+                } else {
+                    wgpu::PowerPreference::HighPerformance
+                };
+                instance
+                    .request_adapter(&wgpu::RequestAdapterOptions {
+                        power_preference,
+                        force_fallback_adapter: false,
+                        compatible_surface: None,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| backend_err(format!("no wgpu adapter: {e}")))?
+            }
+            AdapterChoice::Index(i) => {
+                let mut all = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let n = all.len();
+                if *i >= n {
+                    return Err(backend_err(format!(
+                        "no wgpu adapter: index {i}, only {n} adapters"
+                    )));
+                }
+                all.swap_remove(*i)
+            }
+            AdapterChoice::Name(name) => {
+                let want = name.to_lowercase();
+                let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                    .ok_or_else(|| {
+                        backend_err(format!("no wgpu adapter: none named like '{name}'"))
+                    })?
+            }
+        };
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let f16 = options.allow_f16 && have.contains(wgpu::Features::SHADER_F16);
+        let subgroups = options.allow_subgroups && have.contains(wgpu::Features::SUBGROUP);
+        if f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        // Ask for everything the adapter offers: on native that lifts the 128 MiB binding default.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("rwkv-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend_err(format!("{}: cannot open device: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(one_line(&e.to_string()));
+            }
+        }));
+        let mut max_binding = limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size);
+        if let Some(cap) = options.max_binding_bytes {
+            max_binding = max_binding.min(cap);
+        }
+        // Whole words, and at most 4 GiB so byte sizes of bound ranges stay small (the kernels
+        // index 32-bit words with u32).
+        max_binding = max_binding.min(u32::MAX as u64) & !3;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            f16,
+            subgroups,
+            max_binding,
+            wait_timeout: options.wait_timeout,
+            lost,
+            uncaptured,
+        })
+    }
+
+    /// Fails when the device was lost or an error escaped the error scopes.
+    pub fn check_alive(&self) -> Result<()> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(backend_err(format!("{}: {msg}", self.info.name)));
+        }
+        let first = self.uncaptured.lock().ok().and_then(|mut v| {
+            let first = v.first().cloned();
+            v.clear();
+            first
+        });
+        if let Some(msg) = first {
+            return Err(backend_err(format!("{}: {msg}", self.info.name)));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes; an error in either becomes
+    /// `Error::Backend` with `what` in front.
+    pub async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let v_err = validation.pop().await;
+        let o_err = oom.pop().await;
+        if let Some(e) = o_err {
+            return Err(backend_err(format!(
+                "{what}: out of device memory: {}",
+                one_line(&e.to_string())
+            )));
+        }
+        if let Some(e) = v_err {
+            return Err(backend_err(format!("{what}: {}", one_line(&e.to_string()))));
+        }
+        self.check_alive()?;
+        Ok(value)
+    }
+
+    /// Waits (with the timeout) for a submission to finish.
+    pub fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        let r = self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(self.wait_timeout),
+        });
+        match r {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => {
+                self.check_alive()?;
+                return Err(backend_err(format!(
+                    "{}: GPU did not finish within {:?}",
+                    self.info.name, self.wait_timeout
+                )));
+            }
+            Err(e) => {
+                // A failed submission (lost device, rejected command buffer) ends up here.
+                self.check_alive()?;
+                return Err(backend_err(format!(
+                    "{}: waiting for the GPU failed: {e}",
+                    self.info.name
+                )));
+            }
+        }
+        self.check_alive()
+    }
+
+    /// Non-blocking check that `submission` was accepted (a lost device rejects submissions
+    /// without raising an error in any scope).
+    pub fn check_submitted(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        let r = self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(Duration::ZERO),
+        });
+        match r {
+            Ok(_) | Err(wgpu::PollError::Timeout) => self.check_alive(),
+            Err(e) => {
+                self.check_alive()?;
+                Err(backend_err(format!(
+                    "{}: submission failed: {e}",
+                    self.info.name
+                )))
+            }
+        }
+    }
+
+    /// Maps `staging` (MAP_READ) after `submission` and copies `len` bytes out.
+    pub async fn read_mapped(
+        &self,
+        staging: &wgpu::Buffer,
+        len: u64,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let slot = OneShot::new();
+        let sender = slot.sender();
+        staging.map_async(wgpu::MapMode::Read, 0..len, move |r| sender.send(r));
+        // Native: blocks (bounded) until the callback has run, then takes the result without
+        // awaiting (a callback that never ran must not hang us). The browser polls by itself.
+        #[cfg(not(target_arch = "wasm32"))]
+        let mapped = {
+            self.wait(submission)?;
+            slot.try_take()
+        };
+        #[cfg(target_arch = "wasm32")]
+        let mapped = {
+            let _ = submission;
+            slot.await
+        };
+        if !matches!(mapped, Some(Ok(()))) {
+            self.check_alive()?;
+            return Err(backend_err(format!(
+                "{}: mapping the read-back buffer failed",
+                self.info.name
+            )));
+        }
+        let bytes = match staging.get_mapped_range(0..len) {
+            Ok(view) => view.to_vec(),
+            Err(e) => return Err(backend_err(format!("{}: read-back: {e}", self.info.name))),
+        };
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// A buffer of `size` bytes (at least 4), checked against the device limits first.
+    pub fn buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let size = size.max(4).div_ceil(4) * 4;
+        let limit = if usage.contains(wgpu::BufferUsages::STORAGE) {
+            self.max_binding
+        } else {
+            self.limits.max_buffer_size
+        };
+        if size > limit {
+            return Err(backend_err(format!(
+                "{}: buffer '{label}' needs {size} bytes, the device allows {limit} per buffer",
+                self.info.name
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        }))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A one-value channel whose receiving end is a future: lets map callbacks resolve an `await`
+/// both natively (after a blocking poll) and in the browser (from the event loop).
+struct OneShot<T> {
+    shared: Arc<Mutex<(Option<T>, Option<Waker>)>>,
+}
+
+struct OneShotSender<T> {
+    shared: Arc<Mutex<(Option<T>, Option<Waker>)>>,
+}
+
+impl<T> OneShot<T> {
+    fn new() -> Self {
+        OneShot {
+            shared: Arc::new(Mutex::new((None, None))),
+        }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    fn try_take(&self) -> Option<T> {
+        self.shared.lock().ok().and_then(|mut s| s.0.take())
+    }
+    fn sender(&self) -> OneShotSender<T> {
+        OneShotSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> OneShotSender<T> {
+    fn send(self, value: T) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.0 = Some(value);
+            if let Some(w) = s.1.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl<T> Future for OneShot<T> {
+    type Output = Option<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match self.shared.lock() {
+            Ok(mut s) => match s.0.take() {
+                Some(v) => Poll::Ready(Some(v)),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+            // A poisoned lock means a callback panicked; nothing will ever arrive.
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}

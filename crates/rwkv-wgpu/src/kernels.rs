@@ -1,0 +1,149 @@
+//! WGSL kernels: source assembly and a pipeline cache.
+//!
+//! WGSL has no includes or templates, so a kernel's module is assembled from the `.wgsl` files:
+//! `common.wgsl` (params, activations), a reduction file (`reduce_subgroup.wgsl` when the device
+//! has subgroups, else `reduce_plain.wgsl`), a `decode_*.wgsl` for matrix kernels, and the
+//! kernel itself. Placeholders: `SG_BUILTINS` (subgroup builtins of the entry point, or nothing)
+//! and `SG_ARGS` (their values for `block_sum`, or constants), `HEAD_SIZE` / `HALF_POW2` in WKV.
+
+use std::collections::HashMap;
+
+use rwkv_core::Result;
+
+use crate::gpu::Gpu;
+use crate::weights::PackedKind;
+
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
+const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
+const EMBED: &str = include_str!("../shaders/embed.wgsl");
+const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
+const TOKEN_SHIFT: &str = include_str!("../shaders/token_shift.wgsl");
+const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
+const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
+const WKV7: &str = include_str!("../shaders/wkv7.wgsl");
+
+fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
+    match kind {
+        PackedKind::F32 => include_str!("../shaders/decode_f32.wgsl"),
+        PackedKind::F16 if f16 => include_str!("../shaders/decode_f16_native.wgsl"),
+        PackedKind::F16 => include_str!("../shaders/decode_f16.wgsl"),
+        PackedKind::BF16 => include_str!("../shaders/decode_bf16.wgsl"),
+        PackedKind::Q8_0 => include_str!("../shaders/decode_q8_0.wgsl"),
+        PackedKind::Q4K => include_str!("../shaders/decode_q4k.wgsl"),
+        PackedKind::Q6K => include_str!("../shaders/decode_q6k.wgsl"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    /// One workgroup of `wg` invocations per output row.
+    MatMul(PackedKind, u32),
+    /// One invocation per output row, for rows of at most NARROW_UNITS units.
+    MatMulNarrow(PackedKind),
+    Embed(PackedKind),
+    LayerNorm,
+    TokenShift,
+    LastRows,
+    Argmax,
+    Wkv7 {
+        head_size: u32,
+    },
+}
+
+/// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
+pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
+    let (body, decode, reduce) = match kernel {
+        Kernel::MatMul(k, _) => (MATMUL, Some(k), true),
+        Kernel::MatMulNarrow(k) => (MATMUL_NARROW, Some(k), false),
+        Kernel::Embed(k) => (EMBED, Some(k), false),
+        Kernel::LayerNorm => (LAYER_NORM, None, true),
+        Kernel::TokenShift => (TOKEN_SHIFT, None, false),
+        Kernel::LastRows => (LAST_ROWS, None, false),
+        Kernel::Argmax => (ARGMAX, None, false),
+        Kernel::Wkv7 { .. } => (WKV7, None, true),
+    };
+    let native_f16 = f16 && decode == Some(PackedKind::F16);
+    let mut s = String::new();
+    if native_f16 {
+        s.push_str("enable f16;\n");
+    }
+    s.push_str(COMMON);
+    if reduce {
+        s.push_str(if subgroups {
+            REDUCE_SUBGROUP
+        } else {
+            REDUCE_PLAIN
+        });
+    }
+    if let Some(k) = decode {
+        s.push_str(decode_source(k, native_f16));
+    }
+    s.push_str(body);
+    let (builtins, args) = if subgroups && reduce {
+        (
+            "@builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \
+             @builtin(num_subgroups) n_sg: u32",
+            "sg_lane, sg_id, n_sg",
+        )
+    } else {
+        ("", "0u, 0u, 1u")
+    };
+    if native_f16 {
+        s = s.replace(
+            "var<storage, read> wq: array<u32>;",
+            "var<storage, read> wq: array<vec2<f16>>;",
+        );
+    }
+    s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
+    if let Kernel::MatMul(_, wg) = kernel {
+        s = s
+            .replace("MM_WG", &wg.to_string())
+            .replace("MM_HALF", &(wg / 2).to_string());
+    }
+    if let Kernel::Wkv7 { head_size } = kernel {
+        let half_pow2 = head_size.next_power_of_two() / 2;
+        s = s
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("HALF_POW2", &half_pow2.to_string());
+    }
+    s
+}
+
+/// Compiled pipelines, built on first use.
+#[derive(Default)]
+pub(crate) struct Kernels {
+    pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+}
+
+impl Kernels {
+    pub fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = self.pipelines.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let src = source(kernel, gpu.subgroups, gpu.f16);
+        let label = format!("{kernel:?}");
+        let pipeline =
+            crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
+                let module = gpu
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(&label),
+                        source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
+                    });
+                gpu.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&label),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some("main"),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            }))?;
+        self.pipelines.insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+}

@@ -1,0 +1,765 @@
+//! Compiled plans: the activation arena layout, and the pre-built dispatches of one step.
+//!
+//! All activation buffers of a plan live in one f32 "arena" buffer at fixed offsets, so every
+//! kernel needs one activation binding (WebGPU guarantees only 8 storage bindings per stage; WKV
+//! alone reads 8 activations and 5 vectors). The states of the step's sequences are copied from
+//! their slot buffers into a working state buffer at the start of the command buffer and back
+//! at its end, so kernels see them at `seq · state_len` and the bind groups never change.
+//! Parameters of every dispatch are fixed at build time (one uniform slice each); only the token
+//! ids change per step.
+
+use rwkv_core::backend::{Act, BufId, Op, Plan, ShiftKind, WeightId};
+use rwkv_core::Result;
+
+use crate::gpu::{backend_err, Gpu};
+use crate::kernels::{Kernel, Kernels};
+use crate::weights::{DeviceMatrix, DeviceWeight, UNIT};
+
+/// Bytes between the parameter blocks of two dispatches (the largest uniform offset alignment
+/// WebGPU allows a device to ask for).
+const PARAM_STRIDE: u64 = 256;
+const PARAM_WORDS: usize = 32;
+const PARAM_BYTES: u64 = (PARAM_WORDS * 4) as u64;
+const NONE: u32 = u32::MAX;
+/// Activation rows per matrix-product workgroup (TILE in matmul.wgsl).
+const MATMUL_TILE: usize = 4;
+/// Rows of at most this many 16-value units use the one-invocation-per-row kernel: with
+/// fewer units than a workgroup has invocations, the reduction kernel would leave most idle.
+const NARROW_UNITS: usize = 8;
+/// Largest head size WKV supports: one invocation per channel of a head.
+const MAX_HEAD_SIZE: usize = 256;
+
+fn act_code(a: Act) -> u32 {
+    match a {
+        Act::None => 0,
+        Act::Tanh => 1,
+        Act::Sigmoid => 2,
+        Act::ReluSq => 3,
+        Act::Decay => 4,
+    }
+}
+
+/// A plan checked against the uploaded weights, with its arena layout.
+pub(crate) struct Compiled {
+    pub plan: Plan,
+    offsets: Vec<usize>,
+    argmax_off: usize,
+    arena_len: usize,
+    /// Rows of the embedding table: token ids must be below it.
+    pub vocab: usize,
+    pub built: Option<Built>,
+}
+
+pub(crate) struct Built {
+    pub state_len: usize,
+    pub weights_generation: u64,
+    pub tokens: wgpu::Buffer,
+    pub work_state: wgpu::Buffer,
+    arena: wgpu::Buffer,
+    _params: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    argmax: Dispatch,
+    staging: wgpu::Buffer,
+}
+
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+#[derive(Clone)]
+enum Bind {
+    Arena,
+    Vecs,
+    State,
+    Tokens,
+    Weight(wgpu::Buffer),
+}
+
+struct Rec {
+    kernel: Kernel,
+    params: [u32; PARAM_WORDS],
+    binds: Vec<Bind>,
+    groups: [u32; 3],
+}
+
+fn params(values: &[u32]) -> [u32; PARAM_WORDS] {
+    let mut p = [0u32; PARAM_WORDS];
+    p[..values.len()].copy_from_slice(values);
+    p
+}
+
+fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        backend_err(format!(
+            "{what} ({v}) does not fit the kernels' 32-bit indices"
+        ))
+    })
+}
+
+impl Compiled {
+    /// Checks every op against buffer widths and uploaded weights; lays out the arena.
+    pub fn new(gpu: &Gpu, plan: &Plan, weights: &[Option<DeviceWeight>]) -> Result<Compiled> {
+        let bad = |what: String| backend_err(format!("plan rejected: {what}"));
+        let n_buf = plan.buffers.len();
+        let rows = plan.shape.rows();
+        if plan.shape.n_seq == 0 || plan.shape.n_tok == 0 {
+            return Err(bad("empty step shape".into()));
+        }
+        let buf = |b: BufId| -> Result<(usize, usize)> {
+            if b >= n_buf {
+                return Err(bad(format!("buffer {b} out of range")));
+            }
+            Ok((plan.rows_of(b), plan.buffers[b].width))
+        };
+        let mat = |w: WeightId| -> Result<&DeviceMatrix> {
+            match weights.get(w) {
+                Some(Some(DeviceWeight::Matrix(m))) => Ok(m),
+                _ => Err(bad(format!("weight {w} is not an uploaded matrix"))),
+            }
+        };
+        let vector = |w: WeightId, len: usize| -> Result<()> {
+            match weights.get(w) {
+                Some(Some(DeviceWeight::Vector { len: l, .. })) if *l == len => Ok(()),
+                _ => Err(bad(format!(
+                    "weight {w} is not an uploaded vector of {len} values"
+                ))),
+            }
+        };
+        let mut vocab = None;
+        for op in &plan.ops {
+            match op {
+                Op::Embed { table, out } => {
+                    let m = mat(*table)?;
+                    let (r, w) = buf(*out)?;
+                    if r != rows || w != m.cols {
+                        return Err(bad(format!(
+                            "embed into buffer {out} of {r}x{w}, table has {} columns",
+                            m.cols
+                        )));
+                    }
+                    vocab = Some(m.rows);
+                }
+                Op::LayerNorm { x, w, b, out, .. } => {
+                    let (xr, xw) = buf(*x)?;
+                    if buf(*out)? != (xr, xw) {
+                        return Err(bad(format!("layer norm {x} -> {out}: shapes differ")));
+                    }
+                    vector(*w, xw)?;
+                    vector(*b, xw)?;
+                }
+                Op::TokenShift { x, mixes, .. } => {
+                    let (xr, xw) = buf(*x)?;
+                    if xr != rows || mixes.len() > (PARAM_WORDS - 8) / 2 {
+                        return Err(bad(format!(
+                            "token shift of buffer {x}: {} mixes",
+                            mixes.len()
+                        )));
+                    }
+                    for (m, o) in mixes {
+                        vector(*m, xw)?;
+                        if buf(*o)? != (xr, xw) {
+                            return Err(bad(format!(
+                                "token shift output {o}: shape differs from {x}"
+                            )));
+                        }
+                    }
+                }
+                Op::MatMul { jobs } => {
+                    for j in jobs {
+                        let m = mat(j.weight)?;
+                        let (xr, xw) = buf(j.x)?;
+                        let (or, ow) = buf(j.out)?;
+                        if j.x == j.out || xr != or || xw != m.cols || ow != m.rows {
+                            return Err(bad(format!(
+                                "matmul weight {} ({}x{}) from buffer {} ({xr}x{xw}) to {} ({or}x{ow})",
+                                j.weight, m.rows, m.cols, j.x, j.out
+                            )));
+                        }
+                        if let Some(b) = j.bias {
+                            vector(b, m.rows)?;
+                        }
+                    }
+                }
+                Op::Wkv7 {
+                    r,
+                    w,
+                    k,
+                    v,
+                    a,
+                    g,
+                    v_first,
+                    v_mix,
+                    k_k,
+                    k_a,
+                    r_k,
+                    ln_x_w,
+                    ln_x_b,
+                    out,
+                    ..
+                } => {
+                    let (xr, c) = buf(*r)?;
+                    let mut all = vec![*w, *k, *v, *a, *g, *v_first, *out];
+                    all.extend(v_mix.iter());
+                    for b in all {
+                        if buf(b)? != (xr, c) || xr != rows {
+                            return Err(bad(format!("wkv7 buffer {b}: shape differs from r")));
+                        }
+                    }
+                    for vw in [k_k, k_a, r_k, ln_x_w, ln_x_b] {
+                        vector(*vw, c)?;
+                    }
+                }
+                Op::LastRows { x, out } => {
+                    let (xr, xw) = buf(*x)?;
+                    let (or, ow) = buf(*out)?;
+                    if xr != rows || or != plan.shape.n_seq || xw != ow {
+                        return Err(bad(format!("last rows {x} -> {out}: shapes do not fit")));
+                    }
+                }
+            }
+        }
+        let vocab = vocab.ok_or_else(|| bad("no embedding op".into()))?;
+        let _ = buf(plan.logits)?;
+        // Arena layout: buffers one after another, each at a 16-byte boundary.
+        let mut offsets = Vec::with_capacity(n_buf);
+        let mut end = 0usize;
+        for b in 0..n_buf {
+            offsets.push(end);
+            let len = plan
+                .rows_of(b)
+                .checked_mul(plan.buffers[b].width)
+                .ok_or_else(|| bad("buffer too large".into()))?;
+            end = end
+                .checked_add(len.div_ceil(4) * 4)
+                .ok_or_else(|| bad("activations too large".into()))?;
+        }
+        let argmax_off = end;
+        let arena_len = end + plan.rows_of(plan.logits).div_ceil(4) * 4;
+        let bytes = (arena_len as u64) * 4;
+        if bytes > gpu.max_binding {
+            return Err(backend_err(format!(
+                "{}: activations of shape {:?} need {bytes} bytes, the device binds at most {}",
+                gpu.info.name, plan.shape, gpu.max_binding
+            )));
+        }
+        Ok(Compiled {
+            plan: plan.clone(),
+            offsets,
+            argmax_off,
+            arena_len,
+            vocab,
+            built: None,
+        })
+    }
+
+    fn off(&self, b: BufId) -> Result<u32> {
+        u32_of(self.offsets[b], "arena offset")
+    }
+
+    /// Bytes of the logits buffer and of its argmax row indices.
+    pub fn logits_len(&self) -> usize {
+        self.plan.rows_of(self.plan.logits) * self.plan.buffers[self.plan.logits].width
+    }
+
+    pub fn logit_rows(&self) -> usize {
+        self.plan.rows_of(self.plan.logits)
+    }
+
+    /// Builds pipelines, buffers and bind groups for states of `state_len` values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        &mut self,
+        gpu: &Gpu,
+        kernels: &mut Kernels,
+        weights: &[Option<DeviceWeight>],
+        vecs: &wgpu::Buffer,
+        weights_generation: u64,
+        state_len: usize,
+    ) -> Result<()> {
+        let plan = &self.plan;
+        let shape = plan.shape;
+        let rows = shape.rows();
+        let vec_off = |w: WeightId| -> Result<u32> {
+            match weights.get(w) {
+                Some(Some(DeviceWeight::Vector { offset, .. })) => u32_of(*offset, "vector offset"),
+                _ => Err(backend_err(format!("weight {w} is not a vector"))),
+            }
+        };
+        let matrix = |w: WeightId| -> Result<&DeviceMatrix> {
+            match weights.get(w) {
+                Some(Some(DeviceWeight::Matrix(m))) => Ok(m),
+                _ => Err(backend_err(format!("weight {w} is not a matrix"))),
+            }
+        };
+        // State geometry: per layer [ffn_x (C), att_x (C), S (H·N·N)] = (2 + N)·C values.
+        let n_layer = plan
+            .weights
+            .iter()
+            .filter(|n| n.ends_with(".att.r_k"))
+            .count()
+            .max(
+                plan.ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::Wkv7 { layer, .. } | Op::TokenShift { layer, .. } => Some(layer + 1),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(1),
+            );
+        let head_size = plan
+            .ops
+            .iter()
+            .find_map(|o| match o {
+                Op::Wkv7 { r, .. } => Some(plan.buffers[*r].width),
+                _ => None,
+            })
+            .and_then(|width| {
+                let per_layer = state_len.checked_div(n_layer)?;
+                (per_layer * n_layer == state_len
+                    && per_layer % width == 0
+                    && per_layer / width > 2)
+                    .then(|| per_layer / width - 2)
+            });
+        let layer_state = state_len / n_layer.max(1);
+        let max_dim = gpu.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let grid = |total: u64| -> Result<(u32, u32)> {
+            let x = total.clamp(1, max_dim);
+            let y = total.div_ceil(x).max(1);
+            if y > max_dim {
+                return Err(backend_err(format!(
+                    "{total} workgroups exceed the device's grid"
+                )));
+            }
+            Ok((x as u32, y as u32))
+        };
+        let rows_u = u32_of(rows, "rows")?;
+        let n_seq = u32_of(shape.n_seq, "sequences")?;
+        let n_tok = u32_of(shape.n_tok, "tokens")?;
+        let state_u = u32_of(state_len, "state length")?;
+
+        let mut recs: Vec<Rec> = Vec::new();
+        for op in &plan.ops {
+            match op {
+                Op::Embed { table, out } => {
+                    let m = matrix(*table)?;
+                    let units = m.cols.div_ceil(UNIT);
+                    let (gx, gy) = grid(((rows * units) as u64).div_ceil(64))?;
+                    for ch in &m.chunks {
+                        recs.push(Rec {
+                            kernel: Kernel::Embed(m.kind),
+                            params: params(&[
+                                u32_of(ch.row_begin, "row")?,
+                                u32_of(ch.row_begin + ch.rows, "row")?,
+                                u32_of(m.cols, "cols")?,
+                                u32_of(m.row_words, "row words")?,
+                                rows_u,
+                                self.off(*out)?,
+                                u32_of(units, "units")?,
+                                gx,
+                            ]),
+                            binds: vec![Bind::Weight(ch.buffer.clone()), Bind::Arena, Bind::Tokens],
+                            groups: [gx, gy, 1],
+                        });
+                    }
+                }
+                Op::LayerNorm { x, w, b, out, eps } => {
+                    let r = plan.rows_of(*x);
+                    if r as u64 > max_dim {
+                        return Err(backend_err(format!("{r} rows exceed the device's grid")));
+                    }
+                    recs.push(Rec {
+                        kernel: Kernel::LayerNorm,
+                        params: params(&[
+                            self.off(*x)?,
+                            self.off(*out)?,
+                            u32_of(plan.buffers[*x].width, "width")?,
+                            vec_off(*w)?,
+                            vec_off(*b)?,
+                            eps.to_bits(),
+                        ]),
+                        binds: vec![Bind::Arena, Bind::Vecs],
+                        groups: [r as u32, 1, 1],
+                    });
+                }
+                Op::TokenShift {
+                    x,
+                    layer,
+                    kind,
+                    mixes,
+                } => {
+                    let width = plan.buffers[*x].width;
+                    let reg = layer * layer_state + if *kind == ShiftKind::Att { width } else { 0 };
+                    if reg + width > layer_state * n_layer || layer_state == 0 {
+                        return Err(backend_err(format!(
+                            "token shift of layer {layer} is outside the state"
+                        )));
+                    }
+                    let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
+                    let mut p = vec![
+                        self.off(*x)?,
+                        u32_of(width, "width")?,
+                        n_seq,
+                        n_tok,
+                        u32_of(reg, "state offset")?,
+                        state_u,
+                        mixes.len() as u32,
+                        gx,
+                    ];
+                    for (m, o) in mixes {
+                        p.push(vec_off(*m)?);
+                        p.push(self.off(*o)?);
+                    }
+                    recs.push(Rec {
+                        kernel: Kernel::TokenShift,
+                        params: params(&p),
+                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                        groups: [gx, gy, 1],
+                    });
+                }
+                Op::MatMul { jobs } => {
+                    for j in jobs {
+                        let m = matrix(j.weight)?;
+                        let units = m.cols.div_ceil(UNIT);
+                        let tiles = plan.rows_of(j.x).div_ceil(MATMUL_TILE) as u64;
+                        let n_rows = u32_of(plan.rows_of(j.x), "rows")?;
+                        if tiles > max_dim {
+                            return Err(backend_err(format!(
+                                "{n_rows} rows exceed the device's grid"
+                            )));
+                        }
+                        let narrow = units <= NARROW_UNITS;
+                        for ch in &m.chunks {
+                            let groups = if narrow {
+                                (ch.rows as u64).div_ceil(64)
+                            } else {
+                                ch.rows as u64
+                            };
+                            let (gx, gy) = grid(groups)?;
+                            recs.push(Rec {
+                                kernel: if narrow {
+                                    Kernel::MatMulNarrow(m.kind)
+                                } else {
+                                    // No more invocations than units (short rows of small models).
+                                    Kernel::MatMul(
+                                        m.kind,
+                                        units.next_power_of_two().clamp(16, 64) as u32,
+                                    )
+                                },
+                                params: params(&[
+                                    u32_of(ch.rows, "rows")?,
+                                    u32_of(m.cols, "cols")?,
+                                    u32_of(m.row_words, "row words")?,
+                                    n_rows,
+                                    self.off(j.x)?,
+                                    u32_of(self.offsets[j.out] + ch.row_begin, "offset")?,
+                                    u32_of(m.rows, "out width")?,
+                                    match j.bias {
+                                        Some(b) => vec_off(b)? + u32_of(ch.row_begin, "row")?,
+                                        None => NONE,
+                                    },
+                                    act_code(j.act),
+                                    j.accumulate as u32,
+                                    gx,
+                                    u32_of(units, "units")?,
+                                ]),
+                                binds: vec![
+                                    Bind::Weight(ch.buffer.clone()),
+                                    Bind::Arena,
+                                    Bind::Vecs,
+                                ],
+                                groups: [gx, gy, tiles as u32],
+                            });
+                        }
+                    }
+                }
+                Op::Wkv7 {
+                    layer,
+                    r,
+                    w,
+                    k,
+                    v,
+                    a,
+                    g,
+                    v_first,
+                    v_mix,
+                    k_k,
+                    k_a,
+                    r_k,
+                    ln_x_w,
+                    ln_x_b,
+                    gn_eps,
+                    out,
+                } => {
+                    let width = plan.buffers[*r].width;
+                    let n = head_size.ok_or_else(|| {
+                        backend_err(format!(
+                            "state length {state_len} does not fit {n_layer} layers of width {width}"
+                        ))
+                    })?;
+                    if n == 0 || n > MAX_HEAD_SIZE || !width.is_multiple_of(n) {
+                        return Err(backend_err(format!(
+                            "head size {n} is not supported (width {width})"
+                        )));
+                    }
+                    if n as u32 > gpu.limits.max_compute_invocations_per_workgroup {
+                        return Err(backend_err(format!(
+                            "head size {n} exceeds the device's workgroup size"
+                        )));
+                    }
+                    let s_off = layer * layer_state + 2 * width;
+                    if s_off + width * n > state_len {
+                        return Err(backend_err(format!(
+                            "wkv of layer {layer} is outside the state"
+                        )));
+                    }
+                    recs.push(Rec {
+                        kernel: Kernel::Wkv7 {
+                            head_size: n as u32,
+                        },
+                        params: params(&[
+                            self.off(*r)?,
+                            self.off(*w)?,
+                            self.off(*k)?,
+                            self.off(*v)?,
+                            self.off(*a)?,
+                            self.off(*g)?,
+                            self.off(*v_first)?,
+                            match v_mix {
+                                Some(m) => self.off(*m)?,
+                                None => NONE,
+                            },
+                            self.off(*out)?,
+                            u32_of(width, "width")?,
+                            n_tok,
+                            u32_of(s_off, "state offset")?,
+                            state_u,
+                            vec_off(*k_k)?,
+                            vec_off(*k_a)?,
+                            vec_off(*r_k)?,
+                            vec_off(*ln_x_w)?,
+                            vec_off(*ln_x_b)?,
+                            gn_eps.to_bits(),
+                        ]),
+                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                        groups: [u32_of(width / n, "heads")?, n_seq, 1],
+                    });
+                }
+                Op::LastRows { x, out } => {
+                    let width = plan.buffers[*x].width;
+                    let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
+                    recs.push(Rec {
+                        kernel: Kernel::LastRows,
+                        params: params(&[
+                            self.off(*x)?,
+                            self.off(*out)?,
+                            u32_of(width, "width")?,
+                            n_seq,
+                            n_tok,
+                            gx,
+                        ]),
+                        binds: vec![Bind::Arena],
+                        groups: [gx, gy, 1],
+                    });
+                }
+            }
+        }
+        let logit_rows = plan.rows_of(plan.logits);
+        if logit_rows as u64 > max_dim {
+            return Err(backend_err(format!(
+                "{logit_rows} logit rows exceed the device's grid"
+            )));
+        }
+        recs.push(Rec {
+            kernel: Kernel::Argmax,
+            params: params(&[
+                self.off(plan.logits)?,
+                u32_of(plan.buffers[plan.logits].width, "vocab")?,
+                u32_of(self.argmax_off, "offset")?,
+            ]),
+            binds: vec![Bind::Arena],
+            groups: [logit_rows as u32, 1, 1],
+        });
+
+        let pipelines = recs
+            .iter()
+            .map(|r| kernels.get(gpu, r.kernel))
+            .collect::<Result<Vec<_>>>()?;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let state_bytes = (shape.n_seq as u64) * (state_len as u64) * 4;
+        let built = crate::gpu::block_on(gpu.scoped("building plan", || -> Result<Built> {
+            let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
+            let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
+            let work_state = gpu.buffer("step states", state_bytes, storage)?;
+            let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
+            let staging = gpu.buffer(
+                "read-back",
+                staging_len,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?;
+            let param_buf = gpu.buffer(
+                "params",
+                recs.len() as u64 * PARAM_STRIDE,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            )?;
+            let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
+            for (i, rec) in recs.iter().enumerate() {
+                let at = i * PARAM_STRIDE as usize;
+                bytes[at..at + PARAM_BYTES as usize]
+                    .copy_from_slice(bytemuck::cast_slice(&rec.params));
+            }
+            gpu.queue.write_buffer(&param_buf, 0, &bytes);
+            let mut dispatches = Vec::with_capacity(recs.len());
+            for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
+                let layout = pipeline.get_bind_group_layout(0);
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &param_buf,
+                        offset: i as u64 * PARAM_STRIDE,
+                        size: wgpu::BufferSize::new(PARAM_BYTES),
+                    }),
+                }];
+                for (j, b) in rec.binds.iter().enumerate() {
+                    let buffer = match b {
+                        Bind::Arena => &arena,
+                        Bind::Vecs => vecs,
+                        Bind::State => &work_state,
+                        Bind::Tokens => &tokens,
+                        Bind::Weight(w) => w,
+                    };
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: j as u32 + 1,
+                        resource: buffer.as_entire_binding(),
+                    });
+                }
+                let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &entries,
+                });
+                dispatches.push(Dispatch {
+                    pipeline,
+                    bind_group,
+                    groups: rec.groups,
+                });
+            }
+            let argmax = dispatches
+                .pop()
+                .ok_or_else(|| backend_err("no argmax dispatch"))?;
+            Ok(Built {
+                state_len,
+                weights_generation,
+                tokens,
+                work_state,
+                arena,
+                _params: param_buf,
+                dispatches,
+                argmax,
+                staging,
+            })
+        }))??;
+        self.built = Some(built);
+        Ok(())
+    }
+}
+
+/// What the step copies back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadBack {
+    None,
+    Logits,
+    Argmax,
+}
+
+impl Compiled {
+    /// Encodes one step into one command buffer: states in, every dispatch, states out, result
+    /// to the read-back buffer. Returns the read-back buffer and its byte length.
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        states: &[wgpu::Buffer],
+        slots: &[usize],
+        read: ReadBack,
+    ) -> Result<(wgpu::CommandBuffer, u64)> {
+        let built = self
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
+        let state_bytes = built.state_len as u64 * 4;
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("rwkv step"),
+            });
+        for (s, &slot) in slots.iter().enumerate() {
+            enc.copy_buffer_to_buffer(
+                &states[slot],
+                0,
+                &built.work_state,
+                s as u64 * state_bytes,
+                state_bytes,
+            );
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("rwkv ops"),
+                timestamp_writes: None,
+            });
+            let run = |pass: &mut wgpu::ComputePass<'_>, d: &Dispatch| {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            };
+            for d in &built.dispatches {
+                run(&mut pass, d);
+            }
+            if read == ReadBack::Argmax {
+                run(&mut pass, &built.argmax);
+            }
+        }
+        for (s, &slot) in slots.iter().enumerate() {
+            enc.copy_buffer_to_buffer(
+                &built.work_state,
+                s as u64 * state_bytes,
+                &states[slot],
+                0,
+                state_bytes,
+            );
+        }
+        let len = match read {
+            ReadBack::None => 0,
+            ReadBack::Logits => {
+                let len = self.logits_len() as u64 * 4;
+                enc.copy_buffer_to_buffer(
+                    &built.arena,
+                    self.offsets[self.plan.logits] as u64 * 4,
+                    &built.staging,
+                    0,
+                    len,
+                );
+                len
+            }
+            ReadBack::Argmax => {
+                let len = self.logit_rows() as u64 * 4;
+                enc.copy_buffer_to_buffer(
+                    &built.arena,
+                    self.argmax_off as u64 * 4,
+                    &built.staging,
+                    0,
+                    len,
+                );
+                len
+            }
+        };
+        Ok((enc.finish(), len))
+    }
+
+    pub fn staging(&self) -> Option<&wgpu::Buffer> {
+        self.built.as_ref().map(|b| &b.staging)
+    }
+}

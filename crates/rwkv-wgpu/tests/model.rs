@@ -1,0 +1,211 @@
+//! Whole models: WgpuBackend against the CPU reference backend on synthetic tiny RWKV-7 models
+//! (f32, f16, q8_0, q4k): prefill of 16 tokens, decode after it, batched decode of 4
+//! sequences in shuffled slots, argmax on the device, and the states left behind.
+
+mod common;
+
+use common::*;
+use rwkv_core::backend::{Backend, StepOutput, StepShape};
+use rwkv_core::model::v7::PlanBuilder;
+use rwkv_core::synth::{synth_model, SynthShape};
+use rwkv_core::{DType, Model};
+use rwkv_cpu::CpuBackend;
+use rwkv_wgpu::WgpuOptions;
+
+/// Largest |logit difference| allowed. The CPU and the GPU sum in different orders (f32);
+/// logits of the synthetic tiny model are O(1..10); quantized weights are identical on both.
+const LOGIT_TOL: f32 = 2e-4;
+/// State values are O(1); the WKV state accumulates over the 16 prefill tokens.
+const STATE_TOL: f32 = 2e-4;
+
+fn load(b: &mut dyn Backend, model: &Model, builder: &PlanBuilder, n_slots: usize) {
+    for (i, name) in builder.weights().iter().enumerate() {
+        let t = model.tensor(name).expect("canonical tensor");
+        b.upload_weight(i, name, t).expect("upload");
+    }
+    b.alloc_states(n_slots, model.desc.state_len())
+        .expect("states");
+}
+
+struct Step {
+    shape: StepShape,
+    all_logits: bool,
+    slots: Vec<usize>,
+}
+
+#[test]
+fn tiny_models_match_the_cpu_backend() {
+    let seed = seed();
+    let n_slots = 5;
+    for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4K] {
+        let model = synth_model(SynthShape::Tiny, dtype, seed).expect("synth");
+        let desc = model.desc.clone();
+        let builder = PlanBuilder::new(&desc);
+        let steps = [
+            Step {
+                shape: StepShape {
+                    n_seq: 1,
+                    n_tok: 16,
+                },
+                all_logits: false,
+                slots: vec![2],
+            },
+            Step {
+                shape: StepShape { n_seq: 1, n_tok: 1 },
+                all_logits: false,
+                slots: vec![2],
+            },
+            Step {
+                shape: StepShape { n_seq: 4, n_tok: 1 },
+                all_logits: false,
+                slots: vec![3, 2, 0, 4],
+            },
+            Step {
+                shape: StepShape { n_seq: 4, n_tok: 1 },
+                all_logits: false,
+                slots: vec![3, 2, 0, 4],
+            },
+            Step {
+                shape: StepShape { n_seq: 2, n_tok: 3 },
+                all_logits: true,
+                slots: vec![4, 1],
+            },
+        ];
+        for (label, mut gpu) in backends(WgpuOptions::default()) {
+            let mut cpu = CpuBackend::new();
+            load(&mut cpu, &model, &builder, n_slots);
+            load(&mut gpu, &model, &builder, n_slots);
+            let mut rng = Rng::new(seed ^ 0x5eed);
+            let (mut worst, mut agree, mut rows_seen) = (0f32, 0usize, 0usize);
+            for (si, step) in steps.iter().enumerate() {
+                let plan = builder.build(step.shape, step.all_logits);
+                let (pc, pg) = (
+                    cpu.compile(&plan).expect("cpu compile"),
+                    gpu.compile(&plan).expect("gpu compile"),
+                );
+                let tokens: Vec<u32> = (0..step.shape.rows())
+                    .map(|_| rng.below(desc.vocab_size as u64) as u32)
+                    .collect();
+                let rows = plan.rows_of(plan.logits);
+                let mut want = vec![0f32; rows * desc.vocab_size];
+                let mut got = vec![f32::NAN; rows * desc.vocab_size];
+                // The GPU's argmax comes from a copy of the states, then the real step.
+                cpu.execute(pc, &tokens, &step.slots, StepOutput::Logits(&mut want))
+                    .expect("cpu step");
+                let before: Vec<Vec<f32>> = step
+                    .slots
+                    .iter()
+                    .map(|&s| {
+                        let mut v = vec![0f32; desc.state_len()];
+                        gpu.read_state(s, &mut v).expect("read state");
+                        v
+                    })
+                    .collect();
+                let mut arg = vec![u32::MAX; rows];
+                gpu.execute(pg, &tokens, &step.slots, StepOutput::Argmax(&mut arg))
+                    .expect("gpu argmax step");
+                for (&s, v) in step.slots.iter().zip(&before) {
+                    gpu.write_state(s, v).expect("restore state");
+                }
+                gpu.execute(pg, &tokens, &step.slots, StepOutput::Logits(&mut got))
+                    .expect("gpu step");
+                let (d, i) = max_abs_diff(&got, &want);
+                assert!(
+                    d <= LOGIT_TOL,
+                    "{label} {dtype} step {si} {:?}: logit {i}: gpu {} cpu {} (diff {d})",
+                    step.shape,
+                    got[i],
+                    want[i]
+                );
+                worst = worst.max(d);
+                for r in 0..rows {
+                    let v = desc.vocab_size;
+                    let top = |x: &[f32]| {
+                        (0..v).fold(0, |bi, i| if x[r * v + i] > x[r * v + bi] { i } else { bi })
+                    };
+                    let (tg, tc) = (top(&got), top(&want));
+                    assert_eq!(
+                        arg[r] as usize, tg,
+                        "{label} {dtype} step {si}: device argmax of row {r}"
+                    );
+                    agree += (tg == tc) as usize;
+                    rows_seen += 1;
+                    // A disagreement is only acceptable for a near tie.
+                    if tg != tc {
+                        let gap = (want[r * v + tc] - want[r * v + tg]).abs();
+                        assert!(
+                            gap <= 2.0 * LOGIT_TOL,
+                            "{label} {dtype} step {si}: top-1 {tg} vs {tc}, gap {gap}"
+                        );
+                    }
+                }
+                for s in 0..n_slots {
+                    let (mut a, mut b) =
+                        (vec![0f32; desc.state_len()], vec![0f32; desc.state_len()]);
+                    cpu.read_state(s, &mut a).expect("cpu state");
+                    gpu.read_state(s, &mut b).expect("gpu state");
+                    let (d, i) = max_abs_diff(&b, &a);
+                    assert!(
+                        d <= STATE_TOL,
+                        "{label} {dtype} step {si}: state of slot {s} value {i}: diff {d}"
+                    );
+                }
+            }
+            println!("{label} {dtype}: max |logit diff| {worst:.3e}, top-1 agreement {agree}/{rows_seen}");
+        }
+    }
+}
+
+/// Every adapter wgpu lists (on this machine lavapipe through Vulkan and llvmpipe through GL)
+/// runs a decode and a small prefill of the tiny q4k model like the CPU does.
+#[test]
+fn every_adapter_matches_the_cpu_backend() {
+    let seed = seed();
+    let adapters = rwkv_wgpu::probe();
+    if backends(WgpuOptions::default()).is_empty() {
+        return;
+    }
+    let model = synth_model(SynthShape::Tiny, DType::Q4K, seed).expect("synth");
+    let desc = model.desc.clone();
+    let builder = PlanBuilder::new(&desc);
+    for a in &adapters {
+        let opts = WgpuOptions {
+            adapter: rwkv_wgpu::AdapterChoice::Index(a.index),
+            ..Default::default()
+        };
+        for (label, mut gpu) in backends(opts) {
+            let label = format!("{} {} {label}", a.backend, a.name);
+            let mut cpu = CpuBackend::new();
+            load(&mut cpu, &model, &builder, 2);
+            load(&mut gpu, &model, &builder, 2);
+            let mut rng = Rng::new(seed ^ a.index as u64);
+            for shape in [
+                StepShape { n_seq: 2, n_tok: 4 },
+                StepShape { n_seq: 2, n_tok: 1 },
+            ] {
+                let plan = builder.build(shape, false);
+                let (pc, pg) = (
+                    cpu.compile(&plan).expect("cpu compile"),
+                    gpu.compile(&plan).expect("gpu compile"),
+                );
+                let tokens: Vec<u32> = (0..shape.rows())
+                    .map(|_| rng.below(desc.vocab_size as u64) as u32)
+                    .collect();
+                let mut want = vec![0f32; 2 * desc.vocab_size];
+                let mut got = vec![f32::NAN; 2 * desc.vocab_size];
+                cpu.execute(pc, &tokens, &[1, 0], StepOutput::Logits(&mut want))
+                    .expect("cpu step");
+                gpu.execute(pg, &tokens, &[1, 0], StepOutput::Logits(&mut got))
+                    .expect("gpu step");
+                let (d, i) = max_abs_diff(&got, &want);
+                assert!(
+                    d <= LOGIT_TOL,
+                    "{label} {shape:?}: logit {i}: gpu {} cpu {} (diff {d})",
+                    got[i],
+                    want[i]
+                );
+                println!("{label} {shape:?}: max |logit diff| {d:.3e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! Every op of the backend contract against a plain reference written here, on fresh random
+//! inputs, with and without the adapter's optional features, and with a small binding cap that
+//! forces matrices and tables to be split into several buffers.
+
+mod common;
+
+use common::*;
+use rwkv_core::backend::{
+    Act, Backend, BufferDecl, MatJob, Op, Plan, ShiftKind, StepOutput, StepShape,
+};
+use rwkv_core::model::Tensor;
+use rwkv_core::DType;
+use rwkv_wgpu::{WgpuBackend, WgpuOptions};
+
+const QUANT_DTYPES: [DType; 6] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4K,
+    DType::Q6K,
+];
+
+fn buf(name: &str, width: usize, last_only: bool) -> BufferDecl {
+    BufferDecl {
+        name: name.into(),
+        width,
+        last_only,
+    }
+}
+
+fn upload_all(b: &mut WgpuBackend, weights: &[(String, Tensor)]) {
+    for (i, (name, t)) in weights.iter().enumerate() {
+        b.upload_weight(i, name, t).expect("upload");
+    }
+}
+
+fn plan(
+    shape: StepShape,
+    buffers: Vec<BufferDecl>,
+    weights: &[(String, Tensor)],
+    ops: Vec<Op>,
+    logits: usize,
+) -> Plan {
+    Plan {
+        shape,
+        buffers,
+        weights: weights.iter().map(|(n, _)| n.clone()).collect(),
+        ops,
+        logits,
+    }
+}
+
+fn logits_of(b: &mut WgpuBackend, p: &Plan, tokens: &[u32], slots: &[usize]) -> Vec<f32> {
+    let id = b.compile(p).expect("compile");
+    let n = p.rows_of(p.logits) * p.buffers[p.logits].width;
+    let mut out = vec![f32::NAN; n];
+    b.execute(id, tokens, slots, StepOutput::Logits(&mut out))
+        .expect("execute");
+    out
+}
+
+/// Backends with their optional features, without them, and both with a 16 KiB binding cap.
+fn all_backends() -> Vec<(String, WgpuBackend)> {
+    let mut v = backends(WgpuOptions::default());
+    if v.is_empty() {
+        return v;
+    }
+    for (label, b) in backends(WgpuOptions {
+        max_binding_bytes: Some(16 << 10),
+        ..Default::default()
+    }) {
+        v.push((format!("{label}, 16 KiB bindings"), b));
+    }
+    v
+}
+
+#[test]
+fn matmul_every_dtype_with_bias_act_and_accumulate() {
+    let seed = seed();
+    let (vocab, n_out, n_tok) = (11usize, 150usize, 5usize);
+    for (label, mut b) in all_backends() {
+        for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
+            // Long rows use the workgroup-per-row kernel, short ones (LoRA-like) the narrow one;
+            // 40 columns also exercise the tail of a 16-value unit.
+            let short = match dtype {
+                DType::Q8_0 => Some(96),
+                DType::Q4K | DType::Q6K => None,
+                _ => Some(40),
+            };
+            for cols in [512usize]
+                .into_iter()
+                // 1280 columns: 80 units, a 64-invocation workgroup that loops (its activations
+                // do not fit the 16 KiB cap).
+                .chain((!label.contains("16 KiB")).then_some(1280))
+                .chain(short)
+            {
+                let mut rng = Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64);
+                let table = rng.vec(vocab * cols, -1.0, 1.0);
+                let w_bytes = random_blocks(&mut rng, dtype, n_out * cols);
+                let w2_bytes = random_blocks(&mut rng, dtype, n_out * cols);
+                let bias = rng.vec(n_out, -0.5, 0.5);
+                let weights = vec![
+                    (
+                        "emb.weight".to_string(),
+                        f32_tensor(vec![vocab, cols], &table),
+                    ),
+                    (
+                        "w".to_string(),
+                        tensor(dtype, vec![n_out, cols], w_bytes.clone()),
+                    ),
+                    (
+                        "w2".to_string(),
+                        tensor(dtype, vec![n_out, cols], w2_bytes.clone()),
+                    ),
+                    ("bias".to_string(), f32_tensor(vec![n_out], &bias)),
+                ];
+                upload_all(&mut b, &weights);
+                let ops = vec![
+                    Op::Embed { table: 0, out: 0 },
+                    Op::MatMul {
+                        jobs: vec![MatJob {
+                            weight: 1,
+                            x: 0,
+                            out: 1,
+                            bias: Some(3),
+                            act: Act::Sigmoid,
+                            accumulate: false,
+                        }],
+                    },
+                    Op::MatMul {
+                        jobs: vec![MatJob {
+                            weight: 2,
+                            x: 0,
+                            out: 1,
+                            bias: None,
+                            act: Act::None,
+                            accumulate: true,
+                        }],
+                    },
+                ];
+                let shape = StepShape { n_seq: 1, n_tok };
+                let p = plan(
+                    shape,
+                    vec![buf("x", cols, false), buf("out", n_out, false)],
+                    &weights,
+                    ops,
+                    1,
+                );
+                b.alloc_states(1, 4).expect("states");
+                let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+                let got = logits_of(&mut b, &p, &tokens, &[0]);
+                let w = dequant(dtype, &w_bytes);
+                let w2 = dequant(dtype, &w2_bytes);
+                let mut want = Vec::new();
+                let mut tol = Vec::new();
+                for &t in &tokens {
+                    let x = &table[t as usize * cols..][..cols];
+                    for o in 0..n_out {
+                        let (mut s1, mut s2, mut mag) = (0f64, 0f64, 0f64);
+                        for k in 0..cols {
+                            s1 += w[o * cols + k] as f64 * x[k] as f64;
+                            s2 += w2[o * cols + k] as f64 * x[k] as f64;
+                            mag += (w[o * cols + k] as f64 * x[k] as f64).abs()
+                                + (w2[o * cols + k] as f64 * x[k] as f64).abs();
+                        }
+                        want.push(Act::Sigmoid.apply((s1 + bias[o] as f64) as f32) + s2 as f32);
+                        tol.push(2e-6 * mag as f32 + 1e-5);
+                    }
+                }
+                let (d, _) = max_abs_diff(&got, &want);
+                println!("{label} {dtype} {cols} columns: max abs diff {d:.3e}");
+                for i in 0..want.len() {
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol[i],
+                        "{label} {dtype} {cols} columns: value {i}: got {} want {} (tol {})",
+                        got[i],
+                        want[i],
+                        tol[i]
+                    );
+                }
+                if label.contains("16 KiB") && cols == 512 {
+                    assert!(
+                        b.weight_buffers(1) > 1,
+                        "{label} {dtype}: the matrix was not split"
+                    );
+                    assert!(
+                        b.weight_buffers(0) > 1,
+                        "{label} {dtype}: the table was not split"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_every_dtype_matches_dequantized_rows() {
+    let seed = seed();
+    let (vocab, cols, n_seq, n_tok) = (9usize, 512usize, 2usize, 3usize);
+    for (label, mut b) in all_backends() {
+        b.alloc_states(2, 4).expect("states");
+        for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
+            let mut rng = Rng::new(seed ^ (di as u64 * 104_729));
+            let bytes = random_blocks(&mut rng, dtype, vocab * cols);
+            let weights = vec![(
+                "emb.weight".to_string(),
+                tensor(dtype, vec![vocab, cols], bytes.clone()),
+            )];
+            upload_all(&mut b, &weights);
+            let shape = StepShape { n_seq, n_tok };
+            let p = plan(
+                shape,
+                vec![buf("x", cols, false)],
+                &weights,
+                vec![Op::Embed { table: 0, out: 0 }],
+                0,
+            );
+            let tokens: Vec<u32> = (0..n_seq * n_tok)
+                .map(|_| rng.below(vocab as u64) as u32)
+                .collect();
+            let got = logits_of(&mut b, &p, &tokens, &[1, 0]);
+            let table = dequant(dtype, &bytes);
+            for (r, &t) in tokens.iter().enumerate() {
+                let want = &table[t as usize * cols..][..cols];
+                let (d, i) = max_abs_diff(&got[r * cols..][..cols], want);
+                // The kernel may fuse scale·q − min into one fma: allow the last bit.
+                assert!(
+                    d <= 1e-6 * want[i].abs().max(1.0),
+                    "{label} {dtype}: row {r} col {i}: diff {d}"
+                );
+            }
+        }
+    }
+}
+
+/// Embed, LayerNorm in place, LastRows into a last-only buffer; logits and argmax read back.
+#[test]
+fn layer_norm_last_rows_and_argmax() {
+    let seed = seed();
+    let (vocab, c, n_seq, n_tok) = (13usize, 200usize, 3usize, 4usize);
+    for (label, mut b) in all_backends() {
+        let mut rng = Rng::new(seed);
+        let table = rng.vec(vocab * c, -2.0, 3.0);
+        let (w, bias) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.3, 0.3));
+        let weights = vec![
+            ("emb.weight".to_string(), f32_tensor(vec![vocab, c], &table)),
+            ("ln.weight".to_string(), f32_tensor(vec![c], &w)),
+            ("ln.bias".to_string(), f32_tensor(vec![c], &bias)),
+        ];
+        upload_all(&mut b, &weights);
+        b.alloc_states(3, 8).expect("states");
+        let ops = vec![
+            Op::Embed { table: 0, out: 0 },
+            Op::LayerNorm {
+                x: 0,
+                w: 1,
+                b: 2,
+                out: 0,
+                eps: 1e-5,
+            },
+            Op::LastRows { x: 0, out: 1 },
+        ];
+        let p = plan(
+            StepShape { n_seq, n_tok },
+            vec![buf("x", c, false), buf("last", c, true)],
+            &weights,
+            ops,
+            1,
+        );
+        let tokens: Vec<u32> = (0..n_seq * n_tok)
+            .map(|_| rng.below(vocab as u64) as u32)
+            .collect();
+        let id = b.compile(&p).expect("compile");
+        let mut got = vec![f32::NAN; n_seq * c];
+        b.execute(id, &tokens, &[2, 0, 1], StepOutput::Logits(&mut got))
+            .expect("execute");
+        let mut arg = vec![u32::MAX; n_seq];
+        b.execute(id, &tokens, &[0, 1, 2], StepOutput::Argmax(&mut arg))
+            .expect("execute argmax");
+        for s in 0..n_seq {
+            let t = tokens[s * n_tok + n_tok - 1] as usize;
+            let x = &table[t * c..][..c];
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+            let want: Vec<f32> = (0..c)
+                .map(|i| {
+                    ((x[i] as f64 - mean) / (var + 1e-5).sqrt() * w[i] as f64 + bias[i] as f64)
+                        as f32
+                })
+                .collect();
+            let row = &got[s * c..][..c];
+            let (d, i) = max_abs_diff(row, &want);
+            assert!(d < 2e-5, "{label}: sequence {s} channel {i}: diff {d}");
+            let best = (0..c).fold(0, |bi, i| if row[i] > row[bi] { i } else { bi });
+            assert_eq!(arg[s] as usize, best, "{label}: argmax of sequence {s}");
+        }
+    }
+}
+
+#[test]
+fn token_shift_uses_and_updates_the_slot_registers() {
+    let seed = seed();
+    let (vocab, c, n_seq, n_tok, extra) = (7usize, 40usize, 2usize, 3usize, 24usize);
+    // One layer, state [ffn_x (C), att_x (C), S-ish padding]; no WKV so any tail length works.
+    let state_len = 2 * c + extra;
+    for (label, mut b) in all_backends() {
+        let mut rng = Rng::new(seed);
+        let table = rng.vec(vocab * c, -1.0, 1.0);
+        let mixes: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(c, 0.0, 1.0)).collect();
+        let mut weights = vec![("emb.weight".to_string(), f32_tensor(vec![vocab, c], &table))];
+        for (i, m) in mixes.iter().enumerate() {
+            weights.push((format!("mix{i}"), f32_tensor(vec![c], m)));
+        }
+        upload_all(&mut b, &weights);
+        b.alloc_states(3, state_len).expect("states");
+        let init: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(state_len, -1.0, 1.0)).collect();
+        for (s, v) in init.iter().enumerate() {
+            b.write_state(s, v).expect("write state");
+        }
+        for (kind, reg) in [(ShiftKind::Att, c), (ShiftKind::Ffn, 0)] {
+            let ops = vec![
+                Op::Embed { table: 0, out: 0 },
+                Op::TokenShift {
+                    x: 0,
+                    layer: 0,
+                    kind,
+                    mixes: vec![(1, 1), (2, 2), (3, 3)],
+                },
+            ];
+            let bufs = vec![
+                buf("x", c, false),
+                buf("o1", c, false),
+                buf("o2", c, false),
+                buf("o3", c, false),
+            ];
+            let slots = [2usize, 0];
+            let mut regs: Vec<Vec<f32>> = Vec::new();
+            for s in 0..3 {
+                let mut st = vec![0f32; state_len];
+                b.read_state(s, &mut st).expect("read state");
+                regs.push(st);
+            }
+            // Two steps: the second must start from the registers the first left.
+            for step in 0..2 {
+                let tokens: Vec<u32> = (0..n_seq * n_tok)
+                    .map(|_| rng.below(vocab as u64) as u32)
+                    .collect();
+                let which = step % 3 + 1;
+                let p = plan(
+                    StepShape { n_seq, n_tok },
+                    bufs.clone(),
+                    &weights,
+                    ops.clone(),
+                    which,
+                );
+                let got = logits_of(&mut b, &p, &tokens, &slots);
+                for (q, &slot) in slots.iter().enumerate() {
+                    let mut prev: Vec<f32> = regs[slot][reg..reg + c].to_vec();
+                    for t in 0..n_tok {
+                        let x = &table[tokens[q * n_tok + t] as usize * c..][..c];
+                        for i in 0..c {
+                            let want = x[i] + (prev[i] - x[i]) * mixes[which - 1][i];
+                            let g = got[(q * n_tok + t) * c + i];
+                            assert!((g - want).abs() < 1e-6, "{label} {kind:?}: step {step} seq {q} tok {t} ch {i}: {g} vs {want}");
+                        }
+                        prev = x.to_vec();
+                    }
+                    regs[slot][reg..reg + c].copy_from_slice(&prev);
+                }
+                for (s, want) in regs.iter().enumerate() {
+                    let mut st = vec![0f32; state_len];
+                    b.read_state(s, &mut st).expect("read state");
+                    assert_eq!(
+                        &st, want,
+                        "{label} {kind:?}: state of slot {s} after step {step}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct WkvInputs {
+    c: usize,
+    n: usize,
+    /// r, w, k, v, a, g, v_mix rows, each `[rows, C]`.
+    act: Vec<Vec<f32>>,
+    /// per layer: k_k, k_a, r_k, ln_x_w, ln_x_b
+    vecs: Vec<Vec<Vec<f32>>>,
+}
+
+/// Plain f64 reference of two WKV-7 layers (layer 0 writes v_first, layer 1 mixes it in) over
+/// one sequence's rows, updating `state` (`[layer][(2+N)·C]`). Returns y of both layers.
+#[allow(clippy::needless_range_loop)] // indices mirror the math
+fn wkv_reference(
+    inp: &WkvInputs,
+    rows: std::ops::Range<usize>,
+    state: &mut [f32],
+    eps: f64,
+) -> [Vec<f32>; 2] {
+    let (c, n) = (inp.c, inp.n);
+    let lsl = (2 + n) * c;
+    let mut v_first = vec![0f64; c];
+    let mut ys = [Vec::new(), Vec::new()];
+    for row in rows {
+        let at = |i: usize, ch: usize| inp.act[i][row * c + ch] as f64;
+        for layer in 0..2 {
+            let vv = &inp.vecs[layer];
+            for h in 0..c / n {
+                let chs: Vec<usize> = (h * n..h * n + n).collect();
+                let v: Vec<f64> = chs
+                    .iter()
+                    .map(|&ch| {
+                        if layer == 0 {
+                            v_first[ch] = at(3, ch);
+                            at(3, ch)
+                        } else {
+                            at(3, ch) + (v_first[ch] - at(3, ch)) * at(6, ch)
+                        }
+                    })
+                    .collect();
+                let kk: Vec<f64> = chs.iter().map(|&ch| at(2, ch) * vv[0][ch] as f64).collect();
+                let norm = kk.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                let kkn: Vec<f64> = kk.iter().map(|x| x / norm).collect();
+                let kmod: Vec<f64> = chs
+                    .iter()
+                    .map(|&ch| at(2, ch) * (1.0 + (at(4, ch) - 1.0) * vv[1][ch] as f64))
+                    .collect();
+                let base = layer * lsl + 2 * c + h * n * n;
+                let mut y = vec![0f64; n];
+                for p in 0..n {
+                    let srow = &mut state[base + p * n..base + p * n + n];
+                    let sa: f64 = (0..n).map(|q| srow[q] as f64 * -kkn[q]).sum();
+                    for q in 0..n {
+                        let s = srow[q] as f64 * at(1, chs[q])
+                            + sa * kkn[q] * at(4, chs[q])
+                            + v[p] * kmod[q];
+                        srow[q] = s as f32;
+                        y[p] += s * at(0, chs[q]);
+                    }
+                }
+                let mean = y.iter().sum::<f64>() / n as f64;
+                let var = y.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+                let bonus: f64 = (0..n)
+                    .map(|q| at(0, chs[q]) * kmod[q] * vv[2][chs[q]] as f64)
+                    .sum();
+                for p in 0..n {
+                    let ch = chs[p];
+                    let yn = (y[p] - mean) / (var + eps).sqrt() * vv[3][ch] as f64
+                        + vv[4][ch] as f64
+                        + bonus * v[p];
+                    ys[layer].push((yn * at(5, ch)) as f32);
+                }
+            }
+        }
+    }
+    // ys were pushed per row, head by head: already in channel order within each row.
+    ys
+}
+
+#[test]
+fn wkv7_two_layers_batched_against_reference() {
+    let seed = seed();
+    let (vocab, n_seq, n_tok, n_slots) = (5usize, 2usize, 3usize, 3usize);
+    let eps = 64e-5f32;
+    for (c, n) in [(32usize, 16usize), (128, 64)] {
+        for (label, mut b) in backends(WgpuOptions::default()) {
+            let mut rng = Rng::new(seed ^ c as u64);
+            let ranges = [
+                (-1.0, 1.0),
+                (0.55, 0.999),
+                (-1.0, 1.0),
+                (-1.0, 1.0),
+                (0.0, 1.0),
+                (-1.0, 1.0),
+                (0.0, 1.0),
+            ];
+            let tables: Vec<Vec<f32>> = ranges
+                .iter()
+                .map(|&(lo, hi)| rng.vec(vocab * c, lo, hi))
+                .collect();
+            let vec_ranges = [
+                (-1.0, 1.0),
+                (0.0, 1.0),
+                (-1.0, 1.0),
+                (0.5, 1.5),
+                (-0.2, 0.2),
+            ];
+            let vecs: Vec<Vec<Vec<f32>>> = (0..2)
+                .map(|_| {
+                    vec_ranges
+                        .iter()
+                        .map(|&(lo, hi)| rng.vec(c, lo, hi))
+                        .collect()
+                })
+                .collect();
+            let names = ["r", "w", "k", "v", "a", "g", "v_mix"];
+            let mut weights: Vec<(String, Tensor)> = names
+                .iter()
+                .zip(&tables)
+                .map(|(nm, t)| (format!("emb.{nm}"), f32_tensor(vec![vocab, c], t)))
+                .collect();
+            for (l, lv) in vecs.iter().enumerate() {
+                for (nm, v) in ["k_k", "k_a", "r_k", "ln_x.weight", "ln_x.bias"]
+                    .iter()
+                    .zip(lv)
+                {
+                    weights.push((format!("blocks.{l}.att.{nm}"), f32_tensor(vec![c], v)));
+                }
+            }
+            upload_all(&mut b, &weights);
+            let state_len = 2 * (2 + n) * c;
+            b.alloc_states(n_slots, state_len).expect("states");
+            let init: Vec<Vec<f32>> = (0..n_slots)
+                .map(|_| rng.vec(state_len, -0.5, 0.5))
+                .collect();
+            // Buffers 0..7 the embedded inputs, 7 v_first, 8 y0, 9 y1.
+            let mut bufs: Vec<BufferDecl> = names.iter().map(|nm| buf(nm, c, false)).collect();
+            bufs.extend([
+                buf("v_first", c, false),
+                buf("y0", c, false),
+                buf("y1", c, false),
+            ]);
+            let mut ops: Vec<Op> = (0..7).map(|i| Op::Embed { table: i, out: i }).collect();
+            for layer in 0..2 {
+                let w0 = 7 + 5 * layer;
+                ops.push(Op::Wkv7 {
+                    layer,
+                    r: 0,
+                    w: 1,
+                    k: 2,
+                    v: 3,
+                    a: 4,
+                    g: 5,
+                    v_first: 7,
+                    v_mix: (layer == 1).then_some(6),
+                    k_k: w0,
+                    k_a: w0 + 1,
+                    r_k: w0 + 2,
+                    ln_x_w: w0 + 3,
+                    ln_x_b: w0 + 4,
+                    gn_eps: eps,
+                    out: 8 + layer,
+                });
+            }
+            let tokens: Vec<u32> = (0..n_seq * n_tok)
+                .map(|_| rng.below(vocab as u64) as u32)
+                .collect();
+            let act: Vec<Vec<f32>> = tables
+                .iter()
+                .map(|t| {
+                    tokens
+                        .iter()
+                        .flat_map(|&tok| t[tok as usize * c..][..c].to_vec())
+                        .collect()
+                })
+                .collect();
+            let inputs = WkvInputs {
+                c,
+                n,
+                act,
+                vecs: vecs.clone(),
+            };
+            let slots = [2usize, 0];
+            for layer_out in 0..2 {
+                for (s, v) in init.iter().enumerate() {
+                    b.write_state(s, v).expect("write state");
+                }
+                let p = plan(
+                    StepShape { n_seq, n_tok },
+                    bufs.clone(),
+                    &weights,
+                    ops.clone(),
+                    8 + layer_out,
+                );
+                let got = logits_of(&mut b, &p, &tokens, &slots);
+                let mut worst = 0f32;
+                for (q, &slot) in slots.iter().enumerate() {
+                    let mut st = init[slot].clone();
+                    let ys =
+                        wkv_reference(&inputs, q * n_tok..(q + 1) * n_tok, &mut st, eps as f64);
+                    let g = &got[q * n_tok * c..(q + 1) * n_tok * c];
+                    let (d, i) = max_abs_diff(g, &ys[layer_out]);
+                    assert!(
+                        d < 2e-4,
+                        "{label} C={c} N={n}: layer {layer_out} seq {q} value {i}: diff {d}"
+                    );
+                    worst = worst.max(d);
+                    let mut dev = vec![0f32; state_len];
+                    b.read_state(slot, &mut dev).expect("read state");
+                    let (ds, si) = max_abs_diff(&dev, &st);
+                    assert!(
+                        ds < 1e-4,
+                        "{label} C={c} N={n}: state of slot {slot} value {si}: diff {ds}"
+                    );
+                }
+                let mut untouched = vec![0f32; state_len];
+                b.read_state(1, &mut untouched).expect("read state");
+                assert_eq!(untouched, init[1], "{label}: slot 1 was not in the step");
+                println!("{label} C={c} N={n} layer {layer_out}: max abs diff {worst:.3e}");
+            }
+        }
+    }
+}
+
+/// Dtypes without a device format (Q4_0, Q4_1, Q5_0, Q5_1, Q5_K) are converted to f32 at
+/// upload; the product must match rwkv-core's dequantizer.
+#[test]
+fn other_quant_types_are_converted_exactly() {
+    let seed = seed();
+    let (vocab, cols, n_out, n_tok) = (5usize, 256usize, 24usize, 2usize);
+    let Some((label, mut b)) = backends(WgpuOptions::default()).into_iter().next() else {
+        return;
+    };
+    b.alloc_states(1, 4).expect("states");
+    for (di, (dtype, f16_fields)) in [
+        (DType::Q4_0, &[0usize][..]),
+        (DType::Q4_1, &[0, 2][..]),
+        (DType::Q5_0, &[0][..]),
+        (DType::Q5_1, &[0, 2][..]),
+        (DType::Q5K, &[0, 2][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(seed ^ (di as u64 * 31_337));
+        let blocks = n_out * cols / dtype.block_elems();
+        let mut bytes = Vec::new();
+        for _ in 0..blocks {
+            let mut block: Vec<u8> = (0..dtype.block_bytes()).map(|_| rng.byte()).collect();
+            for &at in f16_fields {
+                block[at..at + 2].copy_from_slice(&f16_bits(rng.uniform(0.001, 0.02)));
+            }
+            bytes.extend(block);
+        }
+        let table = rng.vec(vocab * cols, -1.0, 1.0);
+        let weights = vec![
+            (
+                "emb.weight".to_string(),
+                f32_tensor(vec![vocab, cols], &table),
+            ),
+            (
+                "w".to_string(),
+                tensor(dtype, vec![n_out, cols], bytes.clone()),
+            ),
+        ];
+        upload_all(&mut b, &weights);
+        let ops = vec![
+            Op::Embed { table: 0, out: 0 },
+            Op::MatMul {
+                jobs: vec![MatJob {
+                    weight: 1,
+                    x: 0,
+                    out: 1,
+                    bias: None,
+                    act: Act::Tanh,
+                    accumulate: false,
+                }],
+            },
+        ];
+        let p = plan(
+            StepShape { n_seq: 1, n_tok },
+            vec![buf("x", cols, false), buf("y", n_out, false)],
+            &weights,
+            ops,
+            1,
+        );
+        let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+        let got = logits_of(&mut b, &p, &tokens, &[0]);
+        let mut w = vec![0f32; n_out * cols];
+        rwkv_core::quant::dequantize(dtype, &bytes, &mut w).expect("dequantize");
+        let mut want = Vec::new();
+        for &t in &tokens {
+            let x = &table[t as usize * cols..][..cols];
+            for o in 0..n_out {
+                let s: f64 = (0..cols)
+                    .map(|k| w[o * cols + k] as f64 * x[k] as f64)
+                    .sum();
+                want.push((s as f32).tanh());
+            }
+        }
+        let (d, i) = max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{label} {dtype}: value {i}: diff {d}");
+    }
+}

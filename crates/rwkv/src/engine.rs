@@ -1,0 +1,341 @@
+//! The library API, the same on every backend: load a model, open sessions (each a state),
+//! feed tokens, sample, generate as a stream, save/restore state, run sessions as a batch.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rwkv_core::backend::{Backend, PlanId, StepOutput, StepShape};
+use rwkv_core::formats::{self, LoadOptions};
+use rwkv_core::model::v7::PlanBuilder;
+use rwkv_core::tokenizer::Vocab;
+use rwkv_core::{DType, Error, Model, ModelDesc, Result, RwkvVersion};
+
+use crate::router::{self, BackendChoice};
+use crate::sampler::{Sampler, SamplerParams};
+
+/// Longest run of tokens one step takes; longer prompts go in several steps. Plans are compiled
+/// for power-of-two lengths up to this, so at most log2(MAX_CHUNK)+1 prefill plans exist.
+pub const MAX_CHUNK: usize = 512;
+
+/// How to open a model.
+#[derive(Clone)]
+pub struct EngineOptions {
+    pub backend: BackendChoice,
+    /// Convert the large matrices at load (`--quant`).
+    pub quant: Option<DType>,
+    /// Sessions that can be alive at once (state slots on the device).
+    pub max_sessions: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { backend: BackendChoice::Auto, quant: None, max_sessions: 8 }
+    }
+}
+
+/// A sequence being generated: one state slot on the device.
+#[derive(Debug)]
+pub struct Session {
+    slot: usize,
+    /// Logits after the last token fed, if any.
+    last_logits: Option<Vec<f32>>,
+}
+
+impl Session {
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+    pub fn last_logits(&self) -> Option<&[f32]> {
+        self.last_logits.as_deref()
+    }
+}
+
+/// A model on a backend.
+pub struct Engine {
+    backend: Box<dyn Backend>,
+    backend_why: String,
+    desc: ModelDesc,
+    vocab: Vocab,
+    builder: PlanBuilder,
+    plans: HashMap<(StepShape, bool), PlanId>,
+    free_slots: Vec<usize>,
+    n_slots: usize,
+    /// Seconds spent loading (file read + upload).
+    pub load_seconds: f64,
+}
+
+impl Engine {
+    /// Loads a model file and uploads it to the chosen backend. `progress` gets (done, total) bytes.
+    pub fn load(path: &Path, opts: &EngineOptions, progress: Option<&dyn Fn(u64, u64)>) -> Result<Engine> {
+        let t0 = std::time::Instant::now();
+        let model = formats::load(path, &LoadOptions { quant: opts.quant, progress })?;
+        let mut e = Engine::from_model(&model, opts, progress)?;
+        e.load_seconds = t0.elapsed().as_secs_f64();
+        Ok(e)
+    }
+
+    /// Uploads an in-memory model (e.g. from `rwkv_core::synth`).
+    pub fn from_model(model: &Model, opts: &EngineOptions, progress: Option<&dyn Fn(u64, u64)>) -> Result<Engine> {
+        let opened = router::open(opts.backend)?;
+        Engine::with_backend(model, opened.backend, opened.why, opts, progress)
+    }
+
+    /// Uploads a model to a backend the caller opened (tests run the same code on every backend).
+    pub fn with_backend(
+        model: &Model,
+        mut backend: Box<dyn Backend>,
+        why: String,
+        opts: &EngineOptions,
+        progress: Option<&dyn Fn(u64, u64)>,
+    ) -> Result<Engine> {
+        let t0 = std::time::Instant::now();
+        if model.desc.version != RwkvVersion::V7 {
+            return Err(Error::model(
+                &model.source,
+                format!("RWKV {} is not supported yet (only v7)", model.desc.version.name()),
+            ));
+        }
+        if opts.max_sessions == 0 {
+            return Err(Error::invalid("max_sessions must be at least 1"));
+        }
+        let builder = PlanBuilder::new(&model.desc);
+        let total = model.total_bytes();
+        let mut done = 0u64;
+        for (id, name) in builder.weights().iter().enumerate() {
+            let t = model.tensor(name)?;
+            backend.upload_weight(id, name, t)?;
+            done += t.data.as_slice().len() as u64;
+            if let Some(p) = progress {
+                p(done, total);
+            }
+        }
+        backend.alloc_states(opts.max_sessions, model.desc.state_len())?;
+        let vocab = match &model.vocab {
+            Some(v) => v.clone(),
+            None => Vocab::byte_level(model.desc.vocab_size),
+        };
+        Ok(Engine {
+            backend,
+            backend_why: why,
+            desc: model.desc.clone(),
+            vocab,
+            builder,
+            plans: HashMap::new(),
+            free_slots: (0..opts.max_sessions).rev().collect(),
+            n_slots: opts.max_sessions,
+            load_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn desc(&self) -> &ModelDesc {
+        &self.desc
+    }
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    /// Replaces the vocabulary (e.g. `--vocab FILE` for a model file without one).
+    pub fn set_vocab(&mut self, vocab: Vocab) {
+        self.vocab = vocab;
+    }
+    /// One line: which backend runs and why it was chosen.
+    pub fn backend_choice(&self) -> &str {
+        &self.backend_why
+    }
+    pub fn device_info(&self) -> rwkv_core::backend::DeviceInfo {
+        self.backend.info()
+    }
+
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.vocab.encode(text.as_bytes())
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        self.vocab.decode(ids)
+    }
+
+    /// Opens a session with a zeroed state.
+    pub fn new_session(&mut self) -> Result<Session> {
+        let slot = self.free_slots.pop().ok_or_else(|| {
+            Error::invalid(format!("all {} sessions are in use (raise max_sessions)", self.n_slots))
+        })?;
+        self.backend.write_state(slot, &vec![0.0; self.desc.state_len()])?;
+        Ok(Session { slot, last_logits: None })
+    }
+
+    /// Closes a session, freeing its slot.
+    pub fn close_session(&mut self, s: Session) {
+        self.free_slots.push(s.slot);
+    }
+
+    fn plan(&mut self, shape: StepShape, all: bool) -> Result<PlanId> {
+        if let Some(&p) = self.plans.get(&(shape, all)) {
+            return Ok(p);
+        }
+        let plan = self.builder.build(shape, all);
+        let id = self.backend.compile(&plan)?;
+        self.plans.insert((shape, all), id);
+        Ok(id)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.desc.vocab_size) {
+            Some(t) => Err(Error::invalid(format!("token id {t} is outside the vocabulary (size {})", self.desc.vocab_size))),
+            None => Ok(()),
+        }
+    }
+
+    /// Feeds tokens to a session; returns the logits after the last one.
+    pub fn feed(&mut self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to feed"));
+        }
+        self.check_tokens(tokens)?;
+        let mut logits = vec![0f32; self.desc.vocab_size];
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            // Largest power of two ≤ min(rest, MAX_CHUNK): few plans, big steps.
+            let n = prev_power_of_two(rest.len().min(MAX_CHUNK));
+            let (chunk, tail) = rest.split_at(n);
+            let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, false)?;
+            let out = if tail.is_empty() { StepOutput::Logits(&mut logits) } else { StepOutput::None };
+            self.backend.execute(plan, chunk, &[s.slot], out)?;
+            rest = tail;
+        }
+        s.last_logits = Some(logits.clone());
+        Ok(logits)
+    }
+
+    /// Feeds tokens and returns the logits after every one of them (`tokens.len() · vocab`).
+    pub fn feed_all(&mut self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to feed"));
+        }
+        self.check_tokens(tokens)?;
+        let v = self.desc.vocab_size;
+        let mut all = vec![0f32; tokens.len() * v];
+        let mut start = 0;
+        while start < tokens.len() {
+            let n = prev_power_of_two((tokens.len() - start).min(MAX_CHUNK));
+            let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, true)?;
+            let out = StepOutput::Logits(&mut all[start * v..(start + n) * v]);
+            self.backend.execute(plan, &tokens[start..start + n], &[s.slot], out)?;
+            start += n;
+        }
+        s.last_logits = Some(all[(tokens.len() - 1) * v..].to_vec());
+        Ok(all)
+    }
+
+    /// One token for each of several sessions in one step (batched decode). Returns the logits
+    /// of each (`sessions.len() · vocab`).
+    pub fn feed_batch(&mut self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<f32>> {
+        let slots = self.batch_slots(sessions, tokens)?;
+        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok: 1 }, false)?;
+        let v = self.desc.vocab_size;
+        let mut logits = vec![0f32; sessions.len() * v];
+        self.backend.execute(plan, tokens, &slots, StepOutput::Logits(&mut logits))?;
+        for (i, s) in sessions.iter_mut().enumerate() {
+            s.last_logits = Some(logits[i * v..(i + 1) * v].to_vec());
+        }
+        Ok(logits)
+    }
+
+    /// Batched greedy step computed on the device: the next token of each session.
+    pub fn feed_batch_argmax(&mut self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<u32>> {
+        let slots = self.batch_slots(sessions, tokens)?;
+        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok: 1 }, false)?;
+        let mut next = vec![0u32; sessions.len()];
+        self.backend.execute(plan, tokens, &slots, StepOutput::Argmax(&mut next))?;
+        for s in sessions.iter_mut() {
+            s.last_logits = None;
+        }
+        Ok(next)
+    }
+
+    /// Prefill for several sessions at once, `n_tok` tokens each (`tokens` sequence-major);
+    /// the logits are not read back.
+    pub fn prefill_batch(&mut self, sessions: &mut [&mut Session], tokens: &[u32], n_tok: usize) -> Result<()> {
+        if sessions.is_empty() || n_tok == 0 || tokens.len() != sessions.len() * n_tok {
+            return Err(Error::invalid("prefill_batch needs n_tok tokens for each session"));
+        }
+        self.check_tokens(tokens)?;
+        let slots: Vec<usize> = sessions.iter().map(|s| s.slot).collect();
+        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok }, false)?;
+        self.backend.execute(plan, tokens, &slots, StepOutput::None)
+    }
+
+    fn batch_slots(&self, sessions: &[&mut Session], tokens: &[u32]) -> Result<Vec<usize>> {
+        if sessions.is_empty() || tokens.len() != sessions.len() {
+            return Err(Error::invalid("a batch step takes one token for each session"));
+        }
+        self.check_tokens(tokens)?;
+        Ok(sessions.iter().map(|s| s.slot).collect())
+    }
+
+    /// The session's state (`desc().state_len()` values), e.g. to save a prompt's state.
+    pub fn save_state(&mut self, s: &Session) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.desc.state_len()];
+        self.backend.read_state(s.slot, &mut v)?;
+        Ok(v)
+    }
+
+    /// Restores a state saved by [`Engine::save_state`].
+    pub fn restore_state(&mut self, s: &mut Session, state: &[f32]) -> Result<()> {
+        if state.len() != self.desc.state_len() {
+            return Err(Error::invalid(format!(
+                "state has {} values, this model's has {}",
+                state.len(),
+                self.desc.state_len()
+            )));
+        }
+        s.last_logits = None;
+        self.backend.write_state(s.slot, state)
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_token(id, bytes)` as each comes;
+    /// stops early when `on_token` returns false or the end-of-text token (0) is sampled.
+    /// Returns the generated ids.
+    pub fn generate(
+        &mut self,
+        s: &mut Session,
+        prompt: &[u32],
+        max_tokens: usize,
+        params: SamplerParams,
+        mut on_token: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<Vec<u32>> {
+        let mut sampler = Sampler::new(params);
+        let mut logits = match (prompt.is_empty(), &s.last_logits) {
+            (false, _) => self.feed(s, prompt)?,
+            (true, Some(l)) => l.clone(),
+            (true, None) => return Err(Error::invalid("empty prompt and nothing fed before")),
+        };
+        let mut out = Vec::new();
+        for _ in 0..max_tokens {
+            let next = sampler.sample(&logits);
+            if next == 0 {
+                break;
+            }
+            out.push(next);
+            let bytes = self.vocab.token_bytes(next).unwrap_or(&[]).to_vec();
+            if !on_token(next, &bytes) {
+                break;
+            }
+            logits = self.feed(s, &[next])?;
+        }
+        Ok(out)
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    debug_assert!(n > 0);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_are_powers_of_two() {
+        assert_eq!(super::prev_power_of_two(1), 1);
+        assert_eq!(super::prev_power_of_two(700), 512);
+        assert_eq!(super::prev_power_of_two(3), 2);
+    }
+}

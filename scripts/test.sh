@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what the tests need on a fresh Debian
+# machine, then runs every test of the workspace.
+#  - mesa-vulkan-drivers + libvulkan1: lavapipe, so the WebGPU backend's tests run on the CPU.
+# GPU-only tests skip loudly here; on a GPU machine run them with RWKV_REQUIRE_GPU=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}" >&2
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"; }; then
+        echo "test.sh: WARNING: could not install ${need[*]}; WebGPU tests will skip" >&2
+    fi
+fi
+
+cargo test --workspace --all-targets "$@"

@@ -876,13 +876,10 @@ fn push_matmul(
             mm.push((j.clone(), job, tiles * splits, d));
         } else {
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
-            // Several row groups per block (about two blocks per SM in all) so each block's
-            // staged activations serve more weight rows.
+            // Rows per block pass; the number of passes is set below for the whole launch.
             let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
-            let passes = (base_blocks / (2 * sm_count)).clamp(1, 64);
-            let tiles = (lpr | (passes << 8)) as i32;
-            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, tiles, ks as i32);
-            mv.push((j.clone(), job, base_blocks.div_ceil(passes), format!("{d}/l{lpr}k{ks}p{passes}")));
+            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, lpr as i32, ks as i32);
+            mv.push((j.clone(), job, base_blocks, format!("{d}/l{lpr}k{ks}")));
             let r_eff = rows.min(8);
             let need = r_eff * (in_dim + in_dim / 64 * 4) * 4;
             if need <= smem_cap {
@@ -891,6 +888,16 @@ fn push_matmul(
         }
     }
     let rows = rows_all.unwrap_or(0);
+    // Several row groups per block, so that the launch is about one wave of blocks (three 256-
+    // thread blocks per SM) and each block's staged activations serve more weight rows.
+    let total: usize = mv.iter().map(|m| m.2).sum();
+    let passes = total.div_ceil(3 * sm_count).clamp(1, 64);
+    for (_, job, nblocks, d) in mv.iter_mut() {
+        let lpr = i32::from_ne_bytes([job[64], job[65], job[66], job[67]]);
+        job[64..68].copy_from_slice(&(lpr | ((passes as i32) << 8)).to_ne_bytes());
+        *nblocks = nblocks.div_ceil(passes);
+        d.push_str(&format!("p{passes}"));
+    }
     launches.extend(pre);
     let (mv_name, r) = match rows {
         1 => ("matvec1_kernel", 1),

@@ -350,15 +350,15 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<1>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<2>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<4>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<8>(T, rows, smem_floats);
 }

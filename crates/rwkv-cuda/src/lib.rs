@@ -888,10 +888,10 @@ fn push_matmul(
         }
     }
     let rows = rows_all.unwrap_or(0);
-    // Several row groups per block, so that the launch is about one wave of blocks (three 256-
+    // Several row groups per block, so that the launch is about one wave of blocks (four 256-
     // thread blocks per SM) and each block's staged activations serve more weight rows.
     let total: usize = mv.iter().map(|m| m.2).sum();
-    let passes = total.div_ceil(3 * sm_count).clamp(1, 64);
+    let passes = total.div_ceil(4 * sm_count).clamp(1, 64);
     for (_, job, nblocks, d) in mv.iter_mut() {
         let lpr = i32::from_ne_bytes([job[64], job[65], job[66], job[67]]);
         job[64..68].copy_from_slice(&(lpr | ((passes as i32) << 8)).to_ne_bytes());

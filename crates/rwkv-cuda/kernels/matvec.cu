@@ -120,33 +120,32 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
         q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c, d, dmin, d1, m1);
         q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c + 1, d, dmin, d2, m2);
         u32 qw[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
-        float lo[16], hi[16];
+        // Low nibbles (sub-block 2c, x at base) then high nibbles (2c+1, x at base + 32), one
+        // half at a time to keep registers low. Four nibbles per LOP3, one byte permute per
+        // value builds the float 2^23 + q.
 #pragma unroll
-        for (int i4 = 0; i4 < 4; i4++) {
-            // Four nibbles per LOP3, then one byte permute per value builds 2^23 + q.
-            u32 l4 = qw[i4] & 0x0F0F0F0Fu, h4 = (qw[i4] >> 4) & 0x0F0F0F0Fu;
+        for (int hsel = 0; hsel < 2; hsel++) {
+            float q[16];
 #pragma unroll
-            for (int b = 0; b < 4; b++) {
-                lo[4 * i4 + b] = __uint_as_float(__byte_perm(l4, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
-                hi[4 * i4 + b] = __uint_as_float(__byte_perm(h4, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
+            for (int i4 = 0; i4 < 4; i4++) {
+                u32 n4 = (qw[i4] >> (4 * hsel)) & 0x0F0F0F0Fu;
+#pragma unroll
+                for (int b = 0; b < 4; b++) q[4 * i4 + b] = __uint_as_float(__byte_perm(n4, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
             }
-        }
+            float dd = hsel ? d2 : d1, mm = hsel ? m2 : m1;
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r < nr) {
-                const float* xr = x + (long long)r * xs;
-                float x0[16], x1[16];
-                xload<16>(xr + padi<PAD>(base), x0);
-                xload<16>(xr + padi<PAD>(base + 32), x1);
-                float q0 = 0.f, s0 = 0.f, q1 = 0.f, s1 = 0.f;
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    float xv[16];
+                    xload<16>(x + (long long)r * xs + padi<PAD>(base + 32 * hsel), xv);
+                    float sq = 0.f, sx = 0.f;
 #pragma unroll
-                for (int i = 0; i < 16; i++) {
-                    q0 += lo[i] * x0[i];
-                    s0 += x0[i];
-                    q1 += hi[i] * x1[i];
-                    s1 += x1[i];
+                    for (int i = 0; i < 16; i++) {
+                        sq += q[i] * xv[i];
+                        sx += xv[i];
+                    }
+                    acc[r] += dd * sq - mm * sx;
                 }
-                acc[r] += d1 * q0 - m1 * s0 + d2 * q1 - m2 * s1;
             }
         }
     } else if (DT == DT_Q6K) {
@@ -238,7 +237,7 @@ __device__ __forceinline__ void raw_dot(const MatJob& J, const RawUnit& w, int u
 template <int DT, int R, bool PAD>
 __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
                                          const float* x, int xs, int nr, float (&acc)[R]) {
-    constexpr int PF = 4;
+    constexpr int PF = 2;
     for (int u = u0 + l; u < u1; u += PF * lpr) {
         RawUnit w[PF];
 #pragma unroll
@@ -351,15 +350,15 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<1>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<2>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<4>(T, rows, smem_floats);
 }
-extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<8>(T, rows, smem_floats);
 }

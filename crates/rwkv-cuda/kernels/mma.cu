@@ -144,7 +144,7 @@ __device__ __forceinline__ void mm_raw_a(const MatJob& J, int rows, int m0, int 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) matmul_mma_kernel(const JobTable T, int rows) {
+extern "C" __global__ void __launch_bounds__(128, 3) matmul_mma_kernel(const JobTable T, int rows) {
     __shared__ __align__(16) u16 As[MM_BM * MM_LD];
     __shared__ __align__(16) u16 Bs[MM_BN * MM_LD];
     pdl_trigger();

@@ -247,8 +247,15 @@ impl Gpu {
             driver_version,
             nvrtc_version: (0, 0),
             kernel_cache: String::new(),
-            smem_optin: attr(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as usize,
-            pdl: major >= 9 && std::env::var("RWKV_CUDA_PDL").map(|v| v != "0").unwrap_or(true),
+            smem_optin: attr(
+                dev,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?
+            .max(0) as usize,
+            pdl: major >= 9
+                && std::env::var("RWKV_CUDA_PDL")
+                    .map(|v| v != "0")
+                    .unwrap_or(true),
         };
         gpu.load_kernels()?;
         Ok(gpu)
@@ -431,11 +438,22 @@ impl Gpu {
                     // SAFETY: l.func is a valid function of the loaded module.
                     let (regs, local) = unsafe {
                         (
-                            cu::function::get_function_attribute(l.func, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS).unwrap_or(-1),
-                            cu::function::get_function_attribute(l.func, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES).unwrap_or(-1),
+                            cu::function::get_function_attribute(
+                                l.func,
+                                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS,
+                            )
+                            .unwrap_or(-1),
+                            cu::function::get_function_attribute(
+                                l.func,
+                                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES,
+                            )
+                            .unwrap_or(-1),
                         )
                     };
-                    let name = format!("{} [grid {}x{} blk {} regs {regs} local {local}]", l.name, l.grid.0, l.grid.1, l.block.0);
+                    let name = format!(
+                        "{} [grid {}x{} blk {} regs {regs} local {local}]",
+                        l.name, l.grid.0, l.grid.1, l.block.0
+                    );
                     out.push((name, ms / PROFILE_REPS as f32))
                 }
                 Ok((Err(e), _)) => {

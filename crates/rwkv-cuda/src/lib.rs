@@ -11,6 +11,9 @@
 //! each MatMul op is one launch (a job table), with bias, activation and residual accumulation in
 //! the epilogue; Wkv7 is one kernel for decode (three for prefill).
 
+// `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
 mod gpu;
 mod repack;
 
@@ -155,7 +158,9 @@ fn act_code(a: Act) -> i32 {
 fn ln_threads(n: usize) -> Result<u32> {
     let t = n.div_ceil(4).div_ceil(32).clamp(1, 32) * 32;
     if n > 8 * t {
-        return Err(err(format!("row width {n} exceeds the row kernels' limit of 8192")));
+        return Err(err(format!(
+            "row width {n} exceeds the row kernels' limit of 8192"
+        )));
     }
     Ok(t as u32)
 }
@@ -426,9 +431,13 @@ impl CudaBackend {
                         let writes: Vec<BufId> = jobs.iter().map(|j| j.out).collect();
                         let reads: Vec<BufId> = jobs.iter().map(|j| j.x).collect();
                         let independent = next.iter().all(|n| {
-                            !writes.contains(&n.x) && !writes.contains(&n.out) && !reads.contains(&n.out)
+                            !writes.contains(&n.x)
+                                && !writes.contains(&n.out)
+                                && !reads.contains(&n.out)
                         });
-                        let same_rows = jobs.first().is_some_and(|f| next.iter().all(|n| rows_of(n.x) == rows_of(f.x)));
+                        let same_rows = jobs
+                            .first()
+                            .is_some_and(|f| next.iter().all(|n| rows_of(n.x) == rows_of(f.x)));
                         if !independent || !same_rows {
                             break;
                         }
@@ -511,7 +520,7 @@ impl CudaBackend {
                     let wide = head.max(32) as u32;
                     if n_tok == 1 {
                         launches.push(Launch {
-                            name: (&format!("wkv7_fused_{head}")).to_string(),
+                            name: format!("wkv7_fused_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_fused_{head}"))?,
                             grid: (h as u32, shape.n_seq as u32, 1),
                             block: (wide, 1, 1),
@@ -523,7 +532,7 @@ impl CudaBackend {
                             return Err(err("Wkv7: scratch buffers too small"));
                         }
                         launches.push(Launch {
-                            name: (&format!("wkv7_pre_{head}")).to_string(),
+                            name: format!("wkv7_pre_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_pre_{head}"))?,
                             grid: (h as u32, rows as u32, 1),
                             block: (wide, 1, 1),
@@ -531,7 +540,7 @@ impl CudaBackend {
                             args: vec![args.clone()],
                         });
                         launches.push(Launch {
-                            name: (&format!("wkv7_scan_{head}")).to_string(),
+                            name: format!("wkv7_scan_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_scan_{head}"))?,
                             grid: (h as u32, shape.n_seq as u32, 1),
                             block: (4 * head as u32, 1, 1),
@@ -539,7 +548,7 @@ impl CudaBackend {
                             args: vec![args.clone()],
                         });
                         launches.push(Launch {
-                            name: (&format!("wkv7_post_{head}")).to_string(),
+                            name: format!("wkv7_post_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_post_{head}"))?,
                             grid: (h as u32, rows as u32, 1),
                             block: (wide, 1, 1),
@@ -679,7 +688,13 @@ fn push_shift(
     sa.extend_from_slice(&(mixes.len() as i32).to_ne_bytes());
     sa.resize(104, 0);
     let reg_off = layer * layer_len + if kind == ShiftKind::Att { n } else { 0 };
-    let v = if n <= 2048 { 2 } else if n <= 4096 { 4 } else { 8 };
+    let v = if n <= 2048 {
+        2
+    } else if n <= 4096 {
+        4
+    } else {
+        8
+    };
     if n > 8 * 1024 {
         return Err(err(format!("TokenShift: width {n} exceeds 8192")));
     }
@@ -749,7 +764,16 @@ fn job_bytes(
     for p in [wq, wm, bias, x, out] {
         v.extend_from_slice(&p.to_ne_bytes());
     }
-    for i in [dtype as i32, in_dim, out_dim, act, acc as i32, block_start, n_tiles_n, pad] {
+    for i in [
+        dtype as i32,
+        in_dim,
+        out_dim,
+        act,
+        acc as i32,
+        block_start,
+        n_tiles_n,
+        pad,
+    ] {
         v.extend_from_slice(&i.to_ne_bytes());
     }
     v
@@ -767,14 +791,29 @@ fn mma_ok(dtype: GpuDType, in_dim: usize, rows: usize) -> bool {
 /// SIMT layout of a job: (lanes per weight row, warps per weight row), see matvec.cu. Long rows
 /// are split across warps only when the matrix has too few rows to give the GPU ~1024 warps.
 fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usize) {
-    let vals = if matches!(dtype, GpuDType::F16 | GpuDType::F32) { 8 } else { 32 };
-    let fast = in_dim % vals == 0 && (!matches!(dtype, GpuDType::Q4K | GpuDType::Q6K) || in_dim % 256 == 0);
+    let vals = if matches!(dtype, GpuDType::F16 | GpuDType::F32) {
+        8
+    } else {
+        32
+    };
+    let fast = in_dim % vals == 0
+        && (!matches!(dtype, GpuDType::Q4K | GpuDType::Q6K) || in_dim % 256 == 0);
     if !fast {
         return (32, 1);
     }
     let units = in_dim / vals;
-    let pow2_floor = |v: usize| if v <= 1 { 1 } else { 1 << (usize::BITS - 1 - v.leading_zeros()) };
-    let lpr = if units >= 64 { 32 } else { pow2_floor((units / 2).max(1)).min(32) };
+    let pow2_floor = |v: usize| {
+        if v <= 1 {
+            1
+        } else {
+            1 << (usize::BITS - 1 - v.leading_zeros())
+        }
+    };
+    let lpr = if units >= 64 {
+        32
+    } else {
+        pow2_floor((units / 2).max(1)).min(32)
+    };
     let per_lane = (units / lpr).max(1);
     let warps = out_dim.div_ceil(32 / lpr);
     let ks = pow2_floor((1024 / warps.max(1)).clamp(1, 8)).min(pow2_floor(per_lane));
@@ -814,8 +853,19 @@ fn push_matmul(
     let mut mv_smem = 0usize;
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
-            Some(GpuWeight::Matrix { dtype, rows, cols, q, m }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
-            _ => return Err(err(format!("MatMul: weight {} is not an uploaded matrix", j.weight))),
+            Some(GpuWeight::Matrix {
+                dtype,
+                rows,
+                cols,
+                q,
+                m,
+            }) => (*dtype, *rows, *cols, q.ptr, m.ptr),
+            _ => {
+                return Err(err(format!(
+                    "MatMul: weight {} is not an uploaded matrix",
+                    j.weight
+                )))
+            }
         };
         let xw = plan.buffers.get(j.x).map(|b| b.width);
         let ow = plan.buffers.get(j.out).map(|b| b.width);
@@ -846,7 +896,11 @@ fn push_matmul(
             // Few tiles: split K over blocks that add into a cleared output. An activation is
             // then applied by a separate pass (only when not accumulating, as in every plan).
             let splittable = j.act == Act::None || !j.accumulate;
-            let splits = if splittable && tiles < sm_count { (2 * sm_count).div_ceil(tiles).min(steps / 4).max(1) } else { 1 };
+            let splits = if splittable && tiles < sm_count {
+                (2 * sm_count).div_ceil(tiles).min(steps / 4).max(1)
+            } else {
+                1
+            };
             let mut act = act_code(j.act);
             if splits > 1 {
                 d.push_str(&format!("/k{splits}"));
@@ -867,22 +921,51 @@ fn push_matmul(
                         grid: ((rows * out_dim).div_ceil(256).min(1024) as u32, 1, 1),
                         block: (256, 1, 1),
                         smem: 0,
-                        args: ArgList::default().ptr(op).i64((rows * out_dim) as i64).i32(act).0,
+                        args: ArgList::default()
+                            .ptr(op)
+                            .i64((rows * out_dim) as i64)
+                            .i32(act)
+                            .0,
                     });
                     act = 0;
                 }
             }
-            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act, j.accumulate, 0, tn as i32, splits as i32);
+            let job = job_bytes(
+                q,
+                m,
+                bias,
+                xp,
+                op,
+                dtype,
+                ii,
+                oi,
+                act,
+                j.accumulate,
+                0,
+                tn as i32,
+                splits as i32,
+            );
             mm.push((j.clone(), job, tiles * splits, d));
         } else {
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
-            // Several row groups per block (about two blocks per SM in all) so each block's
-            // staged activations serve more weight rows.
+            // Rows per block pass; the number of passes is set below for the whole launch.
             let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
-            let passes = (base_blocks / (2 * sm_count)).clamp(1, 64);
-            let tiles = (lpr | (passes << 8)) as i32;
-            let job = job_bytes(q, m, bias, xp, op, dtype, ii, oi, act_code(j.act), j.accumulate, 0, tiles, ks as i32);
-            mv.push((j.clone(), job, base_blocks.div_ceil(passes), format!("{d}/l{lpr}k{ks}p{passes}")));
+            let job = job_bytes(
+                q,
+                m,
+                bias,
+                xp,
+                op,
+                dtype,
+                ii,
+                oi,
+                act_code(j.act),
+                j.accumulate,
+                0,
+                lpr as i32,
+                ks as i32,
+            );
+            mv.push((j.clone(), job, base_blocks, format!("{d}/l{lpr}k{ks}")));
             let r_eff = rows.min(8);
             let need = r_eff * (in_dim + in_dim / 64 * 4) * 4;
             if need <= smem_cap {
@@ -891,6 +974,16 @@ fn push_matmul(
         }
     }
     let rows = rows_all.unwrap_or(0);
+    // Several row groups per block, so that the launch is about one wave of blocks (four 256-
+    // thread blocks per SM) and each block's staged activations serve more weight rows.
+    let total: usize = mv.iter().map(|m| m.2).sum();
+    let passes = total.div_ceil(4 * sm_count).clamp(1, 64);
+    for (_, job, nblocks, d) in mv.iter_mut() {
+        let lpr = i32::from_ne_bytes([job[64], job[65], job[66], job[67]]);
+        job[64..68].copy_from_slice(&(lpr | ((passes as i32) << 8)).to_ne_bytes());
+        *nblocks = nblocks.div_ceil(passes);
+        d.push_str(&format!("p{passes}"));
+    }
     launches.extend(pre);
     let (mv_name, r) = match rows {
         1 => ("matvec1_kernel", 1),
@@ -902,7 +995,10 @@ fn push_matmul(
         let f = gpu.func(mv_name)?;
         gpu.allow_smem(f, mv_smem)?;
     }
-    for (list, kernel, block, gy) in [(&mv, mv_name, 256u32, rows.div_ceil(r)), (&mm, "matmul_mma_kernel", 128, 1)] {
+    for (list, kernel, block, gy) in [
+        (&mv, mv_name, 256u32, rows.div_ceil(r)),
+        (&mm, "matmul_mma_kernel", 128, 1),
+    ] {
         let is_mv = kernel == mv_name;
         for chunk in list.chunks(MAX_JOBS) {
             let mut blocks = 0usize;
@@ -923,9 +1019,16 @@ fn push_matmul(
                 block: (block, 1, 1),
                 smem: if is_mv { mv_smem as u32 } else { 0 },
                 args: if is_mv {
-                    ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).i32((mv_smem / 4) as i32).0
+                    ArgList::default()
+                        .bytes(job_table(&bytes))
+                        .i32(i32_of(rows, "rows")?)
+                        .i32((mv_smem / 4) as i32)
+                        .0
                 } else {
-                    ArgList::default().bytes(job_table(&bytes)).i32(i32_of(rows, "rows")?).0
+                    ArgList::default()
+                        .bytes(job_table(&bytes))
+                        .i32(i32_of(rows, "rows")?)
+                        .0
                 },
             });
         }

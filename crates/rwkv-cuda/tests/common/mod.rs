@@ -2,6 +2,8 @@
 //! backend contract (dequantization from docs/gguf-formats.md, every Op as documented), and the
 //! skip-or-fail rule for machines without a GPU.
 #![allow(dead_code)]
+// The reference interpreter indexes like the math it mirrors.
+#![allow(clippy::needless_range_loop)]
 
 use std::collections::BTreeMap;
 

@@ -117,8 +117,8 @@ pub fn desc(shape: SynthShape) -> ModelDesc {
     }
 }
 
-/// A random model of `shape`: large matrices ([`is_large_matrix`]) in `dtype`, everything else
-/// f32. Source `synth:<shape>:<dtype>:<seed>`, format "synth".
+/// A random model of `shape`: large matrices ([`is_large_matrix`]) in `dtype`, LoRA matrices in
+/// f16 (f32 when `dtype` is f32), vectors in f32. Source `synth:<shape>:<dtype>:<seed>`, format "synth".
 pub fn synth_model(shape: SynthShape, dtype: DType, seed: u64) -> Result<Model> {
     let source = format!("synth:{}:{}:{seed}", shape.name(), dtype.name());
     build(&desc(shape), dtype, seed, source)
@@ -320,8 +320,12 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
     let specs = canonical_tensors(desc);
     let mut datas = Vec::with_capacity(specs.len());
     for (name, shape) in &specs {
+        // LoRA matrices in f16 when the model is not f32, as released checkpoints (bf16/fp16) and
+        // llama.cpp's quantized files keep them; vectors always f32.
         let tensor_dtype = if is_large_matrix(name) {
             dtype
+        } else if shape.len() == 2 && dtype != DType::F32 {
+            DType::F16
         } else {
             DType::F32
         };
@@ -455,7 +459,8 @@ mod tests {
         crate::model::v7::validate(&m).unwrap();
         assert_eq!(m.tensors["emb.weight"].dtype, DType::Q4K);
         assert_eq!(m.tensors["blocks.1.ffn.value.weight"].dtype, DType::Q4K);
-        assert_eq!(m.tensors["blocks.1.att.g2"].dtype, DType::F32);
+        assert_eq!(m.tensors["blocks.1.att.g2"].dtype, DType::F16);
+        assert_eq!(m.tensors["blocks.1.att.w0"].dtype, DType::F32);
         assert_eq!(m.source, PathBuf::from("synth:tiny:q4k:3"));
         // Q4K needs whole 256-value rows: a width of 128 is refused, not mangled.
         let mut d = desc(SynthShape::Tiny);

@@ -98,20 +98,44 @@ pub fn open(choice: BackendChoice) -> Result<Opened> {
     }
 }
 
+#[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
 
+    /// Device 0 (or `RWKV_CUDA_DEVICE`), when the driver, NVRTC and a device are there.
     pub fn open() -> Result<(Box<dyn Backend>, String)> {
-        Err(Error::backend("cuda", "the CUDA backend is not built yet"))
+        let devices = rwkv_cuda::probe().map_err(|why| Error::backend("cuda", why))?;
+        let index = match std::env::var("RWKV_CUDA_DEVICE") {
+            Ok(v) => v.parse::<usize>().map_err(|_| Error::invalid(format!("RWKV_CUDA_DEVICE='{v}' is not a number")))?,
+            Err(_) => 0,
+        };
+        let name = devices
+            .get(index)
+            .map(|d| d.device.clone())
+            .ok_or_else(|| Error::backend("cuda", format!("no CUDA device {index} ({} found)", devices.len())))?;
+        let b = rwkv_cuda::CudaBackend::new(index)?;
+        Ok((Box::new(b), name))
     }
 
     pub fn report() -> BackendReport {
-        BackendReport {
-            backend: "cuda",
-            available: false,
-            devices: vec![],
-            reason: Some("the CUDA backend is not built yet".into()),
+        match rwkv_cuda::probe() {
+            Ok(devices) => BackendReport { backend: "cuda", available: true, devices, reason: None },
+            Err(why) => BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(why) },
         }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::*;
+    const WHY: &str = "this build of rwkv was compiled without the `cuda` feature";
+
+    pub fn open() -> Result<(Box<dyn Backend>, String)> {
+        Err(Error::backend("cuda", WHY))
+    }
+
+    pub fn report() -> BackendReport {
+        BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(WHY.into()) }
     }
 }
 

@@ -131,6 +131,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer prints "error: XDG_RUNTIME_DIR is invalid" on stderr when
+    // that variable is unset (services, CI); the router orders adapters itself, so the layer is
+    // not needed. Set before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

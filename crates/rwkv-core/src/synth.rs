@@ -7,6 +7,9 @@
 //!
 //! Try it: `synth_model(SynthShape::Tiny, DType::F32, 42)`.
 
+// The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -15,6 +18,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::v7::{canonical_tensors, is_large_matrix};
 use crate::model::{LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
+use crate::tokenizer::Vocab;
 
 /// The released RWKV-7 sizes, plus a tiny one for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,8 +117,8 @@ pub fn desc(shape: SynthShape) -> ModelDesc {
     }
 }
 
-/// A random model of `shape`: large matrices ([`is_large_matrix`]) in `dtype`, everything else
-/// f32. Source `synth:<shape>:<dtype>:<seed>`, format "synth".
+/// A random model of `shape`: large matrices ([`is_large_matrix`]) in `dtype`, LoRA matrices in
+/// f16 (f32 when `dtype` is f32), vectors in f32. Source `synth:<shape>:<dtype>:<seed>`, format "synth".
 pub fn synth_model(shape: SynthShape, dtype: DType, seed: u64) -> Result<Model> {
     let source = format!("synth:{}:{}:{seed}", shape.name(), dtype.name());
     build(&desc(shape), dtype, seed, source)
@@ -261,8 +265,10 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-/// Values generated and converted at once (bounds the f32 scratch per thread, ~4 MB).
-const CHUNK_VALUES: usize = 1 << 20;
+/// Values generated and converted at once: bounds the f32 scratch per thread (2 MB) and stays
+/// below the size at which `quant::quantize` starts threads of its own (2^20 values), so the
+/// workers here do not oversubscribe the cores.
+const CHUNK_VALUES: usize = 1 << 19;
 
 /// One chunk of rows of one tensor, with the bytes it fills.
 struct Job<'a> {
@@ -287,6 +293,7 @@ impl Job<'_> {
                 ^ self.chunk.wrapping_mul(0xa076_1d64_78bd_642f),
         );
         if self.dtype == DType::F32 {
+            // The bytes quantize(F32) would give, written in place without a copy.
             for dst in self.out.chunks_exact_mut(4) {
                 dst.copy_from_slice(&rng.sample(self.init).to_le_bytes());
             }
@@ -313,8 +320,12 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
     let specs = canonical_tensors(desc);
     let mut datas = Vec::with_capacity(specs.len());
     for (name, shape) in &specs {
+        // LoRA matrices in f16 when the model is not f32, as released checkpoints (bf16/fp16) and
+        // llama.cpp's quantized files keep them; vectors always f32.
         let tensor_dtype = if is_large_matrix(name) {
             dtype
+        } else if shape.len() == 2 && dtype != DType::F32 {
+            DType::F16
         } else {
             DType::F32
         };
@@ -391,8 +402,7 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
     Ok(Model {
         desc: desc.clone(),
         tensors,
-        // TODO: Some(Vocab::byte_level(desc.vocab_size)) once the tokenizer has it.
-        vocab: None,
+        vocab: Some(Vocab::byte_level(desc.vocab_size)),
         source: PathBuf::from(source),
         format: "synth",
     })
@@ -437,9 +447,26 @@ mod tests {
         assert_eq!(emb(&a), emb(&b));
         assert_ne!(emb(&a), emb(&c));
         assert_eq!(a.source, PathBuf::from("synth:tiny:f32:7"));
+        assert_eq!(a.vocab.as_ref().map(|v| v.len()), Some(512));
         // Two tensors of one shape get different values.
         let r = a.tensors["blocks.0.att.receptance.weight"].data.as_slice();
         let k = a.tensors["blocks.0.att.key.weight"].data.as_slice();
         assert_ne!(r, k);
+    }
+
+    #[test]
+    fn quantized_tiny_model_keeps_small_tensors_f32() {
+        let m = synth_model(SynthShape::Tiny, DType::Q4K, 3).unwrap();
+        crate::model::v7::validate(&m).unwrap();
+        assert_eq!(m.tensors["emb.weight"].dtype, DType::Q4K);
+        assert_eq!(m.tensors["blocks.1.ffn.value.weight"].dtype, DType::Q4K);
+        assert_eq!(m.tensors["blocks.1.att.g2"].dtype, DType::F16);
+        assert_eq!(m.tensors["blocks.1.att.w0"].dtype, DType::F32);
+        assert_eq!(m.source, PathBuf::from("synth:tiny:q4k:3"));
+        // Q4K needs whole 256-value rows: a width of 128 is refused, not mangled.
+        let mut d = desc(SynthShape::Tiny);
+        d.n_embd = 128;
+        d.head_size = 64;
+        assert!(synth_model_with_desc(&d, DType::Q4K, 1).is_err());
     }
 }

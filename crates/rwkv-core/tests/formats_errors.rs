@@ -21,7 +21,10 @@ fn load_err(dir: &Path, name: &str, bytes: &[u8]) -> String {
     std::fs::write(&path, bytes).unwrap();
     let e = load(&path).err().unwrap_or_else(|| panic!("{name} loaded"));
     let s = e.to_string();
-    assert!(s.contains(path.to_str().unwrap()), "error does not name the file: {s}");
+    assert!(
+        s.contains(path.to_str().unwrap()),
+        "error does not name the file: {s}"
+    );
     assert!(!s.contains('\n'), "error is not one line: {s}");
     s
 }
@@ -66,31 +69,52 @@ fn missing_and_empty_files_and_unknown_magic() {
     expect(&load_err(&dir, "empty.st", b""), &["file is empty"]);
     let mut rng = Rng(5);
     let junk = rng.bytes(4096);
-    expect(&load_err(&dir, "junk.bin", &junk), &["unknown model format"]);
+    expect(
+        &load_err(&dir, "junk.bin", &junk),
+        &["unknown model format"],
+    );
 }
 
 #[test]
 fn gguf_header_errors() {
     let dir = tmpdir("err-gguf-header");
-    expect(&load_err(&dir, "v1.gguf", &gguf_header(1, 0, 0)), &["GGUF v1 is not supported"]);
+    expect(
+        &load_err(&dir, "v1.gguf", &gguf_header(1, 0, 0)),
+        &["GGUF v1 is not supported"],
+    );
     let mut be = b"GGUF".to_vec();
     be.extend_from_slice(&3u32.to_be_bytes());
     be.extend_from_slice(&[0; 16]);
     expect(&load_err(&dir, "be.gguf", &be), &["big-endian"]);
-    expect(&load_err(&dir, "v9.gguf", &gguf_header(9, 0, 0)), &["unsupported GGUF version 9"]);
-    expect(&load_err(&dir, "short.gguf", b"GGUF\x03\0"), &["truncated", "version"]);
+    expect(
+        &load_err(&dir, "v9.gguf", &gguf_header(9, 0, 0)),
+        &["unsupported GGUF version 9"],
+    );
+    expect(
+        &load_err(&dir, "short.gguf", b"GGUF\x03\0"),
+        &["truncated", "version"],
+    );
 }
 
 #[test]
 fn gguf_counts_and_lengths_larger_than_the_file() {
     let dir = tmpdir("err-gguf-counts");
-    expect(&load_err(&dir, "kv.gguf", &gguf_header(3, 0, 1 << 40)), &["metadata count", "larger than the file"]);
-    expect(&load_err(&dir, "t.gguf", &gguf_header(3, 1 << 40, 0)), &["tensor count", "larger than the file"]);
+    expect(
+        &load_err(&dir, "kv.gguf", &gguf_header(3, 0, 1 << 40)),
+        &["metadata count", "larger than the file"],
+    );
+    expect(
+        &load_err(&dir, "t.gguf", &gguf_header(3, 1 << 40, 0)),
+        &["tensor count", "larger than the file"],
+    );
     // A key whose length runs past the end.
     let mut b = gguf_header(3, 0, 1);
     b.extend_from_slice(&1000u64.to_le_bytes());
     b.extend_from_slice(b"general");
-    expect(&load_err(&dir, "key.gguf", &b), &["truncated", "metadata key"]);
+    expect(
+        &load_err(&dir, "key.gguf", &b),
+        &["truncated", "metadata key"],
+    );
     // A string value claiming 2^62 bytes.
     let mut b = gguf_header(3, 0, 1);
     b.extend_from_slice(&1u64.to_le_bytes());
@@ -98,7 +122,10 @@ fn gguf_counts_and_lengths_larger_than_the_file() {
     b.extend_from_slice(&8u32.to_le_bytes());
     b.extend_from_slice(&(1u64 << 62).to_le_bytes());
     b.extend_from_slice(&[b'x'; 32]);
-    expect(&load_err(&dir, "str.gguf", &b), &["truncated", "value of 'k'"]);
+    expect(
+        &load_err(&dir, "str.gguf", &b),
+        &["truncated", "value of 'k'"],
+    );
     // An array claiming 2^60 u32 elements.
     let mut b = gguf_header(3, 0, 1);
     b.extend_from_slice(&1u64.to_le_bytes());
@@ -107,7 +134,10 @@ fn gguf_counts_and_lengths_larger_than_the_file() {
     b.extend_from_slice(&4u32.to_le_bytes());
     b.extend_from_slice(&(1u64 << 60).to_le_bytes());
     b.extend_from_slice(&[0; 64]);
-    expect(&load_err(&dir, "arr.gguf", &b), &["array 'a' claims 1152921504606846976 elements"]);
+    expect(
+        &load_err(&dir, "arr.gguf", &b),
+        &["array 'a' claims 1152921504606846976 elements"],
+    );
     // Arrays nested deeper than the limit.
     let mut b = gguf_header(3, 0, 1);
     b.extend_from_slice(&1u64.to_le_bytes());
@@ -130,36 +160,57 @@ fn gguf_tensor_info_errors() {
 
     let mut b = good.clone();
     put_u32(&mut b, ty_at, 99);
-    expect(&load_err(&dir, "type.gguf", &b), &["tensor 'output.weight' has unknown ggml type 99"]);
+    expect(
+        &load_err(&dir, "type.gguf", &b),
+        &["tensor 'output.weight' has unknown ggml type 99"],
+    );
 
     let mut b = good.clone();
     put_u32(&mut b, at, 5);
-    expect(&load_err(&dir, "dims.gguf", &b), &["output.weight", "5 dimensions"]);
+    expect(
+        &load_err(&dir, "dims.gguf", &b),
+        &["output.weight", "5 dimensions"],
+    );
 
     let mut b = good.clone();
     put_u64(&mut b, off_at, 1 << 40);
-    expect(&load_err(&dir, "past.gguf", &b), &["output.weight", "runs past the end of the file"]);
+    expect(
+        &load_err(&dir, "past.gguf", &b),
+        &["output.weight", "runs past the end of the file"],
+    );
 
     let mut b = good.clone();
     let off = u64::from_le_bytes(b[off_at..off_at + 8].try_into().unwrap());
     put_u64(&mut b, off_at, off + 4);
-    expect(&load_err(&dir, "misaligned.gguf", &b), &["output.weight", "not a multiple of the alignment 32"]);
+    expect(
+        &load_err(&dir, "misaligned.gguf", &b),
+        &["output.weight", "not a multiple of the alignment 32"],
+    );
 
     // token_embd.weight sits at offset 0 and has the same size.
     let mut b = good.clone();
     put_u64(&mut b, off_at, 0);
-    expect(&load_err(&dir, "overlap.gguf", &b), &["overlap", "output.weight", "token_embd.weight"]);
+    expect(
+        &load_err(&dir, "overlap.gguf", &b),
+        &["overlap", "output.weight", "token_embd.weight"],
+    );
 
     let mut b = good.clone();
     let second = gguf_info_after_name(&good, "blk.1.attn_norm.weight");
     b[second - "1.attn_norm.weight".len()] = b'0';
-    expect(&load_err(&dir, "dup.gguf", &b), &["tensor 'blk.0.attn_norm.weight' appears twice"]);
+    expect(
+        &load_err(&dir, "dup.gguf", &b),
+        &["tensor 'blk.0.attn_norm.weight' appears twice"],
+    );
 
     // Dimension product overflow: 2^40 × 2^40 rows.
     let mut b = good.clone();
     put_u64(&mut b, at + 4, 1 << 40);
     put_u64(&mut b, at + 12, 1 << 40);
-    expect(&load_err(&dir, "overflow.gguf", &b), &["output.weight", "too large"]);
+    expect(
+        &load_err(&dir, "overflow.gguf", &b),
+        &["output.weight", "too large"],
+    );
 
     let e = load_err(&dir, "cut.gguf", &good[..at + 6]);
     expect(&e, &["truncated", "tensor dimension"]);
@@ -173,17 +224,26 @@ fn gguf_metadata_that_disagrees_with_the_tensors() {
     let at = find(&good, key) + key.len() + 4;
     let mut b = good.clone();
     put_u32(&mut b, at, 96);
-    expect(&load_err(&dir, "c.gguf", &b), &["rwkv7.embedding_length is 96", "128"]);
+    expect(
+        &load_err(&dir, "c.gguf", &b),
+        &["rwkv7.embedding_length is 96", "128"],
+    );
     let key = b"rwkv7.attention.gate_lora_rank";
     let at = find(&good, key) + key.len() + 4;
     let mut b = good.clone();
     put_u32(&mut b, at, 7);
-    expect(&load_err(&dir, "g.gguf", &b), &["gate_lora_rank is 7", "rank 24"]);
+    expect(
+        &load_err(&dir, "g.gguf", &b),
+        &["gate_lora_rank is 7", "rank 24"],
+    );
     let key = b"general.architecture";
     let at = find(&good, key) + key.len() + 4 + 8;
     let mut b = good.clone();
     b[at..at + 5].copy_from_slice(b"mamba");
-    expect(&load_err(&dir, "arch.gguf", &b), &["architecture 'mamba' is not supported (only rwkv7)"]);
+    expect(
+        &load_err(&dir, "arch.gguf", &b),
+        &["architecture 'mamba' is not supported (only rwkv7)"],
+    );
 }
 
 #[test]
@@ -192,13 +252,27 @@ fn shapes_that_disagree_with_the_architecture() {
     let mut model = random_model(0xBAD_0002, &small_desc());
     // ffn.value of block 1 with 255 inputs instead of 256.
     let vals: Vec<f32> = (0..128 * 255).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-    model.tensors.insert("blocks.1.ffn.value.weight".into(), Tensor::from_f32(vec![128, 255], &vals).unwrap());
-    for (format, ext) in [(Format::Safetensors, "st"), (Format::Pth, "pth"), (Format::Gguf, "gguf")] {
+    model.tensors.insert(
+        "blocks.1.ffn.value.weight".into(),
+        Tensor::from_f32(vec![128, 255], &vals).unwrap(),
+    );
+    for (format, ext) in [
+        (Format::Safetensors, "st"),
+        (Format::Pth, "pth"),
+        (Format::Gguf, "gguf"),
+    ] {
         let path = dir.join(format!("bad.{ext}"));
         formats::write(&model, &path, format).unwrap();
         let e = load(&path).unwrap_err();
         assert!(matches!(e, Error::Model { .. }), "{e}");
-        expect(&e.to_string(), &["bad.", "'blocks.1.ffn.value.weight' has shape [128, 255]", "[128, 256]"]);
+        expect(
+            &e.to_string(),
+            &[
+                "bad.",
+                "'blocks.1.ffn.value.weight' has shape [128, 255]",
+                "[128, 256]",
+            ],
+        );
     }
 }
 
@@ -212,23 +286,61 @@ fn st_file(header: &str, data_len: usize) -> Vec<u8> {
 #[test]
 fn safetensors_header_errors() {
     let dir = tmpdir("err-st");
-    let t = |dtype: &str, shape: &str, offs: &str| format!(r#"{{"dtype":"{dtype}","shape":{shape},"data_offsets":{offs}}}"#);
+    let t = |dtype: &str, shape: &str, offs: &str| {
+        format!(r#"{{"dtype":"{dtype}","shape":{shape},"data_offsets":{offs}}}"#)
+    };
     let one = |body: String| format!("{{\"a\":{body}}}");
-    expect(&load_err(&dir, "dtype.st", &st_file(&one(t("I64", "[2]", "[0,16]")), 16)), &["'a'", "dtype I64 is not supported"]);
-    expect(&load_err(&dir, "past.st", &st_file(&one(t("F32", "[4]", "[0,16]")), 8)), &["'a'", "outside the 8 data bytes"]);
-    expect(&load_err(&dir, "count.st", &st_file(&one(t("F32", "[5]", "[0,16]")), 16)), &["needs 20 bytes", "give 16"]);
-    let two = format!("{{\"a\":{},\"b\":{}}}", t("F32", "[4]", "[0,16]"), t("F16", "[4]", "[8,16]"));
-    expect(&load_err(&dir, "overlap.st", &st_file(&two, 16)), &["'a' and 'b' overlap"]);
-    expect(&load_err(&dir, "json.st", &st_file("{\"a\": [1, 2", 0)), &["not a JSON object"]);
+    expect(
+        &load_err(
+            &dir,
+            "dtype.st",
+            &st_file(&one(t("I64", "[2]", "[0,16]")), 16),
+        ),
+        &["'a'", "dtype I64 is not supported"],
+    );
+    expect(
+        &load_err(
+            &dir,
+            "past.st",
+            &st_file(&one(t("F32", "[4]", "[0,16]")), 8),
+        ),
+        &["'a'", "outside the 8 data bytes"],
+    );
+    expect(
+        &load_err(
+            &dir,
+            "count.st",
+            &st_file(&one(t("F32", "[5]", "[0,16]")), 16),
+        ),
+        &["needs 20 bytes", "give 16"],
+    );
+    let two = format!(
+        "{{\"a\":{},\"b\":{}}}",
+        t("F32", "[4]", "[0,16]"),
+        t("F16", "[4]", "[8,16]")
+    );
+    expect(
+        &load_err(&dir, "overlap.st", &st_file(&two, 16)),
+        &["'a' and 'b' overlap"],
+    );
+    expect(
+        &load_err(&dir, "json.st", &st_file("{\"a\": [1, 2", 0)),
+        &["not a JSON object"],
+    );
     let mut huge = (1u64 << 40).to_le_bytes().to_vec();
     huge.extend_from_slice(b"{\"a\":1}");
     // Too long for the file, so detection already refuses it as unknown.
     expect(&load_err(&dir, "huge.st", &huge), &["unknown model format"]);
     let mut big = (101u64 << 20).to_le_bytes().to_vec();
     big.extend_from_slice(b"{}");
-    let e = formats::safetensors::parse_header(Path::new("big.st"), &big).unwrap_err().to_string();
+    let e = formats::safetensors::parse_header(Path::new("big.st"), &big)
+        .unwrap_err()
+        .to_string();
     expect(&e, &["big.st", "exceeds the 104857600-byte limit"]);
-    let cut = formats::safetensors::parse_header(Path::new("cut.st"), &st_file(&one(t("F32", "[4]", "[0,16]")), 16)[..20]);
+    let cut = formats::safetensors::parse_header(
+        Path::new("cut.st"),
+        &st_file(&one(t("F32", "[4]", "[0,16]")), 16)[..20],
+    );
     expect(&cut.unwrap_err().to_string(), &["cut.st", "truncated"]);
 }
 
@@ -270,23 +382,42 @@ fn pth_errors() {
     let e = load_err(&dir, "evil.pth", &pth_with_pickle(evil, &[]));
     expect(&e, &["evil.pth", "global 'os.system' is not allowed"]);
     let evil4 = b"\x80\x04\x95\x20\0\0\0\0\0\0\0\x8c\x08builtins\x94\x8c\x04exec\x94\x93\x94.";
-    expect(&load_err(&dir, "evil4.pth", &pth_with_pickle(evil4, &[])), &["global 'builtins.exec' is not allowed"]);
+    expect(
+        &load_err(&dir, "evil4.pth", &pth_with_pickle(evil4, &[])),
+        &["global 'builtins.exec' is not allowed"],
+    );
 
     let storage: Vec<u8> = (0..24u8).collect();
     let ok = tensor_pickle("0", 6, &[2, 3], &[3, 1]);
     let e = load_err(&dir, "missing.pth", &pth_with_pickle(&ok, &[]));
     expect(&e, &["tensor 'w'", "storage '0' is missing"]);
     let strided = tensor_pickle("0", 6, &[2, 3], &[1, 2]);
-    let e = load_err(&dir, "strided.pth", &pth_with_pickle(&strided, &[("0", storage.clone())]));
+    let e = load_err(
+        &dir,
+        "strided.pth",
+        &pth_with_pickle(&strided, &[("0", storage.clone())]),
+    );
     expect(&e, &["tensor 'w'", "not contiguous"]);
     let big = tensor_pickle("0", 60, &[2, 30], &[30, 1]);
-    let e = load_err(&dir, "bigstorage.pth", &pth_with_pickle(&big, &[("0", storage.clone())]));
+    let e = load_err(
+        &dir,
+        "bigstorage.pth",
+        &pth_with_pickle(&big, &[("0", storage.clone())]),
+    );
     expect(&e, &["storage '0' claims 240 bytes", "has 24"]);
     let outside = tensor_pickle("0", 6, &[2, 4], &[4, 1]);
-    let e = load_err(&dir, "outside.pth", &pth_with_pickle(&outside, &[("0", storage.clone())]));
+    let e = load_err(
+        &dir,
+        "outside.pth",
+        &pth_with_pickle(&outside, &[("0", storage.clone())]),
+    );
     expect(&e, &["lies outside its storage of 6"]);
     // Well-formed but not an RWKV model.
-    let e = load_err(&dir, "notrwkv.pth", &pth_with_pickle(&ok, &[("0", storage)]));
+    let e = load_err(
+        &dir,
+        "notrwkv.pth",
+        &pth_with_pickle(&ok, &[("0", storage)]),
+    );
     expect(&e, &["no RWKV tensors found"]);
 
     // A compressed entry in an otherwise valid checkpoint.
@@ -298,7 +429,10 @@ fn pth_errors() {
     };
     assert_eq!(&b[cd..cd + 4], b"PK\x01\x02");
     b[cd + 10] = 8;
-    expect(&load_err(&dir, "deflated.pth", &b), &["archive/data.pkl", "is compressed (method 8)"]);
+    expect(
+        &load_err(&dir, "deflated.pth", &b),
+        &["archive/data.pkl", "is compressed (method 8)"],
+    );
     let e = load_err(&dir, "cut.pth", &good[..good.len() / 2]);
     expect(&e, &["no end-of-central-directory"]);
 }
@@ -317,19 +451,34 @@ fn rwkvcpp_errors_and_a_crafted_file_that_loads() {
     let first_type = 24 + 8; // header, then n_dims and key_len of the first record
     let mut b = good.clone();
     put_u32(&mut b, first_type, 5);
-    expect(&load_err(&dir, "type.bin", &b), &["'emb.weight'", "unknown or unsupported rwkv.cpp type Q4_2 (removed)"]);
+    expect(
+        &load_err(&dir, "type.bin", &b),
+        &[
+            "'emb.weight'",
+            "unknown or unsupported rwkv.cpp type Q4_2 (removed)",
+        ],
+    );
     let mut b = good.clone();
     put_u32(&mut b, 24, 9);
     expect(&load_err(&dir, "dims.bin", &b), &["9 dimensions"]);
     let mut b = good.clone();
     put_u32(&mut b, 28, 0x7fff_0000);
-    expect(&load_err(&dir, "key.bin", &b), &["name length 2147418112", "out of range"]);
+    expect(
+        &load_err(&dir, "key.bin", &b),
+        &["name length 2147418112", "out of range"],
+    );
     let mut b = good.clone();
     put_u32(&mut b, 16, 3); // n_layer in the header
-    expect(&load_err(&dir, "layers.bin", &b), &["header says n_layer 3, the tensors say 2"]);
+    expect(
+        &load_err(&dir, "layers.bin", &b),
+        &["header says n_layer 3, the tensors say 2"],
+    );
     let mut b = good.clone();
     put_u32(&mut b, 4, 7);
-    expect(&load_err(&dir, "version.bin", &b), &["unsupported rwkv.cpp file version 7"]);
+    expect(
+        &load_err(&dir, "version.bin", &b),
+        &["unsupported rwkv.cpp file version 7"],
+    );
     let e = load_err(&dir, "cut.bin", &good[..good.len() - 3]);
     expect(&e, &["truncated", "data of tensor 'head.weight'"]);
 }
@@ -340,7 +489,11 @@ fn truncated_files_always_fail_cleanly() {
     let dir = tmpdir("truncations");
     let model = random_model(0xBAD_0004, &tiny_desc());
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for (format, ext) in [(Format::Gguf, "gguf"), (Format::Safetensors, "st"), (Format::Pth, "pth")] {
+    for (format, ext) in [
+        (Format::Gguf, "gguf"),
+        (Format::Safetensors, "st"),
+        (Format::Pth, "pth"),
+    ] {
         let path = dir.join(format!("full.{ext}"));
         formats::write(&model, &path, format).unwrap();
         files.push((ext.to_string(), std::fs::read(&path).unwrap()));
@@ -354,11 +507,17 @@ fn truncated_files_always_fail_cleanly() {
         let n = bytes.len();
         // Dense over the headers (every 3rd length up to 900 bytes), ~60 lengths spread over
         // the data, then each of the last 24 bytes. (Each try writes a file: ~4 ms.)
-        let lens = (0..n.min(900)).step_by(3).chain((900..n).step_by(n / 60)).chain(n.saturating_sub(24)..n);
+        let lens = (0..n.min(900))
+            .step_by(3)
+            .chain((900..n).step_by(n / 60))
+            .chain(n.saturating_sub(24)..n);
         let path = dir.join(format!("cut.{ext}"));
         for len in lens {
             std::fs::write(&path, &bytes[..len]).unwrap();
-            assert!(load(&path).is_err(), "{ext} truncated to {len} of {n} loaded");
+            assert!(
+                load(&path).is_err(),
+                "{ext} truncated to {len} of {n} loaded"
+            );
             tried += 1;
         }
     }

@@ -9,31 +9,57 @@ use rwkv_core::formats::{self, LoadOptions};
 
 #[test]
 fn ollama_tiny_llama_container() {
-    let Some(path) = shared("refdata/ollama/llama-2-tiny-random.gguf") else { return };
+    let Some(path) = shared("refdata/ollama/llama-2-tiny-random.gguf") else {
+        return;
+    };
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.kv.len(), 18);
     assert_eq!(g.tensors.len(), 12);
     assert_eq!(g.alignment, 32);
     assert_eq!(g.data_start, 724416);
-    assert_eq!(g.get("general.architecture").and_then(GgufValue::as_str), Some("llama"));
-    let f16 = g.tensors.iter().filter(|t| t.dtype == Some(DType::F16)).count();
-    let f32 = g.tensors.iter().filter(|t| t.dtype == Some(DType::F32)).count();
+    assert_eq!(
+        g.get("general.architecture").and_then(GgufValue::as_str),
+        Some("llama")
+    );
+    let f16 = g
+        .tensors
+        .iter()
+        .filter(|t| t.dtype == Some(DType::F16))
+        .count();
+    let f32 = g
+        .tensors
+        .iter()
+        .filter(|t| t.dtype == Some(DType::F32))
+        .count();
     assert_eq!(f16 + f32, 12);
     assert!(f16 > 0 && f32 > 0);
     // The tensors tile the data section up to the end of the file (with alignment padding).
-    let end = g.tensors.iter().map(|t| g.data_start + t.offset + t.n_bytes).max().unwrap();
+    let end = g
+        .tensors
+        .iter()
+        .map(|t| g.data_start + t.offset + t.n_bytes)
+        .max()
+        .unwrap();
     assert!(end <= g.file_len() && g.file_len() - end < 32);
     let emb = g.tensor("token_embd.weight").unwrap();
     assert_eq!(emb.shape(), vec![32000, 8]);
     assert_eq!(g.tensor_data(emb).as_slice().len() as u64, emb.n_bytes);
-    let e = formats::load(&path, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("architecture 'llama' is not supported (only rwkv7)") && e.contains("llama-2-tiny"), "{e}");
+    let e = formats::load(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("architecture 'llama' is not supported (only rwkv7)")
+            && e.contains("llama-2-tiny"),
+        "{e}"
+    );
 }
 
 #[test]
 fn llama_cpp_vocab_only_file_with_arrays() {
-    let Some(path) = shared("refdata/llama.cpp/models/ggml-vocab-llama-spm.gguf") else { return };
+    let Some(path) = shared("refdata/llama.cpp/models/ggml-vocab-llama-spm.gguf") else {
+        return;
+    };
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.tensors.len(), 0);
     assert_eq!(g.kv.len(), 22);
@@ -42,15 +68,24 @@ fn llama_cpp_vocab_only_file_with_arrays() {
     };
     assert_eq!(tokens.len(), 32000);
     assert_eq!(tokens[1], "<s>");
-    assert!(matches!(g.get("tokenizer.ggml.scores"), Some(GgufValue::Array(GgufArray::F32(v))) if v.len() == 32000));
-    assert!(matches!(g.get("tokenizer.ggml.token_type"), Some(GgufValue::Array(GgufArray::I32(v))) if v.len() == 32000));
+    assert!(
+        matches!(g.get("tokenizer.ggml.scores"), Some(GgufValue::Array(GgufArray::F32(v))) if v.len() == 32000)
+    );
+    assert!(
+        matches!(g.get("tokenizer.ggml.token_type"), Some(GgufValue::Array(GgufArray::I32(v))) if v.len() == 32000)
+    );
     let shown = g.get("tokenizer.ggml.tokens").unwrap().to_string();
-    assert!(shown.starts_with("[string; 32000] [\"<unk>\", \"<s>\""), "{shown}");
+    assert!(
+        shown.starts_with("[string; 32000] [\"<unk>\", \"<s>\""),
+        "{shown}"
+    );
 }
 
 #[test]
 fn kquant_vectors_gguf_tensors_match_the_raw_block_files() {
-    let Some(path) = shared("refdata/gguf-py-kquant-vectors/kquant-dequant-vectors.gguf") else { return };
+    let Some(path) = shared("refdata/gguf-py-kquant-vectors/kquant-dequant-vectors.gguf") else {
+        return;
+    };
     let dir = path.parent().unwrap();
     let g = GgufFile::open(&path).unwrap();
     let cases = [
@@ -68,7 +103,9 @@ fn kquant_vectors_gguf_tensors_match_the_raw_block_files() {
         let ty = stem.split('_').take(2).collect::<Vec<_>>().join("_");
         let (rows, cols) = stem.rsplit('_').next().unwrap().split_once('x').unwrap();
         let (rows, cols): (usize, usize) = (rows.parse().unwrap(), cols.parse().unwrap());
-        let Some(q) = g.tensor(&format!("{ty}.q")) else { panic!("{ty}.q missing") };
+        let Some(q) = g.tensor(&format!("{ty}.q")) else {
+            panic!("{ty}.q missing")
+        };
         assert_eq!(q.dtype, Some(dtype), "{ty}");
         assert_eq!(q.shape(), vec![rows, cols]);
         let blocks = std::fs::read(dir.join(format!("{stem}.blocks.bin"))).unwrap();

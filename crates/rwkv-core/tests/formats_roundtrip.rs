@@ -11,7 +11,11 @@ use rwkv_core::formats::safetensors::parse_header;
 use rwkv_core::formats::{self, Format, LoadOptions};
 use rwkv_core::model::{v7, Tensor, TensorBytes};
 
-const WRITABLE: [(Format, &str); 3] = [(Format::Gguf, "gguf"), (Format::Safetensors, "st"), (Format::Pth, "pth")];
+const WRITABLE: [(Format, &str); 3] = [
+    (Format::Gguf, "gguf"),
+    (Format::Safetensors, "st"),
+    (Format::Pth, "pth"),
+];
 
 #[test]
 fn random_f32_model_round_trips_through_every_writer() {
@@ -35,7 +39,11 @@ fn half_precision_models_round_trip() {
     let mut model = random_model(0x5eed_0002, &small_desc());
     // Large matrices f16, everything else bf16: both 2-byte types through every writer.
     for (name, t) in model.tensors.iter_mut() {
-        let to = if v7::is_large_matrix(name) { DType::F16 } else { DType::BF16 };
+        let to = if v7::is_large_matrix(name) {
+            DType::F16
+        } else {
+            DType::BF16
+        };
         *t = convert_plain(t, to);
     }
     for (format, ext) in WRITABLE {
@@ -72,12 +80,20 @@ fn quantized_matrices_go_to_gguf_only() {
     for block in bytes.chunks_mut(34) {
         block[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
     }
-    model.tensors.insert(key.into(), Tensor::new(DType::Q8_0, shape, TensorBytes::owned(bytes)).unwrap());
+    model.tensors.insert(
+        key.into(),
+        Tensor::new(DType::Q8_0, shape, TensorBytes::owned(bytes)).unwrap(),
+    );
 
     for (format, ext) in [(Format::Safetensors, "st"), (Format::Pth, "pth")] {
         let path = dir.join(format!("q.{ext}"));
-        let e = formats::write(&model, &path, format).unwrap_err().to_string();
-        assert!(e.contains(key) && e.contains("q8_0") && e.contains("gguf"), "{e}");
+        let e = formats::write(&model, &path, format)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(key) && e.contains("q8_0") && e.contains("gguf"),
+            "{e}"
+        );
         assert!(!path.exists());
     }
     let path = dir.join("q.gguf");
@@ -85,8 +101,15 @@ fn quantized_matrices_go_to_gguf_only() {
     let back = formats::load(&path, &LoadOptions::default()).unwrap();
     assert_same_tensors(&model, &back);
     let g = GgufFile::open(&path).unwrap();
-    assert_eq!(g.get("general.quantization_version").and_then(GgufValue::as_u64), Some(2));
-    assert_eq!(g.tensor("blk.1.time_mix_key.weight").unwrap().type_name, "Q8_0");
+    assert_eq!(
+        g.get("general.quantization_version")
+            .and_then(GgufValue::as_u64),
+        Some(2)
+    );
+    assert_eq!(
+        g.tensor("blk.1.time_mix_key.weight").unwrap().type_name,
+        "Q8_0"
+    );
 }
 
 #[test]
@@ -100,8 +123,15 @@ fn gguf_uses_llama_cpp_names_dims_and_metadata() {
     assert_eq!(g.version, 3);
     assert_eq!(g.alignment, 32);
     assert_eq!(g.data_start % 32, 0);
-    let u = |k: &str| g.get(k).and_then(GgufValue::as_u64).unwrap_or_else(|| panic!("{k}"));
-    assert_eq!(g.get("general.architecture").and_then(GgufValue::as_str), Some("rwkv7"));
+    let u = |k: &str| {
+        g.get(k)
+            .and_then(GgufValue::as_u64)
+            .unwrap_or_else(|| panic!("{k}"))
+    };
+    assert_eq!(
+        g.get("general.architecture").and_then(GgufValue::as_str),
+        Some("rwkv7")
+    );
     assert_eq!(u("rwkv7.embedding_length"), 128);
     assert_eq!(u("rwkv7.block_count"), 2);
     assert_eq!(u("rwkv7.feed_forward_length"), 256);
@@ -126,11 +156,18 @@ fn gguf_uses_llama_cpp_names_dims_and_metadata() {
     let fused = g.tensor_data(g.tensor("blk.1.time_mix_lerp_fused.weight").unwrap());
     for (i, m) in v7::ATT_MIXES.iter().enumerate() {
         let part = &fused.as_slice()[i * 512..(i + 1) * 512];
-        assert_eq!(part, model.tensors[&format!("blocks.1.att.{m}")].data.as_slice(), "{m}");
+        assert_eq!(
+            part,
+            model.tensors[&format!("blocks.1.att.{m}")].data.as_slice(),
+            "{m}"
+        );
     }
     // w1 is stored [out,in] = canonical (D_w rows of C).
     let w1 = g.tensor_data(g.tensor("blk.0.time_mix_w1.weight").unwrap());
-    assert_eq!(w1.as_slice(), model.tensors["blocks.0.att.w1"].data.as_slice());
+    assert_eq!(
+        w1.as_slice(),
+        model.tensors["blocks.0.att.w1"].data.as_slice()
+    );
 }
 
 #[test]
@@ -141,7 +178,12 @@ fn safetensors_uses_official_shapes_and_transposed_lora() {
     formats::write(&model, &path, Format::Safetensors).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let entries = parse_header(&path, &bytes).unwrap();
-    let e = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("{n}"));
+    let e = |n: &str| {
+        entries
+            .iter()
+            .find(|e| e.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
     assert_eq!(e("blocks.0.att.x_r").shape, vec![1, 1, 128]);
     assert_eq!(e("blocks.0.att.r_k").shape, vec![4, 32]);
     assert_eq!(e("blocks.0.att.w1").shape, vec![128, 32]);
@@ -151,11 +193,17 @@ fn safetensors_uses_official_shapes_and_transposed_lora() {
     // Official w1 (C, D) is the transpose of canonical [D, C]: element (c, d) == canonical (d, c).
     let canon = model.tensors["blocks.0.att.w1"].to_f32_plain();
     let st = &bytes[e("blocks.0.att.w1").range.clone()];
-    let st: Vec<f32> = st.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let st: Vec<f32> = st
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     for (c, d) in [(0, 0), (5, 3), (127, 31), (64, 17)] {
         assert_eq!(st[c * 32 + d], canon[d * 128 + c]);
     }
-    assert_eq!((8 + u64::from_le_bytes(bytes[..8].try_into().unwrap())) % 8, 0);
+    assert_eq!(
+        (8 + u64::from_le_bytes(bytes[..8].try_into().unwrap())) % 8,
+        0
+    );
 }
 
 #[test]
@@ -166,7 +214,14 @@ fn load_reports_progress_up_to_the_total() {
     formats::write(&model, &path, Format::Safetensors).unwrap();
     let calls = RefCell::new(Vec::new());
     let cb = |done: u64, total: u64| calls.borrow_mut().push((done, total));
-    let m = formats::load(&path, &LoadOptions { quant: None, progress: Some(&cb) }).unwrap();
+    let m = formats::load(
+        &path,
+        &LoadOptions {
+            quant: None,
+            progress: Some(&cb),
+        },
+    )
+    .unwrap();
     let calls = calls.into_inner();
     let total = m.total_bytes();
     assert!(calls.len() > 2);
@@ -185,11 +240,16 @@ fn failed_writes_leave_nothing_behind() {
     let mut broken = model.clone();
     broken.tensors.remove("head.weight");
     for (format, _) in WRITABLE {
-        let e = formats::write(&broken, &path, format).unwrap_err().to_string();
+        let e = formats::write(&broken, &path, format)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("head.weight"), "{e}");
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     let missing_dir = dir.join("no/such/dir/m.st");
     assert!(formats::write(&model, &missing_dir, Format::Safetensors).is_err());
@@ -202,7 +262,11 @@ trait PlainF32 {
 impl PlainF32 for Tensor {
     fn to_f32_plain(&self) -> Vec<f32> {
         assert_eq!(self.dtype, DType::F32);
-        self.data.as_slice().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        self.data
+            .as_slice()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 }
 
@@ -212,7 +276,14 @@ fn quant_option_converts_only_the_large_matrices() {
     let model = random_model(0x5eed_0009, &small_desc());
     let path = dir.join("m.gguf");
     formats::write(&model, &path, Format::Gguf).unwrap();
-    let q = formats::load(&path, &LoadOptions { quant: Some(DType::Q8_0), progress: None }).unwrap();
+    let q = formats::load(
+        &path,
+        &LoadOptions {
+            quant: Some(DType::Q8_0),
+            progress: None,
+        },
+    )
+    .unwrap();
     for (name, t) in &q.tensors {
         let orig = &model.tensors[name];
         assert_eq!(t.shape, orig.shape, "{name}");
@@ -221,16 +292,34 @@ fn quant_option_converts_only_the_large_matrices() {
             // Q8_0 keeps each value within half a step (d = |max|/127 ≤ 1/127) plus the f16
             // rounding of d times 127: 1/254 + 2^-11 for values in [-1, 1).
             let (a, b) = (orig.to_f32().unwrap(), t.to_f32().unwrap());
-            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst > 0.0 && worst <= 1.0 / 254.0 + 1.0 / 2048.0, "{name}: {worst}");
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst > 0.0 && worst <= 1.0 / 254.0 + 1.0 / 2048.0,
+                "{name}: {worst}"
+            );
         } else {
             assert_eq!(t.dtype, DType::F32, "{name}");
             assert_eq!(t.data.as_slice(), orig.data.as_slice());
         }
     }
     // Rows of 128 are not whole Q4K blocks of 256: a clear error naming the tensor.
-    let e = formats::load(&path, &LoadOptions { quant: Some(DType::Q4K), progress: None }).unwrap_err().to_string();
-    assert!(e.contains("m.gguf") && e.contains("cannot convert tensor") && e.contains("256"), "{e}");
+    let e = formats::load(
+        &path,
+        &LoadOptions {
+            quant: Some(DType::Q4K),
+            progress: None,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("m.gguf") && e.contains("cannot convert tensor") && e.contains("256"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -247,7 +336,10 @@ fn gguf_carries_the_vocabulary() {
         let path = dir.join("v.gguf");
         formats::write(&model, &path, Format::Gguf).unwrap();
         let g = GgufFile::open(&path).unwrap();
-        assert_eq!(g.get("tokenizer.ggml.model").and_then(GgufValue::as_str), Some("rwkv"));
+        assert_eq!(
+            g.get("tokenizer.ggml.model").and_then(GgufValue::as_str),
+            Some("rwkv")
+        );
         let back = formats::load(&path, &LoadOptions::default()).unwrap();
         let got = back.vocab.clone().expect("vocabulary read back");
         assert_eq!(got.len(), vocab.len());

@@ -21,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let model = synth_model(shape, dtype, 1)?;
-    println!("synth {shape} {dtype}: {:.2} s, {} bytes", start.elapsed().as_secs_f64(), model.total_bytes());
+    println!(
+        "synth {shape} {dtype}: {:.2} s, {} bytes",
+        start.elapsed().as_secs_f64(),
+        model.total_bytes()
+    );
 
     let mut backend = CpuBackend::new();
     let builder = PlanBuilder::new(&model.desc);
@@ -41,6 +45,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens.copy_from_slice(&ids);
     }
     let secs = start.elapsed().as_secs_f64();
+
+    // Logits of one more step: a synthetic model should give finite, spread-out values.
+    let mut logits = vec![0f32; n_seq * model.desc.vocab_size];
+    backend.execute(plan, &tokens, &slots, StepOutput::Logits(&mut logits))?;
+    let n = logits.len() as f64;
+    let mean = logits.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (logits
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    let finite = logits.iter().all(|v| v.is_finite());
+    println!("last logits: std {std:.3}, all finite: {finite}");
     let info = backend.info();
     println!(
         "{} ({} threads): {n_tokens} steps × {n_seq} sequences in {secs:.2} s = {:.2} tokens/s",

@@ -59,22 +59,8 @@ impl Weight {
     }
 }
 
-/// Bytes of `dtype` → f32 values.
+/// Bytes of `dtype` → f32 values (bit-exact with ggml).
 fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    // TODO: use rwkv_core::quant::dequantize for every dtype once it has landed.
-    if dtype == DType::F32 {
-        if bytes.len() != out.len() * 4 {
-            return Err(fail(format!(
-                "{} bytes do not hold {} f32 values",
-                bytes.len(),
-                out.len()
-            )));
-        }
-        for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        return Ok(());
-    }
     rwkv_core::quant::dequantize(dtype, bytes, out)
 }
 
@@ -199,9 +185,12 @@ impl Backend for CpuBackend {
             return Err(fail("weights must be uploaded before any plan is compiled"));
         }
         let len = tensor.data.as_slice().len();
-        if tensor.shape.is_empty() || tensor.dtype.tensor_bytes(&tensor.shape) != Some(len) {
+        if tensor.shape.is_empty()
+            || tensor.shape.contains(&0)
+            || tensor.dtype.tensor_bytes(&tensor.shape) != Some(len)
+        {
             return Err(fail(format!(
-                "weight '{name}': {} shape {:?} does not match its {len} bytes",
+                "weight '{name}': {} shape {:?} is empty or does not match its {len} bytes",
                 tensor.dtype, tensor.shape
             )));
         }
@@ -582,6 +571,10 @@ fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
         }
     }
     buf(plan.logits)?;
+    // Every row is walked with chunks of `width` values: an empty row has no meaning here.
+    if let Some(empty) = plan.buffers.iter().find(|b| b.width == 0) {
+        return Err(fail(format!("buffer '{}' has width 0", empty.name)));
+    }
 
     let mut buffers = Vec::with_capacity(plan.buffers.len());
     for (b, decl) in plan.buffers.iter().enumerate() {

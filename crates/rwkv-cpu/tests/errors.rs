@@ -155,6 +155,14 @@ fn bad_uploads_and_plans_are_errors() {
         }
     }
     is_backend_error(full.compile(&broken), "matmul with a mismatched weight");
+    let mut empty = plan.clone();
+    empty.buffers[plan.logits].width = 0;
+    is_backend_error(full.compile(&empty), "zero-width buffer");
+
+    // A weight with a zero dimension.
+    let mut fresh = CpuBackend::with_threads(1);
+    let zero = rwkv_core::model::Tensor::from_f32(vec![3, 0], &[]).unwrap();
+    is_backend_error(fresh.upload_weight(0, &names[0], &zero), "zero-size weight");
 
     // A state length that is not n_layer · (2 + N) · C.
     let id = full.compile(&plan).unwrap();

@@ -61,12 +61,55 @@ fn export(model: &Model, tokens: &[u32], dir: &Path) {
     std::fs::write(dir.join("weights.bin"), bin).unwrap();
 }
 
-#[test]
-fn logits_match_float64_python_reference_after_every_token() {
+/// Logits after each token from ref_v7.py, or None (with a message) without python3.
+fn python_logits(model: &Model, tokens: &[u32]) -> Option<Vec<f32>> {
     if Command::new("python3").arg("--version").output().is_err() {
         println!("SKIPPED: python3 not found; the float64 reference comparison did not run");
-        return;
+        return None;
     }
+    let dir = std::env::temp_dir().join(format!(
+        "rwkv-cpu-ref-{}-{}",
+        std::process::id(),
+        tokens.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    export(model, tokens, &dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref_v7.py");
+    let status = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ref_v7.py failed");
+    let raw = std::fs::read(dir.join("logits.bin")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let logits: Vec<f32> = raw
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+        .collect();
+    assert_eq!(logits.len(), tokens.len() * model.desc.vocab_size);
+    Some(logits)
+}
+
+/// Max |cpu − python| after each token, asserting ≤ 1e-4.
+fn compare(model: &Model, tokens: &[u32], expected: &[f32]) -> f32 {
+    let vocab = model.desc.vocab_size;
+    let mut runner = Runner::new(model, 1).unwrap();
+    let mut worst = 0f32;
+    for (i, (&token, want)) in tokens.iter().zip(expected.chunks_exact(vocab)).enumerate() {
+        let got = runner.step(1, false, &[token], &[0]).unwrap();
+        let diff = max_abs_diff(&got, want);
+        println!("token {i} ({token}): max |cpu − f64 reference| = {diff:.3e}");
+        assert!(diff <= 1e-4, "token {i}: max abs diff {diff}");
+        worst = worst.max(diff);
+    }
+    // The comparison is only meaningful if the logits are not tiny.
+    assert!(expected.iter().any(|v| v.abs() > 1.0));
+    worst
+}
+
+#[test]
+fn logits_match_float64_python_reference_after_every_token() {
     // Several heads, head size 32, unequal LoRA ranks: orientation or rank mix-ups show up.
     let desc = ModelDesc {
         version: RwkvVersion::V7,
@@ -84,39 +127,43 @@ fn logits_match_float64_python_reference_after_every_token() {
     };
     let model = synth_model_with_desc(&desc, DType::F32, 0x5eed_0007).unwrap();
     let tokens = Rng(77).tokens(10, desc.vocab_size);
+    let Some(expected) = python_logits(&model, &tokens) else {
+        return;
+    };
+    let worst = compare(&model, &tokens, &expected);
+    println!(
+        "synthetic model, worst over {} tokens: {worst:.3e}",
+        tokens.len()
+    );
+}
 
-    let dir = std::env::temp_dir().join(format!("rwkv-cpu-ref-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    export(&model, &tokens, &dir);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref_v7.py");
-    let status = Command::new("python3")
-        .arg(&script)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ref_v7.py failed");
-    let raw = std::fs::read(dir.join("logits.bin")).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-    let expected: Vec<f32> = raw
-        .chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-        .collect();
-    assert_eq!(expected.len(), tokens.len() * desc.vocab_size);
-
-    let mut runner = Runner::new(&model, 1).unwrap();
-    let mut worst = 0f32;
-    for (i, (&token, want)) in tokens
-        .iter()
-        .zip(expected.chunks_exact(desc.vocab_size))
-        .enumerate()
-    {
-        let got = runner.step(1, false, &[token], &[0]).unwrap();
-        let diff = max_abs_diff(&got, want);
-        println!("token {i} ({token}): max |cpu − f64 reference| = {diff:.3e}");
-        assert!(diff <= 1e-4, "token {i}: max abs diff {diff}");
-        worst = worst.max(diff);
+/// The trained rwkv.cpp RWKV-7 model (read by formats::load) through the same reference: checks
+/// the reader's orientation independently of rwkv.cpp's expected logits.
+#[test]
+fn trained_rwkv_cpp_model_matches_float64_python_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refdata/rwkv.cpp/tests");
+    let file = dir.join("tiny-rwkv-7v0-834K-FP32.bin");
+    if !file.exists() {
+        println!("SKIPPED: {} not found", file.display());
+        return;
     }
-    // The comparison is only meaningful if the logits are not tiny.
-    assert!(expected.iter().any(|v| v.abs() > 1.0));
-    println!("worst over {} tokens: {worst:.3e}", tokens.len());
+    let model = rwkv_core::formats::load(&file, &Default::default()).unwrap();
+    let tokens = [34, 105, 110, 32, 116, 104, 101];
+    let Some(expected) = python_logits(&model, &tokens) else {
+        return;
+    };
+    let worst = compare(&model, &tokens, &expected);
+    println!(
+        "rwkv.cpp 7v0 FP32, worst over {} tokens: {worst:.3e}",
+        tokens.len()
+    );
+    // Python's logits after `"in` against rwkv.cpp's own.
+    let raw = std::fs::read(dir.join("expected-logits-7v0-834K.bin")).unwrap();
+    let rwkv_cpp: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let diff = max_abs_diff(&expected[2 * 256..3 * 256], &rwkv_cpp);
+    println!("f64 reference vs rwkv.cpp expected logits: {diff:.3e}");
+    assert!(diff <= 1e-4);
 }

@@ -39,7 +39,7 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    /// One workgroup of `wg` invocations per output row.
+    /// 64 invocations per workgroup, `tpr` of them per output row.
     MatMul(PackedKind, u32),
     /// One invocation per output row, for rows of at most NARROW_UNITS units.
     MatMulNarrow(PackedKind),
@@ -98,10 +98,8 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         );
     }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
-    if let Kernel::MatMul(_, wg) = kernel {
-        s = s
-            .replace("MM_WG", &wg.to_string())
-            .replace("MM_HALF", &(wg / 2).to_string());
+    if let Kernel::MatMul(_, tpr) = kernel {
+        s = s.replace("MM_TPR", &tpr.to_string());
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

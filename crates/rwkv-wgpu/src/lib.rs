@@ -25,7 +25,7 @@ use gpu::block_on;
 use gpu::{backend_err, Gpu};
 pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
 use kernels::Kernels;
-use plan::{Compiled, ReadBack};
+use plan::{Compiled, Profiler, ReadBack};
 use weights::DeviceWeight;
 
 /// Every adapter wgpu can see (name, API, device type, features, limits), for the router and
@@ -33,6 +33,18 @@ use weights::DeviceWeight;
 #[cfg(not(target_arch = "wasm32"))]
 pub fn probe() -> Vec<AdapterReport> {
     block_on(probe_async())
+}
+
+/// GPU time of one op of a profiled step ([`WgpuBackend::profile_step`]).
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// Index in `Plan::ops`.
+    pub op: usize,
+    /// The kernel of its first dispatch, e.g. `MatMul(Q4K, 64)`.
+    pub kernel: String,
+    /// Dispatches of the op (jobs x chunks for matrix products).
+    pub dispatches: usize,
+    pub micros: f64,
 }
 
 /// The WebGPU backend.
@@ -162,6 +174,97 @@ impl WgpuBackend {
         gpu.read_mapped(&staging, len, idx).await
     }
 
+    /// Runs one step of `plan` (states updated as by `execute`, no output) with a GPU timestamp
+    /// around every dispatch and returns the time per op, in plan order (the op index, its
+    /// kernels and dispatch count, microseconds). Needs the adapter's timestamp features.
+    pub async fn profile_step_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        if !self.gpu.timestamps {
+            return Err(backend_err(
+                "profiling needs the adapter's TIMESTAMP_QUERY feature",
+            ));
+        }
+        self.check_step(plan, tokens, slots, &StepOutput::None)?;
+        self.ensure_built(plan.0).await?;
+        let p = &self.plans[plan.0];
+        let ops = p.dispatch_ops();
+        let n = 2 * ops.len() as u64;
+        if n > wgpu::QUERY_SET_MAX_QUERIES as u64 {
+            return Err(backend_err(format!("{n} timestamps exceed a query set")));
+        }
+        let gpu = &self.gpu;
+        let built = p
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
+        let (submission, profiler) = gpu
+            .scoped("profiling step", || -> Result<_> {
+                let profiler = Profiler {
+                    queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("op timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: n as u32,
+                    }),
+                    resolve: gpu.buffer(
+                        "timestamps",
+                        n * 8,
+                        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    )?,
+                    staging: gpu.buffer(
+                        "timestamp read-back",
+                        n * 8,
+                        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    )?,
+                };
+                gpu.queue
+                    .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+                let (cmd, _) =
+                    p.encode(gpu, &self.states, slots, ReadBack::None, Some(&profiler))?;
+                Ok((gpu.queue.submit([cmd]), profiler))
+            })
+            .await??;
+        let bytes = gpu
+            .read_mapped(&profiler.staging, n * 8, submission)
+            .await?;
+        let stamps: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        let ns_per_tick = gpu.queue.get_timestamp_period() as f64;
+        let mut out: Vec<OpTime> = Vec::new();
+        for (i, (op, kernel)) in ops.iter().enumerate() {
+            let us = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * ns_per_tick / 1e3;
+            match out.last_mut() {
+                Some(last) if last.op == *op => {
+                    last.micros += us;
+                    last.dispatches += 1;
+                }
+                _ => out.push(OpTime {
+                    op: *op,
+                    kernel: format!("{kernel:?}"),
+                    dispatches: 1,
+                    micros: us,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`WgpuBackend::profile_step_async`], blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_step(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        block_on(self.profile_step_async(plan, tokens, slots))
+    }
+
     /// What `Backend::info` reports.
     pub fn device_info(&self) -> DeviceInfo {
         let g = &self.gpu;
@@ -179,6 +282,7 @@ impl WgpuBackend {
                 ),
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
+                ("timestamps".into(), g.timestamps.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
                 (
                     "kernel_fallbacks".into(),
@@ -271,13 +375,15 @@ impl WgpuBackend {
         Ok(PlanId(i))
     }
 
-    pub async fn execute_async(
-        &mut self,
+    /// Checks a step's arguments against the plan, the vocabulary and the slots; says what the
+    /// step reads back.
+    fn check_step(
+        &self,
         plan: PlanId,
         tokens: &[u32],
         slots: &[usize],
-        out: StepOutput<'_>,
-    ) -> Result<()> {
+        out: &StepOutput<'_>,
+    ) -> Result<ReadBack> {
         let i = plan.0;
         let p = self
             .plans
@@ -311,7 +417,7 @@ impl WgpuBackend {
                 return Err(backend_err(format!("slot {s} appears twice in one step")));
             }
         }
-        let read = match &out {
+        let read = match out {
             StepOutput::None => ReadBack::None,
             StepOutput::Logits(o) => {
                 if o.len() != p.logits_len() {
@@ -334,6 +440,18 @@ impl WgpuBackend {
                 ReadBack::Argmax
             }
         };
+        Ok(read)
+    }
+
+    pub async fn execute_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        let i = plan.0;
+        let read = self.check_step(plan, tokens, slots, &out)?;
         self.ensure_built(i).await?;
         let p = &self.plans[i];
         let gpu = &self.gpu;
@@ -345,7 +463,7 @@ impl WgpuBackend {
             .scoped("running step", || -> Result<_> {
                 gpu.queue
                     .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
-                let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
+                let (cmd, len) = p.encode(gpu, &self.states, slots, read, None)?;
                 Ok((gpu.queue.submit([cmd]), len))
             })
             .await??;

@@ -131,6 +131,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer prints "error: XDG_RUNTIME_DIR is invalid" on stderr when
+    // that variable is unset (services, CI); the router orders adapters itself, so the layer is
+    // not needed. Set before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,11 +212,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat { m, n, temp, top_p, seed } => chat(&m, n, SamplerParams { temperature: temp, top_p, top_k: 0, seed }),
         Cmd::Logits { m, tokens, prompt, all } => {
+            // Check the arguments before the (possibly long) model load.
+            let given = tokens.as_deref().map(parse_ids).transpose()?;
+            if given.is_none() && prompt.is_none() {
+                return Err(Error::invalid("give --tokens 1,2,3 or -p TEXT"));
+            }
             let mut engine = open_engine(&m, 1)?;
-            let ids = match (tokens, prompt) {
-                (Some(t), _) => parse_ids(&t)?,
-                (None, Some(p)) => engine.tokenize(&p),
-                (None, None) => return Err(Error::invalid("give --tokens 1,2,3 or -p TEXT")),
+            let ids = match given {
+                Some(ids) => ids,
+                None => engine.tokenize(prompt.as_deref().unwrap_or_default()),
             };
             if ids.is_empty() {
                 return Err(Error::invalid("no tokens: the prompt is empty"));

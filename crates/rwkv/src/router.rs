@@ -98,39 +98,122 @@ pub fn open(choice: BackendChoice) -> Result<Opened> {
     }
 }
 
+#[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
 
+    /// Device 0 (or `RWKV_CUDA_DEVICE`), when the driver, NVRTC and a device are there.
     pub fn open() -> Result<(Box<dyn Backend>, String)> {
-        Err(Error::backend("cuda", "the CUDA backend is not built yet"))
+        let devices = rwkv_cuda::probe().map_err(|why| Error::backend("cuda", why))?;
+        let index = match std::env::var("RWKV_CUDA_DEVICE") {
+            Ok(v) => v.parse::<usize>().map_err(|_| Error::invalid(format!("RWKV_CUDA_DEVICE='{v}' is not a number")))?,
+            Err(_) => 0,
+        };
+        let name = devices
+            .get(index)
+            .map(|d| d.device.clone())
+            .ok_or_else(|| Error::backend("cuda", format!("no CUDA device {index} ({} found)", devices.len())))?;
+        let b = rwkv_cuda::CudaBackend::new(index)?;
+        Ok((Box::new(b), name))
     }
 
     pub fn report() -> BackendReport {
-        BackendReport {
-            backend: "cuda",
-            available: false,
-            devices: vec![],
-            reason: Some("the CUDA backend is not built yet".into()),
+        match rwkv_cuda::probe() {
+            Ok(devices) => BackendReport { backend: "cuda", available: true, devices, reason: None },
+            Err(why) => BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(why) },
         }
     }
 }
 
-mod webgpu {
+#[cfg(not(feature = "cuda"))]
+mod cuda {
     use super::*;
+    const WHY: &str = "this build of rwkv was compiled without the `cuda` feature";
 
-    /// `forced`: accept a software adapter too (auto prefers the CPU backend to a software GPU).
-    pub fn open(forced: bool) -> Result<(Box<dyn Backend>, String)> {
-        let _ = forced;
-        Err(Error::backend("webgpu", "the WebGPU backend is not built yet"))
+    pub fn open() -> Result<(Box<dyn Backend>, String)> {
+        Err(Error::backend("cuda", WHY))
     }
 
     pub fn report() -> BackendReport {
+        BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(WHY.into()) }
+    }
+}
+
+#[cfg(feature = "webgpu")]
+mod webgpu {
+    use super::*;
+    use rwkv_wgpu::{AdapterChoice, AdapterReport, WgpuBackend, WgpuOptions};
+
+    /// Hardware first: discrete, integrated, virtual, other; software (CPU) adapters last.
+    fn rank(a: &AdapterReport) -> u8 {
+        match a.device_type.as_str() {
+            "DiscreteGpu" => 0,
+            "IntegratedGpu" => 1,
+            "VirtualGpu" => 2,
+            "Cpu" => 4,
+            _ => 3,
+        }
+    }
+
+    fn describe(a: &AdapterReport) -> String {
+        format!("{} ({}, {})", a.name, a.backend, a.device_type)
+    }
+
+    /// `forced`: accept a software adapter too (auto prefers the CPU backend to a software GPU).
+    pub fn open(forced: bool) -> Result<(Box<dyn Backend>, String)> {
+        let adapters = rwkv_wgpu::probe();
+        let best = adapters.iter().min_by_key(|a| (rank(a), a.index));
+        let Some(best) = best else {
+            return Err(Error::backend("webgpu", "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)"));
+        };
+        if rank(best) == 4 && !forced {
+            return Err(Error::backend(
+                "webgpu",
+                format!("only a software adapter ({}), slower than the cpu backend", describe(best)),
+            ));
+        }
+        let opts = WgpuOptions { adapter: AdapterChoice::Index(best.index), ..Default::default() };
+        let b = WgpuBackend::new(opts)?;
+        Ok((Box::new(b), describe(best)))
+    }
+
+    pub fn report() -> BackendReport {
+        let adapters = rwkv_wgpu::probe();
+        let devices = adapters
+            .iter()
+            .map(|a| DeviceInfo {
+                backend: "webgpu".into(),
+                device: describe(a),
+                properties: vec![
+                    ("driver".into(), a.driver.clone()),
+                    ("shader-f16".into(), a.shader_f16.to_string()),
+                    ("subgroups".into(), format!("{} ({}..{})", a.subgroups, a.subgroup_min_size, a.subgroup_max_size)),
+                    ("max storage binding".into(), format!("{} MiB", a.max_storage_buffer_binding_size >> 20)),
+                    ("max buffer".into(), format!("{} MiB", a.max_buffer_size >> 20)),
+                ],
+            })
+            .collect();
+        let available = !adapters.is_empty();
         BackendReport {
             backend: "webgpu",
-            available: false,
-            devices: vec![],
-            reason: Some("the WebGPU backend is not built yet".into()),
+            available,
+            devices,
+            reason: (!available).then(|| "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)".into()),
         }
+    }
+}
+
+#[cfg(not(feature = "webgpu"))]
+mod webgpu {
+    use super::*;
+    const WHY: &str = "this build of rwkv was compiled without the `webgpu` feature";
+
+    pub fn open(_forced: bool) -> Result<(Box<dyn Backend>, String)> {
+        Err(Error::backend("webgpu", WHY))
+    }
+
+    pub fn report() -> BackendReport {
+        BackendReport { backend: "webgpu", available: false, devices: vec![], reason: Some(WHY.into()) }
     }
 }
 

@@ -40,11 +40,15 @@ const VECTORS: [&str; 13] = [
 ];
 
 /// LoRA down-projections (official (C,D)) and up-projections (official (D,C)).
-const LORA: [&str; 8] = ["att.w1", "att.a1", "att.v1", "att.g1", "att.w2", "att.a2", "att.v2", "att.g2"];
+const LORA: [&str; 8] = [
+    "att.w1", "att.a1", "att.v1", "att.g1", "att.w2", "att.a2", "att.v2", "att.g2",
+];
 
 /// The architecture generation from tensor names (rwkv.cpp's rule, which holds for
 /// official checkpoints too). None when nothing looks like RWKV.
-pub(crate) fn detect_version<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<RwkvVersion> {
+pub(crate) fn detect_version<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> Option<RwkvVersion> {
     let any = |pred: &dyn Fn(&str) -> bool| names.clone().any(pred);
     if any(&|n| n.ends_with(".att.r_k")) {
         Some(RwkvVersion::V7)
@@ -65,7 +69,10 @@ pub(crate) fn detect_version<'a>(names: impl Iterator<Item = &'a str> + Clone) -
 
 /// The error for a recognised but unsupported generation.
 pub(crate) fn unsupported_version(path: &Path, v: RwkvVersion) -> Error {
-    Error::model(path, format!("RWKV {} is not supported yet (only v7)", v.name()))
+    Error::model(
+        path,
+        format!("RWKV {} is not supported yet (only v7)", v.name()),
+    )
 }
 
 /// Splits "blocks.12.att.w1" into (12, "att.w1").
@@ -82,10 +89,17 @@ pub(crate) fn split_block(name: &str) -> Option<(usize, &str)> {
 
 /// The block count implied by `blocks.N.*` names, checked against the number of tensors so a
 /// single hostile name cannot make us plan millions of layers.
-pub(crate) fn count_layers<'a>(path: &Path, names: impl Iterator<Item = &'a str>, n_tensors: usize) -> Result<usize> {
+pub(crate) fn count_layers<'a>(
+    path: &Path,
+    names: impl Iterator<Item = &'a str>,
+    n_tensors: usize,
+) -> Result<usize> {
     let max = names.filter_map(|n| split_block(n).map(|(i, _)| i)).max();
     let Some(max) = max else {
-        return Err(Error::model(path, "no 'blocks.N.*' tensors: not an RWKV model"));
+        return Err(Error::model(
+            path,
+            "no 'blocks.N.*' tensors: not an RWKV model",
+        ));
     };
     if max >= n_tensors {
         return Err(Error::model(
@@ -97,13 +111,17 @@ pub(crate) fn count_layers<'a>(path: &Path, names: impl Iterator<Item = &'a str>
 }
 
 fn get<'a>(path: &Path, t: &'a BTreeMap<String, RawTensor>, name: &str) -> Result<&'a RawTensor> {
-    t.get(name).ok_or_else(|| Error::model(path, format!("missing tensor '{name}'")))
+    t.get(name)
+        .ok_or_else(|| Error::model(path, format!("missing tensor '{name}'")))
 }
 
 fn dims2(path: &Path, t: &RawTensor) -> Result<(usize, usize)> {
     match t.shape.as_slice() {
         &[a, b] => Ok((a, b)),
-        s => Err(Error::model(path, format!("tensor '{}' has shape {s:?}, expected a matrix", t.name))),
+        s => Err(Error::model(
+            path,
+            format!("tensor '{}' has shape {s:?}, expected a matrix", t.name),
+        )),
     }
 }
 
@@ -117,7 +135,10 @@ fn lora_rank(path: &Path, t: &RawTensor, layout: Layout, c: usize) -> Result<usi
     if cc != c {
         return Err(Error::model(
             path,
-            format!("tensor '{}' has shape {:?}, which does not fit n_embd {c}", t.name, t.shape),
+            format!(
+                "tensor '{}' has shape {:?}, which does not fit n_embd {c}",
+                t.name, t.shape
+            ),
         ));
     }
     Ok(rank)
@@ -143,7 +164,11 @@ fn infer_desc(path: &Path, t: &BTreeMap<String, RawTensor>, layout: Layout) -> R
     };
     let ffn_size = dims2(path, get(path, t, "blocks.0.ffn.key.weight")?)?.0;
     let rank = |name: &str| lora_rank(path, get(path, t, name)?, layout, n_embd);
-    let (w, a, g) = (rank("blocks.0.att.w1")?, rank("blocks.0.att.a1")?, rank("blocks.0.att.g1")?);
+    let (w, a, g) = (
+        rank("blocks.0.att.w1")?,
+        rank("blocks.0.att.a1")?,
+        rank("blocks.0.att.g1")?,
+    );
     // Block 0's value LoRA is unused (and absent in rwkv.cpp files): read the rank from block 1.
     let v = if t.contains_key("blocks.1.att.v1") {
         rank("blocks.1.att.v1")?
@@ -173,13 +198,30 @@ fn squeeze(path: &Path, raw: RawTensor, name: &str) -> Result<Tensor> {
 pub(crate) fn transpose(path: &Path, name: &str, t: &Tensor) -> Result<Tensor> {
     let (rows, cols) = match t.shape.as_slice() {
         &[r, c] => (r, c),
-        s => return Err(Error::model(path, format!("tensor '{name}' has shape {s:?}, expected a matrix"))),
+        s => {
+            return Err(Error::model(
+                path,
+                format!("tensor '{name}' has shape {s:?}, expected a matrix"),
+            ))
+        }
     };
     let elem = plain_elem_bytes(t.dtype).ok_or_else(|| {
-        Error::model(path, format!("tensor '{name}' is {}; only f32/f16/bf16 LoRA matrices can be transposed", t.dtype))
+        Error::model(
+            path,
+            format!(
+                "tensor '{name}' is {}; only f32/f16/bf16 LoRA matrices can be transposed",
+                t.dtype
+            ),
+        )
     })?;
     let bytes = transpose_bytes(t.data.as_slice(), rows, cols, elem);
-    make_tensor(path, name, t.dtype, vec![cols, rows], TensorBytes::owned(bytes))
+    make_tensor(
+        path,
+        name,
+        t.dtype,
+        vec![cols, rows],
+        TensorBytes::owned(bytes),
+    )
 }
 
 /// Builds the canonical model from a file's official-layout tensors (RWKV-7 only; other
@@ -193,14 +235,22 @@ pub(crate) fn model_from_official(
     let mut by_name: BTreeMap<String, RawTensor> = BTreeMap::new();
     for raw in raws {
         if by_name.contains_key(&raw.name) {
-            return Err(Error::format(path, format!("tensor '{}' appears twice", raw.name)));
+            return Err(Error::format(
+                path,
+                format!("tensor '{}' appears twice", raw.name),
+            ));
         }
         by_name.insert(raw.name.clone(), raw);
     }
     match detect_version(by_name.keys().map(|s| s.as_str())) {
         Some(RwkvVersion::V7) => {}
         Some(v) => return Err(unsupported_version(path, v)),
-        None => return Err(Error::model(path, "no RWKV tensors found (expected emb.weight, blocks.N.att.*)")),
+        None => {
+            return Err(Error::model(
+                path,
+                "no RWKV tensors found (expected emb.weight, blocks.N.att.*)",
+            ))
+        }
     }
     let desc = infer_desc(path, &by_name, layout)?;
     let c = desc.n_embd;
@@ -221,13 +271,23 @@ pub(crate) fn model_from_official(
         let t = if VECTORS.contains(&rest) {
             squeeze(path, raw, &name)?
         } else if LORA.contains(&rest) && layout == Layout::Official {
-            transpose(path, &name, &make_tensor(path, &name, raw.dtype, raw.shape, raw.data)?)?
+            transpose(
+                path,
+                &name,
+                &make_tensor(path, &name, raw.dtype, raw.shape, raw.data)?,
+            )?
         } else {
             make_tensor(path, &name, raw.dtype, raw.shape, raw.data)?
         };
         tensors.insert(name, t);
     }
-    Ok(Model { desc, tensors, vocab: None, source: path.to_path_buf(), format })
+    Ok(Model {
+        desc,
+        tensors,
+        vocab: None,
+        source: path.to_path_buf(),
+        format,
+    })
 }
 
 /// Splits a fused (6, …, C) mix tensor into `att.x_r` … `att.x_g` (order r, w, k, v, a, g).
@@ -244,12 +304,21 @@ pub(crate) fn split_fused_mixes(
     let (true, Some(part)) = (n == 6 * c && raw.shape.last() == Some(&c), part) else {
         return Err(Error::model(
             path,
-            format!("tensor '{name}' has shape {:?}, expected 6 rows of n_embd {c}", raw.shape),
+            format!(
+                "tensor '{name}' has shape {:?}, expected 6 rows of n_embd {c}",
+                raw.shape
+            ),
         ));
     };
     for (i, mix) in ATT_MIXES.iter().enumerate() {
         let canon = format!("blocks.{block}.att.{mix}");
-        let t = make_tensor(path, &canon, raw.dtype, vec![c], sub_bytes(&raw.data, i * part, part))?;
+        let t = make_tensor(
+            path,
+            &canon,
+            raw.dtype,
+            vec![c],
+            sub_bytes(&raw.data, i * part, part),
+        )?;
         out.insert(canon, t);
     }
     Ok(())
@@ -257,7 +326,11 @@ pub(crate) fn split_fused_mixes(
 
 /// The model's tensors under official names and torch shapes, in canonical order, for the
 /// safetensors and `.pth` writers. Only f32/f16/bf16 tensors can be written this way.
-pub(crate) fn official_tensors(model: &Model, path: &Path, format: &str) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn official_tensors(
+    model: &Model,
+    path: &Path,
+    format: &str,
+) -> Result<Vec<(String, Tensor)>> {
     let d = &model.desc;
     let mut out = Vec::new();
     for (name, _) in v7::canonical_tensors(d) {
@@ -286,7 +359,11 @@ pub(crate) fn official_tensors(model: &Model, path: &Path, format: &str) -> Resu
 }
 
 fn reshape(t: &Tensor, shape: Vec<usize>) -> Tensor {
-    Tensor { dtype: t.dtype, shape, data: t.data.clone() }
+    Tensor {
+        dtype: t.dtype,
+        shape,
+        data: t.data.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -306,7 +383,10 @@ mod tests {
         let v = |n: &[&str]| detect_version(n.iter().copied());
         assert_eq!(v(&["blocks.0.att.r_k"]), Some(RwkvVersion::V7));
         assert_eq!(v(&["blocks.0.att.time_maa_x"]), Some(RwkvVersion::V6));
-        assert_eq!(v(&["blocks.0.att.ln_x.weight", "blocks.0.att.gate.weight"]), Some(RwkvVersion::V5_2));
+        assert_eq!(
+            v(&["blocks.0.att.ln_x.weight", "blocks.0.att.gate.weight"]),
+            Some(RwkvVersion::V5_2)
+        );
         assert_eq!(v(&["blocks.0.att.ln_x.weight"]), Some(RwkvVersion::V5_1));
         assert_eq!(v(&["blocks.0.att.time_decay"]), Some(RwkvVersion::V4));
         assert_eq!(v(&["model.embed_tokens.weight"]), None);

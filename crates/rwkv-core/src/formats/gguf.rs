@@ -14,7 +14,9 @@ use memmap2::Mmap;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{split_fused_mixes, RawTensor};
-use crate::formats::{make_tensor, map_file, mapped, plain_elem_bytes, plain_to_f32, write_atomic, write_err};
+use crate::formats::{
+    make_tensor, map_file, mapped, plain_elem_bytes, plain_to_f32, write_atomic, write_err,
+};
 use crate::formats::{ByteReader, CountingWriter};
 use crate::model::v7;
 use crate::model::{LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
@@ -189,7 +191,11 @@ impl GgufArray {
             GgufArray::F32(v) => h(v, n),
             GgufArray::Bool(v) => h(v, n),
             GgufArray::Str(v) => v.iter().take(n).map(|s| quote_short(s)).collect(),
-            GgufArray::Array(v) => v.iter().take(n).map(|a| format!("[{}; {}]", a.elem_type_name(), a.len())).collect(),
+            GgufArray::Array(v) => v
+                .iter()
+                .take(n)
+                .map(|a| format!("[{}; {}]", a.elem_type_name(), a.len()))
+                .collect(),
             GgufArray::U64(v) => h(v, n),
             GgufArray::I64(v) => h(v, n),
             GgufArray::F64(v) => h(v, n),
@@ -197,8 +203,9 @@ impl GgufArray {
     }
 }
 
-const VALUE_TYPE_NAMES: [&str; 13] =
-    ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"];
+const VALUE_TYPE_NAMES: [&str; 13] = [
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64",
+];
 
 fn quote_short(s: &str) -> String {
     const MAX: usize = 60;
@@ -226,7 +233,13 @@ impl fmt::Display for GgufValue {
             GgufValue::Array(a) => {
                 let head = a.head(4);
                 let more = if a.len() > head.len() { ", …" } else { "" };
-                write!(f, "[{}; {}] [{}{more}]", a.elem_type_name(), a.len(), head.join(", "))
+                write!(
+                    f,
+                    "[{}; {}] [{}{more}]",
+                    a.elem_type_name(),
+                    a.len(),
+                    head.join(", ")
+                )
             }
             GgufValue::U64(v) => write!(f, "{v}"),
             GgufValue::I64(v) => write!(f, "{v}"),
@@ -403,12 +416,15 @@ fn read_value_string(r: &mut ByteReader, what: &str) -> Result<String> {
 
 fn read_array(r: &mut ByteReader, key: &str, depth: usize) -> Result<GgufArray> {
     if depth > MAX_ARRAY_NESTING {
-        return Err(r.err(format!("'{key}' nests arrays deeper than {MAX_ARRAY_NESTING}")));
+        return Err(r.err(format!(
+            "'{key}' nests arrays deeper than {MAX_ARRAY_NESTING}"
+        )));
     }
     let what = format!("array '{key}'");
     let ty = r.u32(&what)?;
     let count = r.u64(&what)?;
-    let min = min_value_bytes(ty).ok_or_else(|| r.err(format!("'{key}' has unknown array element type {ty}")))?;
+    let min = min_value_bytes(ty)
+        .ok_or_else(|| r.err(format!("'{key}' has unknown array element type {ty}")))?;
     if count > r.remaining() as u64 / min {
         return Err(r.err(format!(
             "array '{key}' claims {count} elements, more than the {} bytes left can hold",
@@ -461,7 +477,9 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
     let kv_count = r.u64("metadata count")?;
     // A key-value pair takes at least 13 bytes (empty key, type, 1-byte value).
     if kv_count > r.remaining() as u64 / 13 {
-        return Err(r.err(format!("metadata count {kv_count} is larger than the file can hold")));
+        return Err(r.err(format!(
+            "metadata count {kv_count} is larger than the file can hold"
+        )));
     }
     let mut kv = Vec::with_capacity(kv_count as usize);
     let mut keys = HashSet::new();
@@ -478,12 +496,18 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
-            _ => return Err(r.err(format!("general.alignment {v} is not a power of two up to 1 GiB"))),
+            _ => {
+                return Err(r.err(format!(
+                    "general.alignment {v} is not a power of two up to 1 GiB"
+                )))
+            }
         },
     };
     // A tensor info takes at least 32 bytes (empty name, 1 dim, type, offset).
     if tensor_count > r.remaining() as u64 / 32 {
-        return Err(r.err(format!("tensor count {tensor_count} is larger than the file can hold")));
+        return Err(r.err(format!(
+            "tensor count {tensor_count} is larger than the file can hold"
+        )));
     }
     let mut tensors = Vec::with_capacity(tensor_count as usize);
     let mut names = HashSet::new();
@@ -499,7 +523,9 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
     let data_start = info_end.div_ceil(alignment) * alignment;
     let file_len = map.len() as u64;
     for t in &tensors {
-        let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
+        let end = data_start
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(t.n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => {
@@ -514,16 +540,29 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
     by_offset.sort_by_key(|t| (t.offset, t.n_bytes));
     for w in by_offset.windows(2) {
         if w[1].offset < w[0].offset + w[0].n_bytes {
-            return Err(r.err(format!("tensors '{}' and '{}' overlap", w[0].name, w[1].name)));
+            return Err(r.err(format!(
+                "tensors '{}' and '{}' overlap",
+                w[0].name, w[1].name
+            )));
         }
     }
-    Ok(GgufFile { path: path.to_path_buf(), version, alignment, data_start, kv, tensors, map })
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        version,
+        alignment,
+        data_start,
+        kv,
+        tensors,
+        map,
+    })
 }
 
 fn read_tensor_info(r: &mut ByteReader, name: String, alignment: u64) -> Result<GgufTensorInfo> {
     let n_dims = r.u32("tensor dimension count")?;
     if n_dims == 0 || n_dims > MAX_DIMS {
-        return Err(r.err(format!("tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+        return Err(r.err(format!(
+            "tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+        )));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -531,8 +570,11 @@ fn read_tensor_info(r: &mut ByteReader, name: String, alignment: u64) -> Result<
     }
     let ggml_type_id = r.u32("tensor type")?;
     let offset = r.u64("tensor offset")?;
-    let (type_name, block_elems, block_bytes) = ggml_type(ggml_type_id)
-        .ok_or_else(|| r.err(format!("tensor '{name}' has unknown ggml type {ggml_type_id}")))?;
+    let (type_name, block_elems, block_bytes) = ggml_type(ggml_type_id).ok_or_else(|| {
+        r.err(format!(
+            "tensor '{name}' has unknown ggml type {ggml_type_id}"
+        ))
+    })?;
     if dims[0] % block_elems != 0 {
         return Err(r.err(format!(
             "tensor '{name}' rows of {} values are not whole {type_name} blocks of {block_elems}",
@@ -540,17 +582,30 @@ fn read_tensor_info(r: &mut ByteReader, name: String, alignment: u64) -> Result<
         )));
     }
     let too_big = || r.err(format!("tensor '{name}' dimensions {dims:?} are too large"));
-    let rows = dims[1..].iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
+    let rows = dims[1..]
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_big)?;
     let n_bytes = (dims[0] / block_elems)
         .checked_mul(block_bytes)
         .and_then(|b| b.checked_mul(rows))
         .filter(|&b| usize::try_from(b).is_ok() && dims.iter().all(|&d| usize::try_from(d).is_ok()))
         .ok_or_else(too_big)?;
     if offset % alignment != 0 {
-        return Err(r.err(format!("tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}")));
+        return Err(r.err(format!(
+            "tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}"
+        )));
     }
     let dtype = DType::from_ggml_id(ggml_type_id);
-    Ok(GgufTensorInfo { name, dims, ggml_type: ggml_type_id, type_name, dtype, offset, n_bytes })
+    Ok(GgufTensorInfo {
+        name,
+        dims,
+        ggml_type: ggml_type_id,
+        type_name,
+        dtype,
+        offset,
+        n_bytes,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,7 +656,10 @@ const LERP_FUSED: &str = "time_mix_lerp_fused.weight";
 
 /// Canonical tensors stored squeezed to `[C]` in GGUF.
 fn is_vector(canon_suffix: &str) -> bool {
-    matches!(canon_suffix, "att.w0" | "att.a0" | "att.v0" | "att.k_k" | "att.k_a" | "att.r_k" | "ffn.x_k")
+    matches!(
+        canon_suffix,
+        "att.w0" | "att.a0" | "att.v0" | "att.k_k" | "att.k_a" | "att.r_k" | "ffn.x_k"
+    )
 }
 
 /// (block, llama.cpp suffix) of a "blk.N.suffix" name.
@@ -625,7 +683,11 @@ fn to_model(g: &GgufFile) -> Result<Model> {
     match arch {
         "rwkv7" => {}
         "rwkv6" => return Err(merr("RWKV v6 is not supported yet (only v7)".into())),
-        other => return Err(merr(format!("architecture '{other}' is not supported (only rwkv7)"))),
+        other => {
+            return Err(merr(format!(
+                "architecture '{other}' is not supported (only rwkv7)"
+            )))
+        }
     }
     let kv_u = |key: &str| -> Result<Option<usize>> {
         match g.get(key) {
@@ -634,7 +696,12 @@ fn to_model(g: &GgufFile) -> Result<Model> {
                 .as_u64()
                 .and_then(|x| usize::try_from(x).ok())
                 .map(Some)
-                .ok_or_else(|| Error::format(path, format!("metadata '{key}' is {v}, expected an integer"))),
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!("metadata '{key}' is {v}, expected an integer"),
+                    )
+                }),
         }
     };
     let need = |key: &str| -> Result<usize> {
@@ -652,12 +719,16 @@ fn to_model(g: &GgufFile) -> Result<Model> {
     }
     if let Some(shift) = kv_u("rwkv7.token_shift_count")? {
         if shift != 2 {
-            return Err(merr(format!("rwkv7.token_shift_count is {shift}, RWKV-7 needs 2")));
+            return Err(merr(format!(
+                "rwkv7.token_shift_count is {shift}, RWKV-7 needs 2"
+            )));
         }
     }
 
     // The width every split and squeeze below relies on must agree with the embedding.
-    let emb = g.tensor("token_embd.weight").ok_or_else(|| merr("missing tensor 'token_embd.weight'".into()))?;
+    let emb = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| merr("missing tensor 'token_embd.weight'".into()))?;
     if emb.dims.len() != 2 || emb.dims[0] != n_embd as u64 {
         return Err(merr(format!(
             "rwkv7.embedding_length is {n_embd} but token_embd.weight has dims {:?} (expected [{n_embd}, vocab])",
@@ -668,30 +739,56 @@ fn to_model(g: &GgufFile) -> Result<Model> {
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for info in &g.tensors {
         let dtype = info.dtype.ok_or_else(|| {
-            merr(format!("tensor '{}' has ggml type {}, which rwkv-hybrid cannot run", info.name, info.type_name))
+            merr(format!(
+                "tensor '{}' has ggml type {}, which rwkv-hybrid cannot run",
+                info.name, info.type_name
+            ))
         })?;
         let shape = info.shape();
         let data = g.tensor_data(info);
-        let not_ours = || merr(format!("tensor '{}' is not part of llama.cpp's rwkv7 layout", info.name));
+        let not_ours = || {
+            merr(format!(
+                "tensor '{}' is not part of llama.cpp's rwkv7 layout",
+                info.name
+            ))
+        };
         if let Some((_, canon)) = GLOBAL_NAMES.iter().find(|(ours, _)| *ours == info.name) {
-            tensors.insert(canon.to_string(), make_tensor(path, canon, dtype, shape, data)?);
+            tensors.insert(
+                canon.to_string(),
+                make_tensor(path, canon, dtype, shape, data)?,
+            );
             continue;
         }
         let (block, suffix) = split_blk(&info.name).ok_or_else(not_ours)?;
         if block >= n_layer {
-            return Err(merr(format!("tensor '{}' is beyond rwkv7.block_count {n_layer}", info.name)));
+            return Err(merr(format!(
+                "tensor '{}' is beyond rwkv7.block_count {n_layer}",
+                info.name
+            )));
         }
         if suffix == LERP_FUSED {
-            let raw = RawTensor { name: info.name.clone(), dtype, shape, data };
+            let raw = RawTensor {
+                name: info.name.clone(),
+                dtype,
+                shape,
+                data,
+            };
             split_fused_mixes(path, &info.name, block, n_embd, raw, &mut tensors)?;
             continue;
         }
-        let (_, canon_suffix) = BLOCK_NAMES.iter().find(|(ours, _)| *ours == suffix).ok_or_else(not_ours)?;
+        let (_, canon_suffix) = BLOCK_NAMES
+            .iter()
+            .find(|(ours, _)| *ours == suffix)
+            .ok_or_else(not_ours)?;
         if block == 0 && matches!(*canon_suffix, "att.v0" | "att.v1" | "att.v2") {
             continue; // llama.cpp's dummy copies of a0/a1/a2; layer 0 has no value mix
         }
         let canon = format!("blocks.{block}.{canon_suffix}");
-        let shape = if is_vector(canon_suffix) { vec![shape.iter().product()] } else { shape };
+        let shape = if is_vector(canon_suffix) {
+            vec![shape.iter().product()]
+        } else {
+            shape
+        };
         let t = make_tensor(path, &canon, dtype, shape, data)?;
         tensors.insert(canon, t);
     }
@@ -704,7 +801,10 @@ fn to_model(g: &GgufFile) -> Result<Model> {
             .ok_or_else(|| Error::model(path, format!("missing tensor '{name}'")))
     };
     let vocab_size = shape_of("emb.weight")?.first().copied().unwrap_or(0);
-    let ffn_rows = shape_of("blocks.0.ffn.key.weight")?.first().copied().unwrap_or(0);
+    let ffn_rows = shape_of("blocks.0.ffn.key.weight")?
+        .first()
+        .copied()
+        .unwrap_or(0);
     if ffn_rows != ffn_size {
         return Err(merr(format!(
             "rwkv7.feed_forward_length is {ffn_size} but channel_mix_key has {ffn_rows} outputs"
@@ -713,7 +813,10 @@ fn to_model(g: &GgufFile) -> Result<Model> {
     let rank = |name: &str, key: &str| -> Result<usize> {
         let r = shape_of(name)?.first().copied().unwrap_or(0);
         match kv_u(key)? {
-            Some(k) if k != r => Err(Error::model(path, format!("{key} is {k} but tensor '{name}' has rank {r}"))),
+            Some(k) if k != r => Err(Error::model(
+                path,
+                format!("{key} is {k} but tensor '{name}' has rank {r}"),
+            )),
             _ => Ok(r),
         }
     };
@@ -721,7 +824,10 @@ fn to_model(g: &GgufFile) -> Result<Model> {
     let a = rank("blocks.0.att.a1", "rwkv7.attention.iclr_lora_rank")?;
     let gr = rank("blocks.0.att.g1", "rwkv7.attention.gate_lora_rank")?;
     let v = if n_layer > 1 {
-        rank("blocks.1.att.v1", "rwkv7.attention.value_residual_mix_lora_rank")?
+        rank(
+            "blocks.1.att.v1",
+            "rwkv7.attention.value_residual_mix_lora_rank",
+        )?
     } else {
         kv_u("rwkv7.attention.value_residual_mix_lora_rank")?.unwrap_or(a)
     };
@@ -735,16 +841,27 @@ fn to_model(g: &GgufFile) -> Result<Model> {
         lora: LoraRanks { w, a, v, g: gr },
     };
 
-    let vocab = match (g.get("tokenizer.ggml.tokens"), g.get("tokenizer.ggml.model").and_then(GgufValue::as_str)) {
-        (Some(GgufValue::Array(GgufArray::Str(tokens))), None | Some("rwkv")) => Some(
-            Vocab::from_gguf_tokens(tokens).map_err(|e| match e {
-                Error::Format { what, .. } => Error::format(path, format!("tokenizer.ggml.tokens: {what}")),
+    let vocab = match (
+        g.get("tokenizer.ggml.tokens"),
+        g.get("tokenizer.ggml.model").and_then(GgufValue::as_str),
+    ) {
+        (Some(GgufValue::Array(GgufArray::Str(tokens))), None | Some("rwkv")) => {
+            Some(Vocab::from_gguf_tokens(tokens).map_err(|e| match e {
+                Error::Format { what, .. } => {
+                    Error::format(path, format!("tokenizer.ggml.tokens: {what}"))
+                }
                 other => Error::format(path, format!("tokenizer.ggml.tokens: {other}")),
-            })?,
-        ),
+            })?)
+        }
         _ => None,
     };
-    Ok(Model { desc, tensors, vocab, source: path.to_path_buf(), format: "gguf" })
+    Ok(Model {
+        desc,
+        tensors,
+        vocab,
+        source: path.to_path_buf(),
+        format: "gguf",
+    })
 }
 
 /// Reads a llama.cpp `rwkv7` GGUF into the canonical model.
@@ -791,17 +908,41 @@ fn write_array(w: &mut impl Write, a: &GgufArray) -> std::io::Result<()> {
     match a {
         GgufArray::U8(v) => w.write_all(v)?,
         GgufArray::I8(v) => each!(v, |w: &mut _, x: &i8| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::U16(v) => each!(v, |w: &mut _, x: &u16| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::I16(v) => each!(v, |w: &mut _, x: &i16| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::U32(v) => each!(v, |w: &mut _, x: &u32| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::I32(v) => each!(v, |w: &mut _, x: &i32| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::F32(v) => each!(v, |w: &mut _, x: &f32| Write::write_all(w, &x.to_le_bytes())),
+        GgufArray::U16(v) => each!(v, |w: &mut _, x: &u16| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::I16(v) => each!(v, |w: &mut _, x: &i16| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::U32(v) => each!(v, |w: &mut _, x: &u32| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::I32(v) => each!(v, |w: &mut _, x: &i32| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::F32(v) => each!(v, |w: &mut _, x: &f32| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
         GgufArray::Bool(v) => each!(v, |w: &mut _, x: &bool| Write::write_all(w, &[*x as u8])),
         GgufArray::Str(v) => each!(v, |w: &mut _, x: &String| write_str(w, x)),
         GgufArray::Array(v) => each!(v, |w: &mut _, x: &GgufArray| write_array(w, x)),
-        GgufArray::U64(v) => each!(v, |w: &mut _, x: &u64| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::I64(v) => each!(v, |w: &mut _, x: &i64| Write::write_all(w, &x.to_le_bytes())),
-        GgufArray::F64(v) => each!(v, |w: &mut _, x: &f64| Write::write_all(w, &x.to_le_bytes())),
+        GgufArray::U64(v) => each!(v, |w: &mut _, x: &u64| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::I64(v) => each!(v, |w: &mut _, x: &i64| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
+        GgufArray::F64(v) => each!(v, |w: &mut _, x: &f64| Write::write_all(
+            w,
+            &x.to_le_bytes()
+        )),
     }
     Ok(())
 }
@@ -837,7 +978,12 @@ fn out_tensor<'a>(name: String, t: &'a Tensor, squeeze: bool) -> OutTensor<'a> {
     } else {
         t.shape.iter().rev().map(|&d| d as u64).collect()
     };
-    OutTensor { name, dims, dtype: t.dtype, data: std::borrow::Cow::Borrowed(t.data.as_slice()) }
+    OutTensor {
+        name,
+        dims,
+        dtype: t.dtype,
+        data: std::borrow::Cow::Borrowed(t.data.as_slice()),
+    }
 }
 
 /// The six mixes of block `i` fused into `[C,1,1,6]` (one dtype; mixed plain types become f32).
@@ -848,12 +994,23 @@ fn fused_mixes(path: &Path, model: &Model, i: usize) -> Result<OutTensor<'static
         .map(|m| model.tensor(&format!("blocks.{i}.att.{m}")))
         .collect::<Result<_>>()?;
     let first = parts[0].dtype;
-    let plain = parts.iter().all(|t| plain_elem_bytes(t.dtype).is_some() && t.n_elements() == c);
+    let plain = parts
+        .iter()
+        .all(|t| plain_elem_bytes(t.dtype).is_some() && t.n_elements() == c);
     if !plain {
-        return Err(Error::model(path, format!("blocks.{i}.att.x_* must be f32/f16/bf16 vectors of {c}")));
+        return Err(Error::model(
+            path,
+            format!("blocks.{i}.att.x_* must be f32/f16/bf16 vectors of {c}"),
+        ));
     }
     let (dtype, bytes) = if parts.iter().all(|t| t.dtype == first) {
-        (first, parts.iter().flat_map(|t| t.data.as_slice().iter().copied()).collect())
+        (
+            first,
+            parts
+                .iter()
+                .flat_map(|t| t.data.as_slice().iter().copied())
+                .collect(),
+        )
     } else {
         let mut b = Vec::with_capacity(6 * c * 4);
         for t in &parts {
@@ -892,7 +1049,10 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
     ];
     for (x, what) in sizes {
         if u32::try_from(x).is_err() {
-            return Err(Error::invalid(format!("{}: {what} {x} does not fit GGUF's u32", path.display())));
+            return Err(Error::invalid(format!(
+                "{}: {what} {x} does not fit GGUF's u32",
+                path.display()
+            )));
         }
     }
     let mut out: Vec<OutTensor> = Vec::new();
@@ -913,7 +1073,11 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
                 (_, s) => s,
             };
             let t = model.tensor(&format!("blocks.{i}.{source}"))?;
-            out.push(out_tensor(format!("blk.{i}.{ours}"), t, is_vector(canon_suffix)));
+            out.push(out_tensor(
+                format!("blk.{i}.{ours}"),
+                t,
+                is_vector(canon_suffix),
+            ));
         }
     }
     for (ours, canon) in GLOBAL_NAMES.iter().skip(3) {
@@ -923,7 +1087,10 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
     let matrix_type = model.tensor("blocks.0.att.key.weight")?.dtype;
     let any_quant = out.iter().any(|t| t.dtype.is_quantized());
     let mut kv: Vec<(String, GgufValue)> = vec![
-        ("general.architecture".into(), GgufValue::Str("rwkv7".into())),
+        (
+            "general.architecture".into(),
+            GgufValue::Str("rwkv7".into()),
+        ),
         ("general.name".into(), GgufValue::Str("rwkv7".into())),
         u32_kv("general.alignment", DEFAULT_ALIGNMENT as usize),
         u32_kv("general.file_type", file_type(matrix_type) as usize),
@@ -931,7 +1098,10 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
         u32_kv("rwkv7.embedding_length", d.n_embd),
         u32_kv("rwkv7.block_count", d.n_layer),
         u32_kv("rwkv7.feed_forward_length", d.ffn_size),
-        ("rwkv7.attention.layer_norm_epsilon".into(), GgufValue::F32(v7::LN_EPS)),
+        (
+            "rwkv7.attention.layer_norm_epsilon".into(),
+            GgufValue::F32(v7::LN_EPS),
+        ),
         u32_kv("rwkv7.wkv.head_size", d.head_size),
         u32_kv("rwkv7.attention.head_count", 0),
         u32_kv("rwkv7.attention.decay_lora_rank", d.lora.w),
@@ -945,10 +1115,18 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
     }
     if let Some(vocab) = &model.vocab {
         let tokens = vocab.to_gguf_tokens();
-        let types: Vec<i32> = (0..tokens.len()).map(|i| if i == 0 { 3 } else { 1 }).collect();
+        let types: Vec<i32> = (0..tokens.len())
+            .map(|i| if i == 0 { 3 } else { 1 })
+            .collect();
         kv.push(("tokenizer.ggml.model".into(), GgufValue::Str("rwkv".into())));
-        kv.push(("tokenizer.ggml.tokens".into(), GgufValue::Array(GgufArray::Str(tokens))));
-        kv.push(("tokenizer.ggml.token_type".into(), GgufValue::Array(GgufArray::I32(types))));
+        kv.push((
+            "tokenizer.ggml.tokens".into(),
+            GgufValue::Array(GgufArray::Str(tokens)),
+        ));
+        kv.push((
+            "tokenizer.ggml.token_type".into(),
+            GgufValue::Array(GgufArray::I32(types)),
+        ));
     }
 
     // Offsets: each tensor aligned.
@@ -963,7 +1141,8 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
         let io = write_err(path);
         w.write_all(b"GGUF").map_err(&io)?;
         w.write_all(&3u32.to_le_bytes()).map_err(&io)?;
-        w.write_all(&(out.len() as u64).to_le_bytes()).map_err(&io)?;
+        w.write_all(&(out.len() as u64).to_le_bytes())
+            .map_err(&io)?;
         w.write_all(&(kv.len() as u64).to_le_bytes()).map_err(&io)?;
         for (k, v) in &kv {
             write_str(w, k).map_err(&io)?;
@@ -972,7 +1151,8 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
         }
         for (t, off) in out.iter().zip(&offsets) {
             write_str(w, &t.name).map_err(&io)?;
-            w.write_all(&(t.dims.len() as u32).to_le_bytes()).map_err(&io)?;
+            w.write_all(&(t.dims.len() as u32).to_le_bytes())
+                .map_err(&io)?;
             for d in &t.dims {
                 w.write_all(&d.to_le_bytes()).map_err(&io)?;
             }

@@ -5,6 +5,9 @@
 //! Entry points: [`load`] (format detected from the first bytes), [`write`] (GGUF, safetensors,
 //! `.pth`; atomic), [`Format`], and [`gguf::GgufFile`] for reading GGUF metadata.
 
+// The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub(crate) mod canonical;
 pub mod gguf;
 pub(crate) mod pickle;
@@ -44,7 +47,12 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [Format::Gguf, Format::Safetensors, Format::Pth, Format::RwkvCpp];
+    pub const ALL: [Format; 4] = [
+        Format::Gguf,
+        Format::Safetensors,
+        Format::Pth,
+        Format::RwkvCpp,
+    ];
 
     /// The name stored in [`Model::format`]: "gguf", "safetensors", "pth", "rwkv.cpp".
     pub const fn name(self) -> &'static str {
@@ -101,7 +109,9 @@ pub fn detect(path: &Path) -> Result<Format> {
     let mut head = [0u8; 9];
     let mut got = 0;
     while got < head.len() {
-        let n = file.read(&mut head[got..]).map_err(|e| Error::io(path, e))?;
+        let n = file
+            .read(&mut head[got..])
+            .map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -124,7 +134,9 @@ fn detect_bytes(path: &Path, head: &[u8], file_len: u64) -> Result<Format> {
         return Ok(Format::RwkvCpp);
     }
     if head.len() >= 9 {
-        let n = u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
+        let n = u64::from_le_bytes([
+            head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+        ]);
         if head[8] == b'{' && n.checked_add(8).is_some_and(|end| end <= file_len) {
             return Ok(Format::Safetensors);
         }
@@ -185,20 +197,56 @@ fn finish_tensors(model: &mut Model, opts: &LoadOptions) -> Result<()> {
     Ok(())
 }
 
+/// Values converted per step by [`convert_tensor`].
+const CONVERT_CHUNK_VALUES: usize = 1 << 24;
+
 /// Converts one matrix to `target` (dequantize to f32, then quantize row by row).
 fn convert_tensor(path: &Path, name: &str, tensor: &Tensor, target: DType) -> Result<Tensor> {
+    convert_tensor_chunked(path, name, tensor, target, CONVERT_CHUNK_VALUES)
+}
+
+fn convert_tensor_chunked(
+    path: &Path,
+    name: &str,
+    tensor: &Tensor,
+    target: DType,
+    chunk_values: usize,
+) -> Result<Tensor> {
     let (_, cols) = tensor.rows_cols();
-    let fail = |what: String| Error::model(path, format!("cannot convert tensor '{name}' to {target}: {what}"));
+    let fail = |what: String| {
+        Error::model(
+            path,
+            format!("cannot convert tensor '{name}' to {target}: {what}"),
+        )
+    };
     if target.row_bytes(cols).is_none() {
         return Err(fail(format!(
             "its rows of {cols} values are not whole blocks of {}",
             target.block_elems()
         )));
     }
-    let mut values = vec![0f32; tensor.n_elements()];
-    crate::quant::dequantize(tensor.dtype, tensor.data.as_slice(), &mut values).map_err(|e| fail(e.to_string()))?;
-    let bytes = crate::quant::quantize(target, &values, cols).map_err(|e| fail(e.to_string()))?;
-    Tensor::new(target, tensor.shape.clone(), TensorBytes::owned(bytes)).map_err(|e| fail(e.to_string()))
+    let (rows, _) = tensor.rows_cols();
+    let src_row = tensor
+        .dtype
+        .row_bytes(cols)
+        .ok_or_else(|| fail("rows are not whole blocks".into()))?;
+    // Convert in chunks of about 16M values (64 MB of f32) so a 65536-row embedding never needs
+    // a full f32 copy; quantize() still spreads each chunk over threads.
+    let chunk_rows = (chunk_values / cols.max(1)).clamp(1, rows.max(1));
+    let mut bytes = Vec::with_capacity(target.row_bytes(cols).unwrap_or(0).saturating_mul(rows));
+    let mut values = Vec::new();
+    let src = tensor.data.as_slice();
+    for first in (0..rows).step_by(chunk_rows) {
+        let n = chunk_rows.min(rows - first);
+        values.resize(n * cols, 0f32);
+        let part = &src[first * src_row..(first + n) * src_row];
+        crate::quant::dequantize(tensor.dtype, part, &mut values)
+            .map_err(|e| fail(e.to_string()))?;
+        let q = crate::quant::quantize(target, &values, cols).map_err(|e| fail(e.to_string()))?;
+        bytes.extend_from_slice(&q);
+    }
+    Tensor::new(target, tensor.shape.clone(), TensorBytes::owned(bytes))
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Writes `model` as `format` (GGUF, safetensors or `.pth`) atomically: the file appears whole
@@ -226,7 +274,10 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
         return Err(Error::format(path, "file is empty"));
     }
     if usize::try_from(len).is_err() {
-        return Err(Error::format(path, "file is too large to map on this platform"));
+        return Err(Error::format(
+            path,
+            "file is too large to map on this platform",
+        ));
     }
     // SAFETY: the map is read-only. Like every mmap-based model loader we assume the file is not
     // truncated or rewritten while mapped; our own writers replace files by rename, never in place.
@@ -236,7 +287,10 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
 
 /// The window `range` of `map` as tensor bytes (the caller has checked the range).
 pub(crate) fn mapped(map: &Arc<Mmap>, range: Range<usize>) -> TensorBytes {
-    TensorBytes::Mapped { map: Arc::clone(map), range }
+    TensorBytes::Mapped {
+        map: Arc::clone(map),
+        range,
+    }
 }
 
 /// `len` bytes of `data` from `start`, keeping a map a map. The caller checks bounds.
@@ -244,15 +298,25 @@ pub(crate) fn sub_bytes(data: &TensorBytes, start: usize, len: usize) -> TensorB
     match data {
         TensorBytes::Mapped { map, range } => {
             let s = range.start + start;
-            TensorBytes::Mapped { map: Arc::clone(map), range: s..s + len }
+            TensorBytes::Mapped {
+                map: Arc::clone(map),
+                range: s..s + len,
+            }
         }
         TensorBytes::Owned(v) => TensorBytes::owned(v[start..start + len].to_vec()),
     }
 }
 
 /// A tensor checked against its byte length, with errors naming the file and tensor.
-pub(crate) fn make_tensor(path: &Path, name: &str, dtype: DType, shape: Vec<usize>, data: TensorBytes) -> Result<Tensor> {
-    Tensor::new(dtype, shape, data).map_err(|e| Error::format(path, format!("tensor '{name}': {e}")))
+pub(crate) fn make_tensor(
+    path: &Path,
+    name: &str,
+    dtype: DType,
+    shape: Vec<usize>,
+    data: TensorBytes,
+) -> Result<Tensor> {
+    Tensor::new(dtype, shape, data)
+        .map_err(|e| Error::format(path, format!("tensor '{name}': {e}")))
 }
 
 /// Bytes per element of the plain float types; None for block-quantized types.
@@ -267,9 +331,18 @@ pub(crate) fn plain_elem_bytes(dtype: DType) -> Option<usize> {
 /// Values of an F32/F16/BF16 buffer as f32 (None for quantized types).
 pub(crate) fn plain_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
     let v = match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         _ => return None,
     };
     Some(v)
@@ -405,7 +478,10 @@ pub(crate) fn write_atomic(
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, file));
         body(&mut w)?;
-        let file = w.inner.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        let file = w
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
@@ -422,7 +498,11 @@ pub(crate) fn write_atomic(
 fn sync_parent_dir(path: &Path) {
     #[cfg(unix)]
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -443,18 +523,32 @@ mod tests {
     #[test]
     fn detects_formats_from_magic_bytes() {
         let p = Path::new("x");
-        assert_eq!(detect_bytes(p, b"GGUF\x03\0\0\0", 100).unwrap(), Format::Gguf);
-        assert_eq!(detect_bytes(p, b"PK\x03\x04abcd", 100).unwrap(), Format::Pth);
-        assert_eq!(detect_bytes(p, b"fmgg\x64\0\0\0", 100).unwrap(), Format::RwkvCpp);
+        assert_eq!(
+            detect_bytes(p, b"GGUF\x03\0\0\0", 100).unwrap(),
+            Format::Gguf
+        );
+        assert_eq!(
+            detect_bytes(p, b"PK\x03\x04abcd", 100).unwrap(),
+            Format::Pth
+        );
+        assert_eq!(
+            detect_bytes(p, b"fmgg\x64\0\0\0", 100).unwrap(),
+            Format::RwkvCpp
+        );
         let mut st = 10u64.to_le_bytes().to_vec();
         st.push(b'{');
         assert_eq!(detect_bytes(p, &st, 18).unwrap(), Format::Safetensors);
         // The header length must fit in the file.
         assert!(detect_bytes(p, &st, 17).is_err());
-        let e = detect_bytes(p, b"\x80\x02}q\0(X", 100).unwrap_err().to_string();
+        let e = detect_bytes(p, b"\x80\x02}q\0(X", 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("legacy"), "{e}");
         let e = detect_bytes(p, b"hello wor", 100).unwrap_err().to_string();
-        assert!(e.contains("unknown model format") && e.contains("68 65"), "{e}");
+        assert!(
+            e.contains("unknown model format") && e.contains("68 65"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -462,13 +556,52 @@ mod tests {
         for f in Format::ALL {
             assert_eq!(Format::parse(f.name()), Some(f));
         }
-        assert_eq!(Format::from_extension(Path::new("a/b.SafeTensors")), Some(Format::Safetensors));
-        assert_eq!(Format::from_extension(Path::new("m.st")), Some(Format::Safetensors));
-        assert_eq!(Format::from_extension(Path::new("m.pth")), Some(Format::Pth));
-        assert_eq!(Format::from_extension(Path::new("m.gguf")), Some(Format::Gguf));
-        assert_eq!(Format::from_extension(Path::new("m.bin")), Some(Format::RwkvCpp));
+        assert_eq!(
+            Format::from_extension(Path::new("a/b.SafeTensors")),
+            Some(Format::Safetensors)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("m.st")),
+            Some(Format::Safetensors)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("m.pth")),
+            Some(Format::Pth)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("m.gguf")),
+            Some(Format::Gguf)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("m.bin")),
+            Some(Format::RwkvCpp)
+        );
         assert_eq!(Format::from_extension(Path::new("m.txt")), None);
         assert_eq!(Format::from_extension(Path::new("m")), None);
+    }
+
+    #[test]
+    fn chunked_conversion_matches_one_piece() {
+        let mut s = 0x1234_5678_9abc_def0u64;
+        let vals: Vec<f32> = (0..10 * 64)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let t = Tensor::from_f32(vec![10, 64], &vals).unwrap();
+        let p = Path::new("x");
+        let whole = convert_tensor_chunked(p, "w", &t, DType::Q8_0, 1 << 20).unwrap();
+        let pieces = convert_tensor_chunked(p, "w", &t, DType::Q8_0, 3 * 64).unwrap();
+        assert_eq!(whole.dtype, DType::Q8_0);
+        assert_eq!(whole.data.as_slice().len(), 10 * 2 * 34);
+        assert_eq!(whole.data.as_slice(), pieces.data.as_slice());
+        let e = convert_tensor_chunked(p, "w", &t, DType::Q4K, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot convert tensor 'w' to q4k"), "{e}");
     }
 
     #[test]
@@ -476,7 +609,10 @@ mod tests {
         // 2×3 of u16 values 0..6 → 3×2.
         let src: Vec<u8> = (0u16..6).flat_map(|v| v.to_le_bytes()).collect();
         let t = transpose_bytes(&src, 2, 3, 2);
-        let vals: Vec<u16> = t.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let vals: Vec<u16> = t
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         assert_eq!(vals, vec![0, 3, 1, 4, 2, 5]);
     }
 }

@@ -32,16 +32,56 @@ pub(crate) struct StorageKind {
 }
 
 const STORAGE_KINDS: [StorageKind; 10] = [
-    StorageKind { name: "FloatStorage", dtype: Some(DType::F32), elem_bytes: 4 },
-    StorageKind { name: "HalfStorage", dtype: Some(DType::F16), elem_bytes: 2 },
-    StorageKind { name: "BFloat16Storage", dtype: Some(DType::BF16), elem_bytes: 2 },
-    StorageKind { name: "DoubleStorage", dtype: None, elem_bytes: 8 },
-    StorageKind { name: "LongStorage", dtype: None, elem_bytes: 8 },
-    StorageKind { name: "IntStorage", dtype: None, elem_bytes: 4 },
-    StorageKind { name: "ShortStorage", dtype: None, elem_bytes: 2 },
-    StorageKind { name: "CharStorage", dtype: None, elem_bytes: 1 },
-    StorageKind { name: "ByteStorage", dtype: None, elem_bytes: 1 },
-    StorageKind { name: "BoolStorage", dtype: None, elem_bytes: 1 },
+    StorageKind {
+        name: "FloatStorage",
+        dtype: Some(DType::F32),
+        elem_bytes: 4,
+    },
+    StorageKind {
+        name: "HalfStorage",
+        dtype: Some(DType::F16),
+        elem_bytes: 2,
+    },
+    StorageKind {
+        name: "BFloat16Storage",
+        dtype: Some(DType::BF16),
+        elem_bytes: 2,
+    },
+    StorageKind {
+        name: "DoubleStorage",
+        dtype: None,
+        elem_bytes: 8,
+    },
+    StorageKind {
+        name: "LongStorage",
+        dtype: None,
+        elem_bytes: 8,
+    },
+    StorageKind {
+        name: "IntStorage",
+        dtype: None,
+        elem_bytes: 4,
+    },
+    StorageKind {
+        name: "ShortStorage",
+        dtype: None,
+        elem_bytes: 2,
+    },
+    StorageKind {
+        name: "CharStorage",
+        dtype: None,
+        elem_bytes: 1,
+    },
+    StorageKind {
+        name: "ByteStorage",
+        dtype: None,
+        elem_bytes: 1,
+    },
+    StorageKind {
+        name: "BoolStorage",
+        dtype: None,
+        elem_bytes: 1,
+    },
 ];
 
 /// The globals a state dict may name.
@@ -151,7 +191,10 @@ impl<'a> Machine<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.bytes.len() - self.pos {
-            return Err(self.err(format!("truncated at offset {} (needs {n} more bytes)", self.pos)));
+            return Err(self.err(format!(
+                "truncated at offset {} (needs {n} more bytes)",
+                self.pos
+            )));
         }
         let s = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
@@ -160,7 +203,9 @@ impl<'a> Machine<'a> {
 
     fn uint(&mut self, n: usize) -> Result<u64> {
         let b = self.take(n)?;
-        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        Ok(b.iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
 
     fn len_arg(&mut self, n: usize) -> Result<usize> {
@@ -168,7 +213,12 @@ impl<'a> Machine<'a> {
         usize::try_from(len)
             .ok()
             .filter(|&l| l <= self.bytes.len() - self.pos)
-            .ok_or_else(|| self.err(format!("length {len} at offset {} runs past the end", self.pos)))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "length {len} at offset {} runs past the end",
+                    self.pos
+                ))
+            })
     }
 
     fn line(&mut self) -> Result<&'a str> {
@@ -178,7 +228,8 @@ impl<'a> Machine<'a> {
             .take(MAX_GLOBAL_LINE + 1)
             .position(|&b| b == b'\n')
             .ok_or_else(|| self.err("GLOBAL name is unterminated or too long"))?;
-        let s = std::str::from_utf8(&rest[..end]).map_err(|_| self.err("GLOBAL name is not UTF-8"))?;
+        let s =
+            std::str::from_utf8(&rest[..end]).map_err(|_| self.err("GLOBAL name is not UTF-8"))?;
         self.pos += end + 1;
         Ok(s)
     }
@@ -204,7 +255,10 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<V>> {
-        let mark = self.marks.pop().ok_or_else(|| self.err(format!("no MARK before offset {}", self.pos)))?;
+        let mark = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err(format!("no MARK before offset {}", self.pos)))?;
         Ok(self.stack.split_off(mark))
     }
 
@@ -227,7 +281,10 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= floor {
             return Err(self.err("stack underflow"));
         }
-        let top = self.stack.last_mut().ok_or_else(|| Error::format(self.path, "stack underflow"))?;
+        let top = self
+            .stack
+            .last_mut()
+            .ok_or_else(|| Error::format(self.path, "stack underflow"))?;
         if Rc::strong_count(top) > 1 {
             let n = match &top.value {
                 Value::List(v) => v.len() as u64,
@@ -236,7 +293,10 @@ impl<'a> Machine<'a> {
             };
             self.copy_work += n;
             if self.copy_work > MAX_COPY_WORK {
-                return Err(Error::format(self.path, "data.pkl: too much copying (hostile pickle?)"));
+                return Err(Error::format(
+                    self.path,
+                    "data.pkl: too much copying (hostile pickle?)",
+                ));
             }
         }
         Ok(Rc::make_mut(top))
@@ -246,13 +306,19 @@ impl<'a> Machine<'a> {
         let path = self.path;
         let node = self.top_mut()?;
         let Value::List(list) = &mut node.value else {
-            return Err(Error::format(path, format!("data.pkl: APPEND to a {}", type_name(&node.value))));
+            return Err(Error::format(
+                path,
+                format!("data.pkl: APPEND to a {}", type_name(&node.value)),
+            ));
         };
         let d = items.iter().map(|i| i.depth).max().unwrap_or(0) + 1;
         list.extend(items);
         node.depth = node.depth.max(d);
         if node.depth > MAX_DEPTH {
-            return Err(Error::format(path, format!("data.pkl: values nest deeper than {MAX_DEPTH}")));
+            return Err(Error::format(
+                path,
+                format!("data.pkl: values nest deeper than {MAX_DEPTH}"),
+            ));
         }
         Ok(())
     }
@@ -264,7 +330,10 @@ impl<'a> Machine<'a> {
         let path = self.path;
         let node = self.top_mut()?;
         let Value::Dict(dict) = &mut node.value else {
-            return Err(Error::format(path, format!("data.pkl: SETITEM on a {}", type_name(&node.value))));
+            return Err(Error::format(
+                path,
+                format!("data.pkl: SETITEM on a {}", type_name(&node.value)),
+            ));
         };
         let mut d = 0;
         let mut it = items.into_iter();
@@ -274,13 +343,20 @@ impl<'a> Machine<'a> {
         }
         node.depth = node.depth.max(d + 1);
         if node.depth > MAX_DEPTH {
-            return Err(Error::format(path, format!("data.pkl: values nest deeper than {MAX_DEPTH}")));
+            return Err(Error::format(
+                path,
+                format!("data.pkl: values nest deeper than {MAX_DEPTH}"),
+            ));
         }
         Ok(())
     }
 
     fn memo_put(&mut self, key: u32) -> Result<()> {
-        let top = self.stack.last().cloned().ok_or_else(|| self.err("memoize with an empty stack"))?;
+        let top = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| self.err("memoize with an empty stack"))?;
         if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
             return Err(self.err("memo too large"));
         }
@@ -289,7 +365,11 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, key: u32) -> Result<()> {
-        let v = self.memo.get(&key).cloned().ok_or_else(|| self.err(format!("memo key {key} is not set")))?;
+        let v = self
+            .memo
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| self.err(format!("memo key {key} is not set")))?;
         self.push(v)
     }
 
@@ -298,7 +378,11 @@ impl<'a> Machine<'a> {
             Some(g) => self.push_leaf(Value::Global(g)),
             None => Err(Error::format(
                 self.path,
-                format!("global '{}.{}' is not allowed", module.escape_debug(), name.escape_debug()),
+                format!(
+                    "global '{}.{}' is not allowed",
+                    module.escape_debug(),
+                    name.escape_debug()
+                ),
             )),
         }
     }
@@ -313,7 +397,10 @@ impl<'a> Machine<'a> {
 
     fn sizes(&self, v: &V, what: &str) -> Result<Vec<usize>> {
         let Value::Tuple(items) = &v.value else {
-            return Err(self.err(format!("{what} is a {}, expected tuple", type_name(&v.value))));
+            return Err(self.err(format!(
+                "{what} is a {}, expected tuple",
+                type_name(&v.value)
+            )));
         };
         items
             .iter()
@@ -329,16 +416,25 @@ impl<'a> Machine<'a> {
             return Err(self.err("_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)"));
         }
         let Value::Storage(storage) = &args[0].value else {
-            return Err(self.err(format!("_rebuild_tensor_v2 storage is a {}", type_name(&args[0].value))));
+            return Err(self.err(format!(
+                "_rebuild_tensor_v2 storage is a {}",
+                type_name(&args[0].value)
+            )));
         };
         let offset = self.int_of(&args[1], "storage offset")?;
-        let offset = u64::try_from(offset).map_err(|_| self.err(format!("negative storage offset {offset}")))?;
+        let offset = u64::try_from(offset)
+            .map_err(|_| self.err(format!("negative storage offset {offset}")))?;
         let shape = self.sizes(&args[2], "tensor size")?;
         let stride = self.sizes(&args[3], "tensor stride")?;
         if shape.len() != stride.len() {
             return Err(self.err("tensor size and stride differ in length"));
         }
-        Ok(Value::Tensor(TensorRef { storage: storage.clone(), offset, shape, stride }))
+        Ok(Value::Tensor(TensorRef {
+            storage: storage.clone(),
+            offset,
+            shape,
+            stride,
+        }))
     }
 
     fn call(&self, f: Global, args: &[V]) -> Result<Value> {
@@ -351,11 +447,15 @@ impl<'a> Machine<'a> {
             },
             Global::RebuildFromTypeV2 => {
                 // (func, new_type, args, state): the type only wraps a plain tensor.
-                let (Some(func), Some(ty), Some(inner)) = (args.first(), args.get(1), args.get(2)) else {
+                let (Some(func), Some(ty), Some(inner)) = (args.first(), args.get(1), args.get(2))
+                else {
                     return Err(self.err("_rebuild_from_type_v2 needs (func, type, args, state)"));
                 };
-                let (Value::Global(func), Value::Global(Global::TorchTensor | Global::Parameter), Value::Tuple(inner)) =
-                    (&func.value, &ty.value, &inner.value)
+                let (
+                    Value::Global(func),
+                    Value::Global(Global::TorchTensor | Global::Parameter),
+                    Value::Tuple(inner),
+                ) = (&func.value, &ty.value, &inner.value)
                 else {
                     return Err(self.err("_rebuild_from_type_v2 with unexpected arguments"));
                 };
@@ -408,7 +508,11 @@ impl<'a> Machine<'a> {
                     self.push_leaf(Value::Int(v as i64))?
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.uint(1)? } else { self.uint(4)? };
+                    let n = if op == 0x8a {
+                        self.uint(1)?
+                    } else {
+                        self.uint(4)?
+                    };
                     if n > 8 {
                         return Err(self.err(format!("integer of {n} bytes is too large")));
                     }
@@ -497,7 +601,8 @@ impl<'a> Machine<'a> {
                     self.memo_put(k)?
                 }
                 0x94 => {
-                    let k = u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
+                    let k =
+                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
                     self.memo_put(k)?
                 }
                 b'h' => {
@@ -515,7 +620,11 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let top = self.stack.last().cloned().ok_or_else(|| self.err("DUP on an empty stack"))?;
+                    let top = self
+                        .stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| self.err("DUP on an empty stack"))?;
                     self.push(top)?
                 }
                 b'c' => {
@@ -552,7 +661,9 @@ impl<'a> Machine<'a> {
                     let obj = self.pop()?;
                     match obj.value {
                         Value::Dict(_) | Value::Tensor(_) => self.push(obj)?,
-                        ref other => return Err(self.err(format!("BUILD on a {}", type_name(other)))),
+                        ref other => {
+                            return Err(self.err(format!("BUILD on a {}", type_name(other))))
+                        }
                     }
                 }
                 b'Q' => {
@@ -561,7 +672,9 @@ impl<'a> Machine<'a> {
                     self.push_leaf(v)?
                 }
                 _ => {
-                    return Err(self.err(format!("unsupported pickle opcode 0x{op:02x} at offset {at}")));
+                    return Err(self.err(format!(
+                        "unsupported pickle opcode 0x{op:02x} at offset {at}"
+                    )));
                 }
             }
         }
@@ -576,12 +689,21 @@ impl<'a> Machine<'a> {
                 if tag == "storage" =>
             {
                 let numel = match numel {
-                    Value::Int(n) => u64::try_from(*n).map_err(|_| self.err("negative storage size"))?,
+                    Value::Int(n) => {
+                        u64::try_from(*n).map_err(|_| self.err("negative storage size"))?
+                    }
                     _ => return Err(self.err("storage size is not an int")),
                 };
-                Ok(Value::Storage(StorageRef { kind: *kind, key: key.clone(), numel }))
+                Ok(Value::Storage(StorageRef {
+                    kind: *kind,
+                    key: key.clone(),
+                    numel,
+                }))
             }
-            _ => Err(self.err("persistent id is not ('storage', torch.XStorage, key, location, numel)")),
+            _ => {
+                Err(self
+                    .err("persistent id is not ('storage', torch.XStorage, key, location, numel)"))
+            }
         }
     }
 }
@@ -689,18 +811,34 @@ mod tests {
     fn writer_output_reads_back() {
         let shape = [3usize, 5];
         let p = write_state_dict(&[
-            TensorEntry { name: "a.weight", storage: "FloatStorage", key: "0".into(), shape: &shape },
-            TensorEntry { name: "b", storage: "BFloat16Storage", key: "1".into(), shape: &[7] },
+            TensorEntry {
+                name: "a.weight",
+                storage: "FloatStorage",
+                key: "0".into(),
+                shape: &shape,
+            },
+            TensorEntry {
+                name: "b",
+                storage: "BFloat16Storage",
+                key: "1".into(),
+                shape: &[7],
+            },
         ]);
         let v = run(&p).unwrap();
-        let Value::Dict(items) = &v.value else { panic!("not a dict") };
+        let Value::Dict(items) = &v.value else {
+            panic!("not a dict")
+        };
         assert_eq!(items.len(), 2);
-        let Value::Tensor(t) = &items[0].1.value else { panic!("not a tensor") };
+        let Value::Tensor(t) = &items[0].1.value else {
+            panic!("not a tensor")
+        };
         assert_eq!(t.shape, vec![3, 5]);
         assert_eq!(t.stride, vec![5, 1]);
         assert_eq!(t.storage.numel, 15);
         assert_eq!(t.storage.kind.dtype, Some(DType::F32));
-        let Value::Tensor(t) = &items[1].1.value else { panic!("not a tensor") };
+        let Value::Tensor(t) = &items[1].1.value else {
+            panic!("not a tensor")
+        };
         assert_eq!(t.storage.kind.dtype, Some(DType::BF16));
         assert_eq!(t.storage.key, "1");
     }
@@ -708,8 +846,13 @@ mod tests {
     #[test]
     fn disallowed_global_is_named() {
         let e = run(b"\x80\x02cos\nsystem\nq\x00.").unwrap_err().to_string();
-        assert!(e.contains("m.pth") && e.contains("global 'os.system' is not allowed"), "{e}");
-        let e = run(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.").unwrap_err().to_string();
+        assert!(
+            e.contains("m.pth") && e.contains("global 'os.system' is not allowed"),
+            "{e}"
+        );
+        let e = run(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("global 'builtins.eval' is not allowed"), "{e}");
     }
 
@@ -719,10 +862,16 @@ mod tests {
         p.extend(std::iter::repeat_n(0x85u8, 10_000)); // TUPLE1 × 10000
         p.push(b'.');
         assert!(run(&p).unwrap_err().to_string().contains("deeper"));
-        assert!(run(b"\x80\x02h\x05.").unwrap_err().to_string().contains("memo key 5"));
+        assert!(run(b"\x80\x02h\x05.")
+            .unwrap_err()
+            .to_string()
+            .contains("memo key 5"));
         assert!(run(b"\x80\x02t.").is_err());
         assert!(run(b"\x80\x02").is_err());
-        assert!(run(b"\x80\x02\xff").unwrap_err().to_string().contains("opcode 0xff"));
+        assert!(run(b"\x80\x02\xff")
+            .unwrap_err()
+            .to_string()
+            .contains("opcode 0xff"));
     }
 
     #[test]

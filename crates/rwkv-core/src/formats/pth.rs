@@ -16,13 +16,21 @@ use crate::model::Model;
 /// Finds `<prefix>data.pkl` (torch names the top folder after the file, or "archive").
 fn find_pickle<'a>(path: &Path, index: &'a ZipIndex) -> Result<(&'a str, &'a zip::ZipEntry)> {
     let mut found = index.entries.iter().filter(|e| {
-        e.name.strip_suffix("data.pkl").is_some_and(|p| p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1))
+        e.name
+            .strip_suffix("data.pkl")
+            .is_some_and(|p| p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1))
     });
-    let first = found
-        .next()
-        .ok_or_else(|| Error::format(path, "zip archive has no data.pkl: not a PyTorch checkpoint"))?;
+    let first = found.next().ok_or_else(|| {
+        Error::format(
+            path,
+            "zip archive has no data.pkl: not a PyTorch checkpoint",
+        )
+    })?;
     if found.next().is_some() {
-        return Err(Error::format(path, "zip archive has more than one data.pkl"));
+        return Err(Error::format(
+            path,
+            "zip archive has more than one data.pkl",
+        ));
     }
     let prefix = &first.name[..first.name.len() - "data.pkl".len()];
     Ok((prefix, first))
@@ -32,9 +40,14 @@ fn find_pickle<'a>(path: &Path, index: &'a ZipIndex) -> Result<(&'a str, &'a zip
 /// checkpoint wraps one (training checkpoints often do).
 fn state_dict<'a>(path: &Path, root: &'a Value) -> Result<&'a [(pickle::V, pickle::V)]> {
     let Value::Dict(items) = root else {
-        return Err(Error::format(path, "data.pkl does not hold a dict of tensors"));
+        return Err(Error::format(
+            path,
+            "data.pkl does not hold a dict of tensors",
+        ));
     };
-    let has_tensors = items.iter().any(|(_, v)| matches!(v.value, Value::Tensor(_)));
+    let has_tensors = items
+        .iter()
+        .any(|(_, v)| matches!(v.value, Value::Tensor(_)));
     if !has_tensors {
         for (k, v) in items {
             if let (Value::Str(k), Value::Dict(inner)) = (&k.value, &v.value) {
@@ -48,14 +61,27 @@ fn state_dict<'a>(path: &Path, root: &'a Value) -> Result<&'a [(pickle::V, pickl
 }
 
 /// The bytes of a tensor view inside its storage entry; only contiguous views.
-fn tensor_range(path: &Path, name: &str, t: &TensorRef, index: &ZipIndex, prefix: &str) -> Result<std::ops::Range<usize>> {
+fn tensor_range(
+    path: &Path,
+    name: &str,
+    t: &TensorRef,
+    index: &ZipIndex,
+    prefix: &str,
+) -> Result<std::ops::Range<usize>> {
     let err = |what: String| Error::format(path, format!("tensor '{name}': {what}"));
     let entry_name = format!("{prefix}data/{}", t.storage.key);
-    let entry = index
-        .get(&entry_name)
-        .ok_or_else(|| err(format!("storage '{}' is missing from the archive", t.storage.key)))?;
+    let entry = index.get(&entry_name).ok_or_else(|| {
+        err(format!(
+            "storage '{}' is missing from the archive",
+            t.storage.key
+        ))
+    })?;
     let elem = t.storage.kind.elem_bytes as u64;
-    let storage_bytes = t.storage.numel.checked_mul(elem).ok_or_else(|| err("storage size overflows".into()))?;
+    let storage_bytes = t
+        .storage
+        .numel
+        .checked_mul(elem)
+        .ok_or_else(|| err("storage size overflows".into()))?;
     if storage_bytes > entry.data.len() as u64 {
         return Err(err(format!(
             "storage '{}' claims {storage_bytes} bytes, the archive entry has {}",
@@ -79,12 +105,16 @@ fn tensor_range(path: &Path, name: &str, t: &TensorRef, index: &ZipIndex, prefix
         }
         want = want.saturating_mul(d as u64);
     }
-    let end = t.offset.checked_add(numel).filter(|&e| e <= t.storage.numel).ok_or_else(|| {
-        err(format!(
-            "view (offset {}, {numel} elements) lies outside its storage of {}",
-            t.offset, t.storage.numel
-        ))
-    })?;
+    let end = t
+        .offset
+        .checked_add(numel)
+        .filter(|&e| e <= t.storage.numel)
+        .ok_or_else(|| {
+            err(format!(
+                "view (offset {}, {numel} elements) lies outside its storage of {}",
+                t.offset, t.storage.numel
+            ))
+        })?;
     let start = entry.data.start + (t.offset * elem) as usize;
     Ok(start..entry.data.start + (end * elem) as usize)
 }
@@ -99,7 +129,10 @@ pub fn read_model(path: &Path) -> Result<Model> {
         if order != b"little" {
             return Err(Error::format(
                 path,
-                format!("byteorder is '{}'; only little-endian checkpoints are supported", String::from_utf8_lossy(order)),
+                format!(
+                    "byteorder is '{}'; only little-endian checkpoints are supported",
+                    String::from_utf8_lossy(order)
+                ),
             ));
         }
     }
@@ -113,11 +146,26 @@ pub fn read_model(path: &Path) -> Result<Model> {
             return Err(Error::format(path, "state dict key is not a string"));
         };
         let dtype = t.storage.kind.dtype.ok_or_else(|| {
-            Error::model(path, format!("tensor '{name}' is torch.{}; only float32/float16/bfloat16 are supported", t.storage.kind.name))
+            Error::model(
+                path,
+                format!(
+                    "tensor '{name}' is torch.{}; only float32/float16/bfloat16 are supported",
+                    t.storage.kind.name
+                ),
+            )
         })?;
         let range = tensor_range(path, name, t, &index, prefix)?;
-        let shape = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
-        raws.push(RawTensor { name: name.clone(), dtype, shape, data: mapped(&map, range) });
+        let shape = if t.shape.is_empty() {
+            vec![1]
+        } else {
+            t.shape.clone()
+        };
+        raws.push(RawTensor {
+            name: name.clone(),
+            dtype,
+            shape,
+            data: mapped(&map, range),
+        });
     }
     model_from_official(path, raws, Layout::Official, "pth")
 }
@@ -158,7 +206,8 @@ pub fn write_with(model: &Model, path: &Path, force_zip64: bool) -> Result<()> {
         z.add("archive/data.pkl", &pkl).map_err(&io)?;
         z.add("archive/byteorder", b"little").map_err(&io)?;
         for (i, (_, t)) in tensors.iter().enumerate() {
-            z.add(&format!("archive/data/{i}"), t.data.as_slice()).map_err(&io)?;
+            z.add(&format!("archive/data/{i}"), t.data.as_slice())
+                .map_err(&io)?;
         }
         z.add("archive/version", b"3\n").map_err(&io)?;
         z.finish().map_err(&io)

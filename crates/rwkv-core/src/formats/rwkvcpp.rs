@@ -7,7 +7,9 @@ use std::path::Path;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::formats::canonical::{detect_version, model_from_official, unsupported_version, Layout, RawTensor};
+use crate::formats::canonical::{
+    detect_version, model_from_official, unsupported_version, Layout, RawTensor,
+};
 use crate::formats::{map_file, mapped, ByteReader};
 use crate::model::{Model, RwkvVersion};
 
@@ -43,7 +45,7 @@ fn code_name(code: i32) -> String {
 
 /// The header of an rwkv.cpp file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RwkvCppHeader {
+pub(crate) struct RwkvCppHeader {
     pub version: u32,
     pub n_vocab: usize,
     pub n_embed: usize,
@@ -52,19 +54,34 @@ pub struct RwkvCppHeader {
 }
 
 fn positive(r: &ByteReader, v: i32, what: &str) -> Result<usize> {
-    usize::try_from(v).ok().filter(|&x| x > 0).ok_or_else(|| r.err(format!("{what} is {v}")))
+    usize::try_from(v)
+        .ok()
+        .filter(|&x| x > 0)
+        .ok_or_else(|| r.err(format!("{what} is {v}")))
+}
+
+/// One tensor record: name, type, torch-order shape, byte range in the file.
+pub(crate) struct Record {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
 }
 
 /// Parses the header and every record (validating sizes) without touching tensor data.
-pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<(String, DType, Vec<usize>, std::ops::Range<usize>)>)> {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<Record>)> {
     let mut r = ByteReader::new(path, bytes);
     let magic = r.u32("magic")?;
     if magic != MAGIC {
-        return Err(r.err(format!("not an rwkv.cpp file (magic {magic:#010x}, expected 0x67676d66)")));
+        return Err(r.err(format!(
+            "not an rwkv.cpp file (magic {magic:#010x}, expected 0x67676d66)"
+        )));
     }
     let version = r.u32("version")?;
     if version != 100 && version != 101 {
-        return Err(r.err(format!("unsupported rwkv.cpp file version {version} (100 or 101)")));
+        return Err(r.err(format!(
+            "unsupported rwkv.cpp file version {version} (100 or 101)"
+        )));
     }
     let n_vocab = r.i32("n_vocab")?;
     let n_vocab = positive(&r, n_vocab, "n_vocab")?;
@@ -73,17 +90,29 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<(St
     let n_layer = r.i32("n_layer")?;
     let n_layer = positive(&r, n_layer, "n_layer")?;
     let data_type = r.i32("data type")?;
-    let header = RwkvCppHeader { version, n_vocab, n_embed, n_layer, data_type };
+    let header = RwkvCppHeader {
+        version,
+        n_vocab,
+        n_embed,
+        n_layer,
+        data_type,
+    };
     let mut records = Vec::new();
     while r.remaining() > 0 {
         let n_dims = r.i32("tensor dimension count")?;
         let key_len = r.i32("tensor name length")?;
         let code = r.i32("tensor type")?;
         if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(r.err(format!("tensor record at offset {} has {n_dims} dimensions (1 to {MAX_DIMS})", r.pos() - 12)));
+            return Err(r.err(format!(
+                "tensor record at offset {} has {n_dims} dimensions (1 to {MAX_DIMS})",
+                r.pos() - 12
+            )));
         }
         if !(1..=MAX_KEY_BYTES).contains(&key_len) {
-            return Err(r.err(format!("tensor name length {key_len} at offset {} is out of range", r.pos() - 8)));
+            return Err(r.err(format!(
+                "tensor name length {key_len} at offset {} is out of range",
+                r.pos() - 8
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -91,16 +120,26 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<(St
             dims.push(positive(&r, d, "tensor dimension")?);
         }
         let name_bytes = r.bytes(key_len as u64, "tensor name")?;
-        let name = String::from_utf8(name_bytes.to_vec()).map_err(|_| r.err("tensor name is not valid UTF-8"))?;
-        let dtype = dtype_from_code(code)
-            .ok_or_else(|| r.err(format!("tensor '{name}' has unknown or unsupported rwkv.cpp type {}", code_name(code))))?;
+        let name = String::from_utf8(name_bytes.to_vec())
+            .map_err(|_| r.err("tensor name is not valid UTF-8"))?;
+        let dtype = dtype_from_code(code).ok_or_else(|| {
+            r.err(format!(
+                "tensor '{name}' has unknown or unsupported rwkv.cpp type {}",
+                code_name(code)
+            ))
+        })?;
         let shape: Vec<usize> = dims.iter().rev().copied().collect();
         let n_bytes = dtype
             .tensor_bytes(&shape)
             .ok_or_else(|| r.err(format!("tensor '{name}' of {dtype} has dimensions {dims:?} that are not whole blocks or too large")))?;
         let start = r.pos();
         r.bytes(n_bytes as u64, &format!("data of tensor '{name}'"))?;
-        records.push((name, dtype, shape, start..start + n_bytes));
+        records.push(Record {
+            name,
+            dtype,
+            shape,
+            range: start..start + n_bytes,
+        });
     }
     Ok((header, records))
 }
@@ -110,7 +149,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<(St
 pub fn read_model(path: &Path) -> Result<Model> {
     let map = map_file(path)?;
     let (header, records) = parse(path, &map)?;
-    let version = detect_version(records.iter().map(|r| r.0.as_str()));
+    let version = detect_version(records.iter().map(|r| r.name.as_str()));
     match version {
         Some(RwkvVersion::V7) => {}
         Some(v) => return Err(unsupported_version(path, v)),
@@ -118,7 +157,12 @@ pub fn read_model(path: &Path) -> Result<Model> {
     }
     let raws = records
         .into_iter()
-        .map(|(name, dtype, shape, range)| RawTensor { name, dtype, shape, data: mapped(&map, range) })
+        .map(|r| RawTensor {
+            name: r.name,
+            dtype: r.dtype,
+            shape: r.shape,
+            data: mapped(&map, r.range),
+        })
         .collect();
     let model = model_from_official(path, raws, Layout::RwkvCpp, "rwkv.cpp")?;
     let d = &model.desc;
@@ -129,7 +173,10 @@ pub fn read_model(path: &Path) -> Result<Model> {
     ];
     for (what, said, found) in checks {
         if said != found {
-            return Err(Error::model(path, format!("header says {what} {said}, the tensors say {found}")));
+            return Err(Error::model(
+                path,
+                format!("header says {what} {said}, the tensors say {found}"),
+            ));
         }
     }
     Ok(model)

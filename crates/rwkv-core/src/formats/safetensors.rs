@@ -49,17 +49,25 @@ pub struct SafetensorsEntry {
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<SafetensorsEntry>> {
     let err = |what: String| Error::format(path, what);
     if bytes.len() < 8 {
-        return Err(err(format!("truncated: {} bytes, a safetensors header length needs 8", bytes.len())));
+        return Err(err(format!(
+            "truncated: {} bytes, a safetensors header length needs 8",
+            bytes.len()
+        )));
     }
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n8);
     if n > MAX_HEADER_BYTES {
-        return Err(err(format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+        return Err(err(format!(
+            "header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"
+        )));
     }
     let data_start = 8 + n as usize;
     if data_start > bytes.len() {
-        return Err(err(format!("truncated: header of {n} bytes runs past the end of the {}-byte file", bytes.len())));
+        return Err(err(format!(
+            "truncated: header of {n} bytes runs past the end of the {}-byte file",
+            bytes.len()
+        )));
     }
     let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
         .map_err(|e| err(format!("header is not a JSON object: {e}")))?;
@@ -71,16 +79,31 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<SafetensorsEntry>> 
         }
         let bad = |what: &str| err(format!("tensor '{name}': {what}"));
         let obj = v.as_object().ok_or_else(|| bad("entry is not an object"))?;
-        let dtype_s = obj.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing dtype"))?;
-        let dtype = dtype_from_name(dtype_s)
-            .ok_or_else(|| bad(&format!("dtype {dtype_s} is not supported (only F32, F16, BF16)")))?;
-        let shape_v = obj.get("shape").and_then(Value::as_array).ok_or_else(|| bad("missing shape"))?;
+        let dtype_s = obj
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing dtype"))?;
+        let dtype = dtype_from_name(dtype_s).ok_or_else(|| {
+            bad(&format!(
+                "dtype {dtype_s} is not supported (only F32, F16, BF16)"
+            ))
+        })?;
+        let shape_v = obj
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("missing shape"))?;
         let mut shape = Vec::with_capacity(shape_v.len().min(8));
         for d in shape_v {
-            let d = d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| bad("shape is not a list of sizes"))?;
+            let d = d
+                .as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| bad("shape is not a list of sizes"))?;
             shape.push(d);
         }
-        let offs = obj.get("data_offsets").and_then(Value::as_array).ok_or_else(|| bad("missing data_offsets"))?;
+        let offs = obj
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("missing data_offsets"))?;
         let (begin, end) = match offs.as_slice() {
             [b, e] => (b.as_u64(), e.as_u64()),
             _ => (None, None),
@@ -105,13 +128,21 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<SafetensorsEntry>> 
             )));
         }
         let range = data_start + begin as usize..data_start + end as usize;
-        entries.push(SafetensorsEntry { name: name.clone(), dtype, shape, range });
+        entries.push(SafetensorsEntry {
+            name: name.clone(),
+            dtype,
+            shape,
+            range,
+        });
     }
     let mut by_start: Vec<&SafetensorsEntry> = entries.iter().collect();
     by_start.sort_by_key(|e| (e.range.start, e.range.end));
     for pair in by_start.windows(2) {
         if pair[1].range.start < pair[0].range.end {
-            return Err(err(format!("tensors '{}' and '{}' overlap", pair[0].name, pair[1].name)));
+            return Err(err(format!(
+                "tensors '{}' and '{}' overlap",
+                pair[0].name, pair[1].name
+            )));
         }
     }
     Ok(entries)
@@ -123,7 +154,12 @@ pub fn read_model(path: &Path) -> Result<Model> {
     let entries = parse_header(path, &map)?;
     let raws = entries
         .into_iter()
-        .map(|e| RawTensor { name: e.name, dtype: e.dtype, shape: e.shape, data: mapped(&map, e.range) })
+        .map(|e| RawTensor {
+            name: e.name,
+            dtype: e.dtype,
+            shape: e.shape,
+            data: mapped(&map, e.range),
+        })
         .collect();
     model_from_official(path, raws, Layout::Official, "safetensors")
 }
@@ -149,14 +185,16 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
         );
         offset += n;
     }
-    let mut json = serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut json =
+        serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::invalid(e.to_string()))?;
     // Pad with spaces so the data starts 8-byte aligned (allowed by the format).
     while (8 + json.len()) % 8 != 0 {
         json.push(b' ');
     }
     write_atomic(path, |w| {
         let io = write_err(path);
-        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(&io)?;
+        w.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(&io)?;
         w.write_all(&json).map_err(&io)?;
         for (_, t) in &tensors {
             w.write_all(t.data.as_slice()).map_err(&io)?;

@@ -47,7 +47,13 @@ impl ZipIndex {
 
 fn find_eocd(path: &Path, bytes: &[u8]) -> Result<usize> {
     if bytes.len() < EOCD_LEN {
-        return Err(Error::format(path, format!("truncated: {} bytes is too short for a zip archive", bytes.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: {} bytes is too short for a zip archive",
+                bytes.len()
+            ),
+        ));
     }
     // The record sits at the end, followed by a comment of at most 65535 bytes.
     let lowest = bytes.len().saturating_sub(EOCD_LEN + 65535);
@@ -60,7 +66,10 @@ fn find_eocd(path: &Path, bytes: &[u8]) -> Result<usize> {
             }
         }
         if pos == lowest {
-            return Err(Error::format(path, "truncated or not a zip archive: no end-of-central-directory record"));
+            return Err(Error::format(
+                path,
+                "truncated or not a zip archive: no end-of-central-directory record",
+            ));
         }
         pos -= 1;
     }
@@ -78,26 +87,44 @@ pub fn read_index(path: &Path, bytes: &[u8]) -> Result<ZipIndex> {
     let mut cd_size = u64::from(r.u32("central directory size")?);
     let mut cd_offset = u64::from(r.u32("central directory offset")?);
     if disk != 0 || cd_disk != 0 {
-        return Err(Error::format(path, "multi-disk zip archives are not supported"));
+        return Err(Error::format(
+            path,
+            "multi-disk zip archives are not supported",
+        ));
     }
     let mut cd_limit = eocd_pos; // the central directory ends before this
     if n_entries == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
         // zip64: a locator of 20 bytes just before the record points at the zip64 record.
-        let loc_pos = eocd_pos
-            .checked_sub(20)
-            .ok_or_else(|| Error::format(path, "zip64 locator missing before end of central directory"))?;
+        let loc_pos = eocd_pos.checked_sub(20).ok_or_else(|| {
+            Error::format(
+                path,
+                "zip64 locator missing before end of central directory",
+            )
+        })?;
         let mut l = ByteReader::new(path, &bytes[loc_pos..eocd_pos]);
         if l.u32("zip64 locator")? != EOCD64_LOCATOR_SIG {
-            return Err(Error::format(path, "zip64 locator missing before end of central directory"));
+            return Err(Error::format(
+                path,
+                "zip64 locator missing before end of central directory",
+            ));
         }
         l.u32("zip64 disk")?;
         let rec = l.u64("zip64 record offset")?;
-        let rec = usize::try_from(rec).ok().filter(|&p| p < loc_pos).ok_or_else(|| {
-            Error::format(path, format!("zip64 end-of-central-directory offset {rec} is outside the file"))
-        })?;
+        let rec = usize::try_from(rec)
+            .ok()
+            .filter(|&p| p < loc_pos)
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("zip64 end-of-central-directory offset {rec} is outside the file"),
+                )
+            })?;
         let mut z = ByteReader::new(path, &bytes[rec..loc_pos]);
         if z.u32("zip64 record")? != EOCD64_SIG {
-            return Err(Error::format(path, "bad zip64 end-of-central-directory signature"));
+            return Err(Error::format(
+                path,
+                "bad zip64 end-of-central-directory signature",
+            ));
         }
         z.u64("zip64 record size")?;
         z.u16("version made by")?;
@@ -117,7 +144,10 @@ pub fn read_index(path: &Path, bytes: &[u8]) -> Result<ZipIndex> {
         )
     })?;
     if n_entries > cd_size / CENTRAL_LEN as u64 {
-        return Err(Error::format(path, format!("zip claims {n_entries} entries, more than its central directory holds")));
+        return Err(Error::format(
+            path,
+            format!("zip claims {n_entries} entries, more than its central directory holds"),
+        ));
     }
     let cd = &bytes[cd_offset as usize..cd_end as usize];
     let mut r = ByteReader::new(path, cd);
@@ -126,9 +156,14 @@ pub fn read_index(path: &Path, bytes: &[u8]) -> Result<ZipIndex> {
     for _ in 0..n_entries {
         let entry = read_central_entry(path, &mut r, bytes, cd_offset as usize)?;
         if index.by_name.contains_key(&entry.0.name) {
-            return Err(Error::format(path, format!("zip entry '{}' appears twice", entry.0.name)));
+            return Err(Error::format(
+                path,
+                format!("zip entry '{}' appears twice", entry.0.name),
+            ));
         }
-        index.by_name.insert(entry.0.name.clone(), index.entries.len());
+        index
+            .by_name
+            .insert(entry.0.name.clone(), index.entries.len());
         spans.push((entry.1, index.entries.len()));
         index.entries.push(entry.0);
     }
@@ -148,9 +183,17 @@ pub fn read_index(path: &Path, bytes: &[u8]) -> Result<ZipIndex> {
 }
 
 /// One central-directory record; returns the entry and the span of its local header + data.
-fn read_central_entry(path: &Path, r: &mut ByteReader, bytes: &[u8], cd_start: usize) -> Result<(ZipEntry, Range<usize>)> {
+fn read_central_entry(
+    path: &Path,
+    r: &mut ByteReader,
+    bytes: &[u8],
+    cd_start: usize,
+) -> Result<(ZipEntry, Range<usize>)> {
     if r.u32("central directory entry")? != CENTRAL_SIG {
-        return Err(r.err(format!("bad central directory signature at offset {}", cd_start + r.pos() - 4)));
+        return Err(r.err(format!(
+            "bad central directory signature at offset {}",
+            cd_start + r.pos() - 4
+        )));
     }
     r.u16("version made by")?;
     r.u16("version needed")?;
@@ -169,7 +212,8 @@ fn read_central_entry(path: &Path, r: &mut ByteReader, bytes: &[u8], cd_start: u
     r.u32("external attributes")?;
     let mut local = u64::from(r.u32("local header offset")?);
     let name_b = r.bytes(name_len.into(), "entry name")?;
-    let name = String::from_utf8(name_b.to_vec()).map_err(|_| r.err("zip entry name is not valid UTF-8"))?;
+    let name = String::from_utf8(name_b.to_vec())
+        .map_err(|_| r.err("zip entry name is not valid UTF-8"))?;
     let extra = r.bytes(extra_len.into(), "extra field")?;
     r.bytes(comment_len.into(), "entry comment")?;
     // zip64 extra: the fields that overflowed, in this order.
@@ -201,10 +245,19 @@ fn read_central_entry(path: &Path, r: &mut ByteReader, bytes: &[u8], cd_start: u
         )));
     }
     if comp != size {
-        return Err(bad(format!("stored entry has compressed size {comp} but size {size}")));
+        return Err(bad(format!(
+            "stored entry has compressed size {comp} but size {size}"
+        )));
     }
     // The local header repeats the name and has its own extra field (torch pads with it).
-    let local = usize::try_from(local).ok().filter(|&l| l < cd_start).ok_or_else(|| bad(format!("local header offset {local} is outside the archive")))?;
+    let local = usize::try_from(local)
+        .ok()
+        .filter(|&l| l < cd_start)
+        .ok_or_else(|| {
+            bad(format!(
+                "local header offset {local} is outside the archive"
+            ))
+        })?;
     let mut l = ByteReader::new(path, &bytes[local..cd_start]);
     if l.u32("local header")? != LOCAL_SIG {
         return Err(bad(format!("bad local header signature at offset {local}")));
@@ -224,7 +277,14 @@ fn read_central_entry(path: &Path, r: &mut ByteReader, bytes: &[u8], cd_start: u
         return Err(bad(format!("data ({size} bytes at offset {data_start}) runs past the start of the central directory")));
     }
     let data = data_start..data_end as usize;
-    Ok((ZipEntry { name, data: data.clone(), crc32 }, local..data.end))
+    Ok((
+        ZipEntry {
+            name,
+            data: data.clone(),
+            crc32,
+        },
+        local..data.end,
+    ))
 }
 
 /// CRC-32 (IEEE, as zip uses it).
@@ -235,7 +295,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
         for (i, slot) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *slot = c;
         }
@@ -267,7 +331,12 @@ pub struct ZipWriter<'w, W: Write> {
 impl<'w, W: Write> ZipWriter<'w, W> {
     /// `start` is the writer's current position (0 for a fresh file).
     pub fn new(out: &'w mut W, start: u64, force_zip64: bool) -> Self {
-        ZipWriter { out, pos: start, done: Vec::new(), force_zip64 }
+        ZipWriter {
+            out,
+            pos: start,
+            done: Vec::new(),
+            force_zip64,
+        }
     }
 
     fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
@@ -311,7 +380,12 @@ impl<'w, W: Write> ZipWriter<'w, W> {
         h.resize(h.len() + pad as usize, 0);
         self.put(&h)?;
         self.put(data)?;
-        self.done.push(Written { name: name.to_string(), crc, size, local });
+        self.done.push(Written {
+            name: name.to_string(),
+            crc,
+            size,
+            local,
+        });
         Ok(())
     }
 
@@ -362,7 +436,8 @@ impl<'w, W: Write> ZipWriter<'w, W> {
         }
         let cd_size = self.pos - cd_start;
         let n = done.len() as u64;
-        let zip64 = self.force_zip64 || n >= 0xFFFF || cd_size >= 0xFFFF_FFFF || cd_start >= 0xFFFF_FFFF;
+        let zip64 =
+            self.force_zip64 || n >= 0xFFFF || cd_size >= 0xFFFF_FFFF || cd_start >= 0xFFFF_FFFF;
         if zip64 {
             let rec = self.pos;
             let mut z = Vec::with_capacity(56 + 20);
@@ -422,7 +497,11 @@ mod tests {
                 })
                 .collect()
         };
-        vec![("a/data.pkl", bytes(77)), ("a/data/0", bytes(1000)), ("a/version", b"3\n".to_vec())]
+        vec![
+            ("a/data.pkl", bytes(77)),
+            ("a/data/0", bytes(1000)),
+            ("a/version", b"3\n".to_vec()),
+        ]
     }
 
     #[test]
@@ -450,10 +529,16 @@ mod tests {
     fn compressed_entry_is_refused() {
         let mut z = build(&sample(), false);
         // Flip the method of the first central record to deflate (8).
-        let cd = z.windows(4).position(|w| w == CENTRAL_SIG.to_le_bytes()).unwrap();
+        let cd = z
+            .windows(4)
+            .position(|w| w == CENTRAL_SIG.to_le_bytes())
+            .unwrap();
         z[cd + 10] = 8;
         let e = read_index(Path::new("t.zip"), &z).unwrap_err().to_string();
-        assert!(e.contains("t.zip") && e.contains("is compressed (method 8)"), "{e}");
+        assert!(
+            e.contains("t.zip") && e.contains("is compressed (method 8)"),
+            "{e}"
+        );
     }
 
     #[test]

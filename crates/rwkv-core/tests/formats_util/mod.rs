@@ -38,7 +38,12 @@ pub fn small_desc() -> ModelDesc {
         head_size: 32,
         vocab_size: 64,
         ffn_size: 256,
-        lora: LoraRanks { w: 32, a: 16, v: 8, g: 24 },
+        lora: LoraRanks {
+            w: 32,
+            a: 16,
+            v: 8,
+            g: 24,
+        },
     }
 }
 
@@ -51,16 +56,32 @@ pub fn random_model(seed: u64, desc: &ModelDesc) -> Model {
         let vals: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
         tensors.insert(name, Tensor::from_f32(shape, &vals).unwrap());
     }
-    Model { desc: desc.clone(), tensors, vocab: None, source: PathBuf::from("random"), format: "synth" }
+    Model {
+        desc: desc.clone(),
+        tensors,
+        vocab: None,
+        source: PathBuf::from("random"),
+        format: "synth",
+    }
 }
 
 /// f32 → f16 / bf16 bytes.
 pub fn convert_plain(t: &Tensor, to: DType) -> Tensor {
-    let vals: Vec<f32> =
-        t.data.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let vals: Vec<f32> = t
+        .data
+        .as_slice()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let bytes: Vec<u8> = match to {
-        DType::F16 => vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        DType::BF16 => vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F16 => vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
         _ => t.data.as_slice().to_vec(),
     };
     Tensor::new(to, t.shape.clone(), TensorBytes::owned(bytes)).unwrap()
@@ -75,7 +96,10 @@ pub fn assert_same_tensors(a: &Model, b: &Model) {
         let tb = &b.tensors[name];
         assert_eq!(ta.dtype, tb.dtype, "{name} dtype");
         assert_eq!(ta.shape, tb.shape, "{name} shape");
-        assert!(ta.data.as_slice() == tb.data.as_slice(), "{name} bytes differ");
+        assert!(
+            ta.data.as_slice() == tb.data.as_slice(),
+            "{name} bytes differ"
+        );
     }
 }
 
@@ -89,7 +113,9 @@ pub fn tmpdir(name: &str) -> PathBuf {
 
 /// `../shared/<rel>` relative to the repository root, or None (with a message) when absent.
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(rel);
     if p.exists() {
         Some(p)
     } else {
@@ -100,7 +126,9 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 
 /// Position of `needle` in `hay` (first occurrence).
 pub fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("{needle:?} not found"))
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{needle:?} not found"))
 }
 
 /// Byte offset of the tensor-info fields right after `name` in a GGUF (n_dims follows).
@@ -119,7 +147,12 @@ pub fn tiny_desc() -> ModelDesc {
         head_size: 16,
         vocab_size: 16,
         ffn_size: 64,
-        lora: LoraRanks { w: 8, a: 4, v: 8, g: 12 },
+        lora: LoraRanks {
+            w: 8,
+            a: 4,
+            v: 8,
+            g: 12,
+        },
     }
 }
 
@@ -153,7 +186,12 @@ pub fn rwkvcpp_bytes(model: &Model) -> Vec<u8> {
                 let block = &name[..name.len() - "att.x_r".len()];
                 let fused: Vec<u8> = v7::ATT_MIXES
                     .iter()
-                    .flat_map(|m| model.tensors[&format!("{block}att.{m}")].data.as_slice().to_vec())
+                    .flat_map(|m| {
+                        model.tensors[&format!("{block}att.{m}")]
+                            .data
+                            .as_slice()
+                            .to_vec()
+                    })
                     .collect();
                 record(&format!("{block}att.x_rwkvag"), &[6, 1, c], &fused);
             }

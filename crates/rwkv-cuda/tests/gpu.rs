@@ -1,0 +1,327 @@
+//! CUDA backend against an f64 reference of the backend contract (tests/common). Skips loudly
+//! without a GPU; fails instead when RWKV_REQUIRE_GPU=1.
+
+mod common;
+
+use common::*;
+use rwkv_core::backend::{Act, Backend, BufferDecl, MatJob, Op, Plan, StepOutput, StepShape};
+use rwkv_core::model::v7::PlanBuilder;
+use rwkv_core::model::LoraRanks;
+use rwkv_core::{DType, ModelDesc, RwkvVersion};
+
+#[test]
+fn probe_lists_devices_or_says_why_not() {
+    match rwkv_cuda::probe() {
+        Ok(devs) => {
+            assert!(!devs.is_empty());
+            assert!(devs
+                .iter()
+                .all(|d| d.backend == "cuda" && !d.device.is_empty()));
+        }
+        Err(why) => {
+            assert!(!why.is_empty());
+            eprintln!("probe: {why}");
+        }
+    }
+}
+
+/// One plan: Embed (f32 table) -> x; MatMul { y = act(W x + b), y2 = W2 x (+= into itself) }.
+#[allow(clippy::too_many_arguments)]
+fn matmul_case(
+    rng: &mut Rng,
+    dtype: DType,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    act: Act,
+    bias: bool,
+    tol: f64,
+) {
+    let Some(mut be) = gpu_or_skip() else { return };
+    let vocab = 37;
+    let table = random_tensor(rng, DType::F32, vocab, in_dim, 1.0);
+    let w = random_tensor(rng, dtype, out_dim, in_dim, 1.0 / (in_dim as f32).sqrt());
+    let b = random_tensor(rng, DType::F32, 1, out_dim, 0.3);
+    let w2 = random_tensor(rng, DType::F32, 48, in_dim, 0.1);
+    let tensors = [table, w, b, w2];
+    for (i, t) in tensors.iter().enumerate() {
+        be.upload_weight(i, &format!("w{i}"), t).unwrap();
+    }
+    be.alloc_states(1, 8).unwrap();
+    let buffers = vec![
+        BufferDecl {
+            name: "x".into(),
+            width: in_dim,
+            last_only: false,
+        },
+        BufferDecl {
+            name: "y".into(),
+            width: out_dim,
+            last_only: false,
+        },
+        BufferDecl {
+            name: "y2".into(),
+            width: 48,
+            last_only: false,
+        },
+    ];
+    let ops = vec![
+        Op::Embed { table: 0, out: 0 },
+        Op::MatMul {
+            jobs: vec![
+                MatJob {
+                    weight: 1,
+                    x: 0,
+                    out: 1,
+                    bias: bias.then_some(2),
+                    act,
+                    accumulate: false,
+                },
+                MatJob {
+                    weight: 3,
+                    x: 0,
+                    out: 2,
+                    bias: None,
+                    act: Act::None,
+                    accumulate: true,
+                },
+            ],
+        },
+    ];
+    let plan = Plan {
+        shape: StepShape {
+            n_seq: 1,
+            n_tok: rows,
+        },
+        buffers,
+        weights: (0..4).map(|i| format!("w{i}")).collect(),
+        ops,
+        logits: 1,
+    };
+    let pid = be.compile(&plan).unwrap();
+    let tokens: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    let mut got = vec![f32::NAN; rows * out_dim];
+    be.execute(pid, &tokens, &[0], StepOutput::Logits(&mut got))
+        .unwrap();
+    let tab = dequant(&tensors[0]);
+    let wd = dequant(&tensors[1]);
+    let bd = dequant(&tensors[2]);
+    let mut want = vec![0f64; rows * out_dim];
+    for (r, &t) in tokens.iter().enumerate() {
+        let x = &tab[t as usize * in_dim..(t as usize + 1) * in_dim];
+        for o in 0..out_dim {
+            let s: f64 = (0..in_dim).map(|k| wd[o * in_dim + k] * x[k]).sum::<f64>()
+                + if bias { bd[o] } else { 0.0 };
+            want[r * out_dim + o] = act64(act, s);
+        }
+    }
+    let e = rel_err(&got, &want);
+    eprintln!("matmul {dtype} rows {rows} {in_dim}->{out_dim} {act:?}: rel err {e:.2e}");
+    assert!(
+        e < tol,
+        "{dtype} rows {rows} {in_dim}->{out_dim}: rel err {e} >= {tol}"
+    );
+}
+
+#[test]
+fn matmul_matches_reference_for_every_encoding_and_row_count() {
+    let mut rng = Rng(0x5eed_0001);
+    // f32 arithmetic on the SIMT path (< 16 rows); f16 operands with f32 accumulation on the
+    // tensor-core path: relative error ~ 2^-11 per product, averaged down over the sum.
+    for dtype in [DType::Q4K, DType::Q6K, DType::Q8_0, DType::F16, DType::F32] {
+        for rows in [1, 2, 3, 5, 8, 13, 16, 70] {
+            let tol = if rows >= 16 { 3e-3 } else { 2e-5 };
+            matmul_case(&mut rng, dtype, rows, 512, 200, Act::None, false, tol);
+        }
+        matmul_case(&mut rng, dtype, 4, 256, 64, Act::Tanh, true, 2e-5);
+        matmul_case(&mut rng, dtype, 33, 256, 130, Act::Sigmoid, true, 3e-3);
+    }
+    // Widths that are no multiple of 32 / 64 (generic path), rank-like widths, every activation.
+    for (rows, in_dim) in [(1, 40), (20, 40), (1, 96), (40, 96), (3, 480)] {
+        for act in [Act::None, Act::ReluSq, Act::Decay] {
+            let tol = if rows >= 16 && in_dim % 32 == 0 {
+                3e-3
+            } else {
+                2e-5
+            };
+            matmul_case(&mut rng, DType::F16, rows, in_dim, 72, act, true, tol);
+            matmul_case(&mut rng, DType::F32, rows, in_dim, 72, act, true, tol);
+        }
+    }
+}
+
+fn tiny_desc(c: usize, head: usize) -> ModelDesc {
+    ModelDesc {
+        version: RwkvVersion::V7,
+        n_layer: 3,
+        n_embd: c,
+        head_size: head,
+        vocab_size: 300,
+        ffn_size: 4 * c,
+        lora: LoraRanks {
+            w: 32,
+            a: 32,
+            v: 24,
+            g: 64,
+        },
+    }
+}
+
+fn upload_all(
+    be: &mut dyn Backend,
+    pb: &PlanBuilder,
+    model: &std::collections::BTreeMap<String, rwkv_core::model::Tensor>,
+) {
+    for (i, n) in pb.weights().iter().enumerate() {
+        be.upload_weight(i, n, &model[n]).unwrap();
+    }
+}
+
+/// Whole model, several plans sharing states, against the f64 interpreter.
+fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
+    let Some(mut be) = gpu_or_skip() else { return };
+    let mut rng = Rng(seed);
+    let desc = tiny_desc(c, head);
+    let model = random_model(&mut rng, &desc, dtype, lora);
+    let pb = PlanBuilder::new(&desc);
+    upload_all(&mut be, &pb, &model);
+    let n_slots = 6;
+    be.alloc_states(n_slots, desc.state_len()).unwrap();
+    let decode = pb.build(StepShape { n_seq: 1, n_tok: 1 }, false);
+    let prefill = pb.build(
+        StepShape {
+            n_seq: 1,
+            n_tok: 20,
+        },
+        true,
+    );
+    let batch = pb.build(StepShape { n_seq: 3, n_tok: 1 }, false);
+    let chunk = pb.build(StepShape { n_seq: 2, n_tok: 7 }, false);
+    let mut reference = RefRunner::new(&decode, &model, n_slots, desc.state_len(), head);
+    let v = desc.vocab_size;
+    let mut worst = [0f64; 4];
+    let mut agree = (0usize, 0usize);
+    let mut check = |be: &mut rwkv_cuda::CudaBackend,
+                     reference: &mut RefRunner,
+                     plan: &Plan,
+                     which: usize,
+                     slots: &[usize],
+                     rng: &mut Rng| {
+        let pid = be.compile(plan).unwrap();
+        let tokens: Vec<u32> = (0..plan.shape.rows())
+            .map(|_| rng.below(v as u64) as u32)
+            .collect();
+        let n = plan.rows_of(plan.logits) * v;
+        let mut got = vec![f32::NAN; n];
+        be.execute(pid, &tokens, slots, StepOutput::Logits(&mut got))
+            .unwrap();
+        let want = reference.run(plan, &tokens, slots);
+        let e = rel_err(&got, &want);
+        worst[which] = worst[which].max(e);
+        // Top-1 agreement with the reference, row by row.
+        for (g, w) in got.chunks(v).zip(want.chunks(v)) {
+            let ga = g
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, x)| if *x > g[b] { i } else { b });
+            agree.0 += (ga == argmax64(w)) as usize;
+            agree.1 += 1;
+        }
+    };
+    // Prefill 20 tokens into slot 0, then decode 5 steps on it.
+    check(&mut be, &mut reference, &prefill, 0, &[0], &mut rng);
+    for _ in 0..5 {
+        check(&mut be, &mut reference, &decode, 1, &[0], &mut rng);
+    }
+    // Batched decode over slots 2, 0, 5, then chunks of 7 on slots 4 and 2.
+    for _ in 0..3 {
+        check(&mut be, &mut reference, &batch, 2, &[2, 0, 5], &mut rng);
+    }
+    for _ in 0..2 {
+        check(&mut be, &mut reference, &chunk, 3, &[4, 2], &mut rng);
+    }
+    // States equal the reference's.
+    for slot in [0, 2, 4] {
+        let mut st = vec![0f32; desc.state_len()];
+        be.read_state(slot, &mut st).unwrap();
+        let e = rel_err(&st, &reference.states[slot]);
+        assert!(e < 1e-3, "{dtype}: state of slot {slot} rel err {e}");
+    }
+    // write_state: copy slot 0 to slot 1; both then give the same logits for the same token.
+    let mut st = vec![0f32; desc.state_len()];
+    be.read_state(0, &mut st).unwrap();
+    be.write_state(1, &st).unwrap();
+    let pid = be.compile(&decode).unwrap();
+    let mut a = vec![0f32; v];
+    let mut b = vec![0f32; v];
+    be.execute(pid, &[7], &[0], StepOutput::Logits(&mut a))
+        .unwrap();
+    be.execute(pid, &[7], &[1], StepOutput::Logits(&mut b))
+        .unwrap();
+    assert_eq!(a, b, "{dtype}: a copied state must give identical logits");
+    // Argmax on the device matches the host argmax of the same logits.
+    let mut am = [0u32; 1];
+    be.write_state(1, &st).unwrap();
+    be.execute(pid, &[7], &[1], StepOutput::Argmax(&mut am))
+        .unwrap();
+    let host = a
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, x)| if *x > a[best] { i } else { best });
+    assert_eq!(am[0] as usize, host);
+    // Contract errors.
+    assert!(
+        be.execute(pid, &[v as u32], &[0], StepOutput::None)
+            .is_err(),
+        "token outside vocabulary"
+    );
+    assert!(
+        be.execute(pid, &[1], &[n_slots], StepOutput::None).is_err(),
+        "slot out of range"
+    );
+    let bp = be.compile(&batch).unwrap();
+    assert!(
+        be.execute(bp, &[1, 2, 3], &[0, 0, 1], StepOutput::None)
+            .is_err(),
+        "repeated slot"
+    );
+    eprintln!(
+        "model {dtype}/{lora} C={c} N={head}: rel err prefill {:.2e} decode {:.2e} batch {:.2e} chunks {:.2e}, top-1 {}/{}",
+        worst[0], worst[1], worst[2], worst[3], agree.0, agree.1
+    );
+    assert!(
+        agree.0 * 100 >= agree.1 * 99,
+        "{dtype}: top-1 agreement {}/{}",
+        agree.0,
+        agree.1
+    );
+    // Decode and batched decode run in f32 (SIMT kernels): only summation order differs.
+    // Prefill/chunks use f16 tensor-core operands for the big matrices when rows >= 16.
+    assert!(
+        worst[1] < 1e-3 && worst[2] < 1e-3,
+        "{dtype}: decode error {:?}",
+        worst
+    );
+    assert!(
+        worst[0] < 2e-2 && worst[3] < 2e-2,
+        "{dtype}: prefill error {:?}",
+        worst
+    );
+}
+
+#[test]
+fn whole_model_q4k_matches_reference() {
+    model_case(11, DType::Q4K, DType::F16, 256, 64);
+}
+
+#[test]
+fn whole_model_q6k_q8_matches_reference() {
+    model_case(12, DType::Q6K, DType::F32, 256, 64);
+    model_case(13, DType::Q8_0, DType::F16, 256, 32);
+}
+
+#[test]
+fn whole_model_f16_f32_matches_reference() {
+    model_case(14, DType::F16, DType::F16, 128, 64);
+    model_case(15, DType::F32, DType::F32, 64, 16);
+}

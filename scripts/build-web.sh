@@ -2,7 +2,8 @@
 # Builds the browser package: crates/rwkv-web for wasm32 (release), then wasm-bindgen into
 # web/pkg/ (git-ignored). Serve web/ over HTTP and open index.html for the demo.
 # Needs: the wasm32-unknown-unknown target (rustup target add; without rustup, Debian's
-# rustc-web + rust-web-src with -Zbuild-std, as scripts/check-platforms.sh does), and
+# rustc-web + rust-web-src with -Zbuild-std, as scripts/check-platforms.sh does; Debian 12 ships
+# rustc 1.85, below wgpu 30's MSRV 1.87, so that fallback fails there today), and
 # wasm-bindgen-cli at the same version as the wasm-bindgen crate (installed here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -67,5 +67,42 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-node web/test/drive.mjs "$chromium" "http://127.0.0.1:$port/test/index.html" web/test/screenshot.png \
-    "${TEST_WEB_TIMEOUT:-300}"
+if ! node web/test/drive.mjs "$chromium" "http://127.0.0.1:$port/test/index.html" web/test/screenshot.png \
+    "${TEST_WEB_TIMEOUT:-300}" | sed 's/^test-web: /test-web (API): /'; then
+    echo "test-web: FAIL (API test)"
+    exit 1
+fi
+
+# The demo page: a synthetic model, 8 streamed tokens, a tok/s figure.
+DRIVE_EXPR=$(cat <<'JS'
+(async () => {
+  const $ = (id) => document.getElementById(id);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  while (!$('synth')) await sleep(50);
+  await sleep(500);
+  $('synth').click();
+  while ($('generate').disabled) {
+    if ($('status').className === 'error') return { pass: false, failures: [$('status').textContent] };
+    await sleep(100);
+  }
+  $('max-tokens').value = '8';
+  $('generate').click();
+  await sleep(100);
+  while ($('generate').disabled) await sleep(100);
+  const log = `status: ${$('status').textContent}\noutput: ${JSON.stringify($('output').textContent)}\n` +
+    `stats: ${$('stats').textContent}`;
+  const failures = [];
+  if ($('status').className === 'error') failures.push($('status').textContent);
+  if (!$('output').textContent) failures.push('no text streamed');
+  if (!/tok\/s/.test($('stats').textContent)) failures.push('no tok/s shown');
+  return { pass: failures.length === 0, failures, log };
+})()
+JS
+)
+export DRIVE_EXPR
+if ! node web/test/drive.mjs "$chromium" "http://127.0.0.1:$port/index.html" web/test/demo.png \
+    "${TEST_WEB_TIMEOUT:-300}" | sed 's/^test-web: /test-web (demo page): /'; then
+    echo "test-web: FAIL (demo page)"
+    exit 1
+fi
+echo "test-web: PASS"

@@ -1,6 +1,8 @@
 // Drives headless Chromium over the DevTools protocol (on a pipe: node built-ins only):
 // opens the test page, awaits window.__rwkvTest, saves a screenshot, prints the verdict.
 // Usage: node drive.mjs <chromium> <url> <screenshot.png> <timeout_s> [extra chromium flags...]
+// DRIVE_EXPR (env): the promise to await instead of window.__rwkvTest; it must resolve to
+// { pass, failures, log }.
 import { spawn } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -69,8 +71,9 @@ try {
   await send('Page.enable', {}, sessionId);
   await send('Page.navigate', { url }, sessionId);
   // The module script may not have run yet: wait for the promise to exist, then await it.
-  const expr = `(async () => { while (!window.__rwkvTest) await new Promise(r => setTimeout(r, 50));
-                               return await window.__rwkvTest; })()`;
+  const expr = process.env.DRIVE_EXPR ??
+    `(async () => { while (!window.__rwkvTest) await new Promise(r => setTimeout(r, 50));
+                    return await window.__rwkvTest; })()`;
   const res = await send('Runtime.evaluate', { expression: expr, awaitPromise: true, returnByValue: true }, sessionId);
   const verdict = res.result.value ?? { pass: false, failures: ['no result: ' + JSON.stringify(res)] };
   const shot = await send('Page.captureScreenshot', { format: 'png' }, sessionId);

@@ -24,8 +24,9 @@ async function open(loader, label) {
     });
     const info = model.info;
     const m = info.model;
+    const api = info.device.properties.find(([k]) => k === 'api')?.[1] ?? 'WebGPU';
     status(`${label}: ${m.n_layer} layers, width ${m.n_embd}, vocabulary ${m.vocab_size} on ` +
-      `${info.device.device} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      `${info.device.device || 'an unnamed adapter'} (${api}) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     $('progress').value = 1;
     $('generate').disabled = false;
   } catch (e) {
@@ -59,17 +60,25 @@ $('generate').addEventListener('click', async () => {
     topP: Number($('top-p').value),
   };
   const prompt = $('prompt').value;
-  let tokens = 0;
   let t0 = null;
+  let first = 0;
+  const showStats = () => {
+    // The first token includes the prompt's prefill; tok/s counts the tokens after it.
+    const n = model.generatedTokens;
+    if (t0 === null) {
+      t0 = performance.now();
+      first = n;
+      return;
+    }
+    const secs = (performance.now() - t0) / 1000;
+    if (n > first) $('stats').textContent = `${n} tokens, ${((n - first) / secs).toFixed(1)} tok/s`;
+  };
   try {
     for await (const piece of model.generate(prompt, opts)) {
-      // The first piece includes the prompt's prefill; tok/s counts the tokens after it.
-      if (t0 === null) t0 = performance.now();
-      else tokens++;
+      showStats();
       $('output').textContent += piece;
-      const secs = (performance.now() - t0) / 1000;
-      $('stats').textContent = tokens > 0 ? `${tokens + 1} tokens, ${(tokens / secs).toFixed(1)} tok/s` : '';
     }
+    showStats();
   } catch (e) {
     status(`generation failed: ${e.message ?? e}`, true);
   }

@@ -48,5 +48,7 @@ export declare class Model {
   detokenize(ids: ArrayLike<number>): string;
   logits(tokens: ArrayLike<number>): Promise<Float32Array>;
   generate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, void, undefined>;
+  /** Tokens sampled so far by the latest generate(). */
+  readonly generatedTokens: number;
   stop(): void;
 }

@@ -32,6 +32,7 @@ export class Model {
   #inner;
   #queue = Promise.resolve();
   #generation = 0;
+  #tokens = 0;
 
   constructor(inner) {
     this.#inner = inner;
@@ -91,12 +92,19 @@ export class Model {
     const id = ++this.#generation;
     const s = seed ?? Math.floor(Math.random() * 2 ** 32);
     await this.#serial(() => this.#inner.begin(prompt, s >>> 0));
+    this.#tokens = 0;
     for (let i = 0; i < maxTokens; i++) {
       if (id !== this.#generation || signal?.aborted) return;
       const piece = await this.#serial(() => this.#inner.next(temperature, topP, stopAtEndOfText));
       if (piece === undefined) return;
+      this.#tokens++;
       if (piece.length > 0) yield piece;
     }
+  }
+
+  /** Tokens sampled so far by the latest generate() (pieces can hold fewer characters). */
+  get generatedTokens() {
+    return this.#tokens;
   }
 
   /** Ends the running generation after the token in flight. */

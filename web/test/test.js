@@ -70,6 +70,7 @@ async function run() {
     text += piece;
   }
   const secs = (performance.now() - t1) / 1000;
+  if (model.generatedTokens !== n) failures.push(`generatedTokens ${model.generatedTokens}, expected ${n}`);
   document.getElementById('text').textContent = prompt + text;
   log(`greedy generate: ${JSON.stringify(text)} (${n} tokens in ${secs.toFixed(2)} s, ${(n / secs).toFixed(1)} tok/s)`);
   const ids = Array.from(model.tokenize(prompt));

@@ -26,7 +26,7 @@ impl Sampler {
     /// Picks a token from `logits`. `temperature <= 0` (or a `top_p` that keeps one token) is
     /// greedy; NaN logits are never picked; an empty or all-NaN row gives 0.
     pub fn sample(&mut self, logits: &[f32], temperature: f32, top_p: f32) -> u32 {
-        if !(temperature > 0.0) {
+        if temperature.is_nan() || temperature <= 0.0 {
             return argmax(logits);
         }
         let mut cand: Vec<(u32, f32)> = logits

@@ -4,7 +4,9 @@
 # drives headless Chromium (SwiftShader WebGPU, no GPU needed) through web/test/: the model
 # loads through the JS API, its logits match the CPU's, it generates text, and a screenshot is
 # saved (web/test/screenshot.png). Prints PASS/FAIL; exits non-zero on failure.
-# Installs chromium with apt-get when missing. Env: TEST_WEB_TIMEOUT (s, default 300).
+# Installs chromium with apt-get when missing. Env: TEST_WEB_TIMEOUT (s, default 300);
+# TEST_WEB_FILE=1 loads the model from a GGUF file written by `rwkv synth` (Model.load) instead
+# of making it in the page (Model.synth): needs rwkv_core::formats::load_bytes in rwkv-web.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +37,13 @@ print(",".join(str(r.randrange(512)) for _ in range(3)), ",".join(str(r.randrang
 PY
 )
 out=web/test/expected.json
+file_field=""
+if [ "${TEST_WEB_FILE:-0}" = 1 ]; then
+    "$rwkv" synth --shape tiny --dtype f32 --seed "$model_seed" -o web/test/tiny.gguf
+    file_field='"file":"tiny.gguf",'
+fi
 {
-    printf '{"shape":"tiny","dtype":"f32","seed":%d,"cases":[' "$model_seed"
+    printf '{%s"shape":"tiny","dtype":"f32","seed":%d,"cases":[' "$file_field" "$model_seed"
     "$rwkv" logits -m "synth:tiny:f32:$model_seed" --backend cpu --tokens "$short"
     printf ','
     "$rwkv" logits -m "synth:tiny:f32:$model_seed" --backend cpu --tokens "$long"

@@ -19,3 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --all-targets "$@"
+
+# Say loudly which GPU backends this machine lacks: their tests skipped (the harness hides the
+# skip messages of passing tests). On a GPU machine, RWKV_REQUIRE_GPU=1 turns skips into failures.
+echo "== backends on this machine (GPU tests skip where a backend is unavailable):"
+if ! "${CARGO_TARGET_DIR:-target}/debug/rwkv" doctor 2>/dev/null | grep -E '^(cuda|webgpu|cpu) '; then
+    echo "(rwkv doctor did not run)"
+fi

@@ -5,8 +5,8 @@
 # loads through the JS API, its logits match the CPU's, it generates text, and a screenshot is
 # saved (web/test/screenshot.png). Prints PASS/FAIL; exits non-zero on failure.
 # Installs chromium with apt-get when missing. Env: TEST_WEB_TIMEOUT (s, default 300);
-# TEST_WEB_FILE=1 loads the model from a GGUF file written by `rwkv synth` (Model.load) instead
-# of making it in the page (Model.synth): needs rwkv_core::formats::load_bytes in rwkv-web.
+# By default the model is a GGUF file written by `rwkv synth` and read through Model.load (as a
+# user's file would be); TEST_WEB_FILE=0 makes it in the page instead (Model.synth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,7 @@ PY
 )
 out=web/test/expected.json
 file_field=""
-if [ "${TEST_WEB_FILE:-0}" = 1 ]; then
+if [ "${TEST_WEB_FILE:-1}" = 1 ]; then
     "$rwkv" synth --shape tiny --dtype f32 --seed "$model_seed" -o web/test/tiny.gguf
     file_field='"file":"tiny.gguf",'
 fi

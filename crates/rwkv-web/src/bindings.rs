@@ -366,11 +366,7 @@ fn busy() -> JsValue {
     JsError::new("the model is busy with another call (await it first)").into()
 }
 
-/// Parses model file bytes into the canonical model.
+/// Parses model file bytes into the canonical model (any format `rwkv_core::formats` reads).
 fn read_model(bytes: Vec<u8>, name: &str) -> Result<Model> {
-    let _ = bytes;
-    Err(Error::format(
-        name,
-        "loading model files in the browser needs rwkv_core::formats::load_bytes, which does not exist yet",
-    ))
+    rwkv_core::formats::load_bytes(bytes, name, &rwkv_core::formats::LoadOptions::default())
 }

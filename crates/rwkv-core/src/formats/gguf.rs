@@ -9,7 +9,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -19,7 +18,7 @@ use crate::formats::{
 };
 use crate::formats::{ByteReader, CountingWriter};
 use crate::model::v7;
-use crate::model::{LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
+use crate::model::{FileBytes, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
 use crate::tokenizer::Vocab;
 
 /// Tensor data alignment when `general.alignment` is absent.
@@ -310,7 +309,7 @@ pub struct GgufFile {
     pub data_start: u64,
     pub kv: Vec<(String, GgufValue)>,
     pub tensors: Vec<GgufTensorInfo>,
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
 }
 
 impl fmt::Debug for GgufFile {
@@ -458,7 +457,7 @@ fn read_array(r: &mut ByteReader, key: &str, depth: usize) -> Result<GgufArray> 
     })
 }
 
-fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
+pub(crate) fn parse(path: &Path, map: Arc<FileBytes>) -> Result<GgufFile> {
     let mut r = ByteReader::new(path, &map);
     let magic = r.bytes(4, "magic")?;
     if magic != b"GGUF" {
@@ -867,6 +866,11 @@ fn to_model(g: &GgufFile) -> Result<Model> {
 /// Reads a llama.cpp `rwkv7` GGUF into the canonical model.
 pub fn read_model(path: &Path) -> Result<Model> {
     GgufFile::open(path)?.to_model()
+}
+
+/// [`read_model`] over bytes already in memory; `path` names them in errors.
+pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
+    parse(path, map)?.to_model()
 }
 
 // ---------------------------------------------------------------------------------------------

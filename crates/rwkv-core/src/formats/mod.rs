@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::model::FileBytes;
+
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::{v7, Model, Tensor, TensorBytes};
@@ -173,6 +175,25 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
     Ok(model)
 }
 
+/// [`load`] for a file already in memory (a browser's `File`, bytes from a network): the same
+/// readers and checks, tensors served as windows of `bytes`. `name` stands for the file in
+/// errors.
+pub fn load_bytes(bytes: Vec<u8>, name: &str, opts: &LoadOptions) -> Result<Model> {
+    let path = Path::new(name);
+    let format = detect_bytes(path, &bytes[..bytes.len().min(9)], bytes.len() as u64)?;
+    let map = Arc::new(FileBytes::Memory(bytes));
+    let mut model = match format {
+        Format::Gguf => gguf::read_model_from(path, map)?,
+        Format::Safetensors => safetensors::read_model_from(path, map)?,
+        Format::Pth => pth::read_model_from(path, map)?,
+        Format::RwkvCpp => rwkvcpp::read_model_from(path, map)?,
+    };
+    model.format = format.name();
+    v7::validate(&model)?;
+    finish_tensors(&mut model, opts)?;
+    Ok(model)
+}
+
 /// Applies `opts.quant` to the large matrices and reports progress over all tensor bytes.
 fn finish_tensors(model: &mut Model, opts: &LoadOptions) -> Result<()> {
     let total = model.total_bytes();
@@ -267,7 +288,7 @@ pub fn write(model: &Model, path: &Path, format: Format) -> Result<()> {
 // Shared helpers for the readers and writers.
 
 /// Maps `path` read-only. Large tensors are later served as windows of this map.
-pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+pub(crate) fn map_file(path: &Path) -> Result<Arc<FileBytes>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len == 0 {
@@ -282,11 +303,11 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     // SAFETY: the map is read-only. Like every mmap-based model loader we assume the file is not
     // truncated or rewritten while mapped; our own writers replace files by rename, never in place.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Arc::new(map))
+    Ok(Arc::new(FileBytes::Mapped(map)))
 }
 
 /// The window `range` of `map` as tensor bytes (the caller has checked the range).
-pub(crate) fn mapped(map: &Arc<Mmap>, range: Range<usize>) -> TensorBytes {
+pub(crate) fn mapped(map: &Arc<FileBytes>, range: Range<usize>) -> TensorBytes {
     TensorBytes::Mapped {
         map: Arc::clone(map),
         range,

@@ -4,6 +4,7 @@
 //! tensors are served straight from the memory map. [`write`] produces what torch.save does.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,7 +12,7 @@ use crate::formats::canonical::{model_from_official, official_tensors, Layout, R
 use crate::formats::pickle::{self, TensorEntry, TensorRef, Value};
 use crate::formats::zip::{self, ZipIndex, ZipWriter};
 use crate::formats::{map_file, mapped, write_atomic, write_err};
-use crate::model::Model;
+use crate::model::{FileBytes, Model};
 
 /// Finds `<prefix>data.pkl` (torch names the top folder after the file, or "archive").
 fn find_pickle<'a>(path: &Path, index: &'a ZipIndex) -> Result<(&'a str, &'a zip::ZipEntry)> {
@@ -121,7 +122,11 @@ fn tensor_range(
 
 /// Reads a PyTorch RWKV-7 checkpoint into the canonical model.
 pub fn read_model(path: &Path) -> Result<Model> {
-    let map = map_file(path)?;
+    read_model_from(path, map_file(path)?)
+}
+
+/// [`read_model`] over bytes already in memory; `path` names them in errors.
+pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
     let index = zip::read_index(path, &map)?;
     let (prefix, pkl) = find_pickle(path, &index)?;
     if let Some(order) = index.get(&format!("{prefix}byteorder")) {

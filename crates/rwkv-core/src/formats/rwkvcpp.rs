@@ -4,6 +4,7 @@
 //! (ggml order, innermost first), the name, the data. Types use rwkv.cpp's own numbering.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,7 +12,7 @@ use crate::formats::canonical::{
     detect_version, model_from_official, unsupported_version, Layout, RawTensor,
 };
 use crate::formats::{map_file, mapped, ByteReader};
-use crate::model::{Model, RwkvVersion};
+use crate::model::{FileBytes, Model, RwkvVersion};
 
 const MAGIC: u32 = 0x6767_6d66;
 /// rwkv.cpp writes at most 3 dimensions; ggml allows 4.
@@ -147,7 +148,11 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(RwkvCppHeader, Vec<Rec
 /// Reads an rwkv.cpp `.bin` into the canonical model. RWKV v4/v5/v6 files parse but are
 /// refused with a clear model error (only v7 runs).
 pub fn read_model(path: &Path) -> Result<Model> {
-    let map = map_file(path)?;
+    read_model_from(path, map_file(path)?)
+}
+
+/// [`read_model`] over bytes already in memory; `path` names them in errors.
+pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
     let (header, records) = parse(path, &map)?;
     let version = detect_version(records.iter().map(|r| r.name.as_str()));
     match version {

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -12,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{model_from_official, official_tensors, Layout, RawTensor};
 use crate::formats::{map_file, mapped, plain_elem_bytes, write_atomic, write_err};
-use crate::model::Model;
+use crate::model::{FileBytes, Model};
 
 /// Largest JSON header we accept. The reference implementation refuses headers over 100 MB
 /// too; real ones are a few hundred bytes per tensor, so anything larger is corrupt or hostile.
@@ -150,7 +151,11 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<SafetensorsEntry>> 
 
 /// Reads a safetensors RWKV-7 checkpoint (official names) into the canonical model.
 pub fn read_model(path: &Path) -> Result<Model> {
-    let map = map_file(path)?;
+    read_model_from(path, map_file(path)?)
+}
+
+/// [`read_model`] over bytes already in memory; `path` names them in errors.
+pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
     let entries = parse_header(path, &map)?;
     let raws = entries
         .into_iter()

@@ -95,12 +95,29 @@ impl ModelDesc {
     }
 }
 
+/// The bytes of a whole model file: memory-mapped (native) or held in memory (a browser, where
+/// nothing can be mapped, or bytes that came from a network).
+pub enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Memory(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Memory(v) => v,
+        }
+    }
+}
+
 /// Bytes of a tensor: a window of a memory-mapped file (a large file is never held twice) or
 /// bytes made at load (transposed, split, converted or quantized tensors).
 #[derive(Clone)]
 pub enum TensorBytes {
     Mapped {
-        map: Arc<memmap2::Mmap>,
+        map: Arc<FileBytes>,
         range: Range<usize>,
     },
     Owned(Arc<Vec<u8>>),

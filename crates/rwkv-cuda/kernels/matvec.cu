@@ -249,6 +249,88 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
     }
 }
 
+// ---- Int8-activation path (batch 1, Q4_K): x quantized per 32 values, products by dp4a. ----
+// Staged in shared memory in the weights' unit order, so that a lane's unit u finds its 32
+// activations and their scales at index u (16-byte strides: no bank conflicts):
+//   xlo[u]: int8 x of the unit's low nibbles (16 values), xhi[u]: of its high nibbles,
+//   meta[u] = {scale of the low 32-group, scale of the high 32-group, exact f32 sum of the 16
+//   low values, of the 16 high values}. The sums keep Q4_K's dmin * min term exact.
+// 48 bytes per unit (1.5 bytes per activation).
+#define Q8_UNIT_BYTES 48
+
+__device__ __forceinline__ int dp4a_s32(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Quantizes x[0..n) (n a multiple of 256) into the staged layout. Each thread takes 4 values;
+// 8 consecutive lanes hold one 32-group (amax by 3 shuffles), 4 lanes one 16-value half (sum).
+__device__ __forceinline__ void q8_stage(const float* x, int n, uint4* xlo, uint4* xhi, float4* meta) {
+    u32* lo = (u32*)xlo;
+    u32* hi = (u32*)xhi;
+    float* mt = (float*)meta;
+    for (int i = threadIdx.x; i < n / 4; i += blockDim.x) {
+        float4 v = *(const float4*)(x + 4 * i);
+        float a = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        float s = (v.x + v.y) + (v.z + v.w);
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 4));
+        float inv = a > 0.0f ? 127.0f / a : 0.0f;
+        u32 q = ((u32)__float2int_rn(v.x * inv) & 255u) | (((u32)__float2int_rn(v.y * inv) & 255u) << 8) |
+                (((u32)__float2int_rn(v.z * inv) & 255u) << 16) | ((u32)__float2int_rn(v.w * inv) << 24);
+        // Value 4i sits in block 4i/256 at j: chunk c = j/64, nibble half h = (j%64)/32,
+        // unit half (j%32)/16, word (j%16)/4 of the unit's 16 bytes.
+        int k = 4 * i, j = k & 255;
+        int c = j >> 6, h = (j >> 5) & 1, uh = (j >> 4) & 1, word = (j >> 2) & 3;
+        int u = (k >> 8) * 8 + 2 * c + uh;
+        (h ? hi : lo)[4 * u + word] = q;
+        if (word == 0) {
+            mt[4 * u + h] = a * (1.0f / 127.0f);
+            mt[4 * u + 2 + h] = s;
+        }
+    }
+}
+
+// acc += dot(unit u of a Q4_K row, staged int8 x): 8 dp4a, the scales applied per 16 values.
+__device__ __forceinline__ void q8_dot(const RawUnit& w, int u, const uint4* xlo, const uint4* xhi, const float4* meta,
+                                       float& acc) {
+    int c = (u & 7) >> 1;
+    uint4 xl = xlo[u], xh = xhi[u];
+    float4 mt = meta[u];
+    u32 qw[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
+    int xlw[4] = {(int)xl.x, (int)xl.y, (int)xl.z, (int)xl.w};
+    int xhw[4] = {(int)xh.x, (int)xh.y, (int)xh.z, (int)xh.w};
+    int sl = 0, sh = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        sl = dp4a_s32((int)(qw[i] & 0x0F0F0F0Fu), xlw[i], sl);
+        sh = dp4a_s32((int)((qw[i] >> 4) & 0x0F0F0F0Fu), xhw[i], sh);
+    }
+    float d = h2f((u16)(w.b.x & 0xffff)), dmin = h2f((u16)(w.b.x >> 16));
+    float d1, m1, d2, m2;
+    q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c, d, dmin, d1, m1);
+    q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c + 1, d, dmin, d2, m2);
+    acc += (d1 * mt.x) * (float)sl + (d2 * mt.y) * (float)sh - (m1 * mt.z + m2 * mt.w);
+}
+
+__device__ __forceinline__ void mv_units_q8(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
+                                            const uint4* xlo, const uint4* xhi, const float4* meta, float& acc) {
+    constexpr int PF = 2;
+    for (int u = u0 + l; u < u1; u += PF * lpr) {
+        RawUnit w[PF];
+#pragma unroll
+        for (int p = 0; p < PF; p++)
+            if (u + p * lpr < u1) raw_load<DT_Q4K>(J, row, u + p * lpr, w[p]);
+#pragma unroll
+        for (int p = 0; p < PF; p++)
+            if (u + p * lpr < u1) q8_dot(w[p], u + p * lpr, xlo, xhi, meta, acc);
+    }
+}
+
 template <int R, bool PAD>
 __device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
                                             const float* x, int xs, int nr, float (&acc)[R]) {
@@ -271,7 +353,7 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     pdl_trigger();
     int bid = blockIdx.x;
     const MatJob& J = T.job[find_job(T, bid)];
-    int lpr = J.n_tiles_n & 255, passes = max(J.n_tiles_n >> 8, 1), ks = J.pad;
+    int lpr = J.n_tiles_n & 255, passes = max((J.n_tiles_n >> 8) & 255, 1), ks = J.pad;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpw = 32 / lpr;  // rows per warp
     int rpb = (8 / ks) * rpw;
@@ -284,8 +366,11 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     int rg = blockIdx.y * R;
     int nr = min(R, rows - rg);
     int pst = J.in_dim + (J.in_dim >> 6) * 4;
+    // Int8 activations (flag bit 24, set by the host for batch-1 Q4_K jobs; RWKV_CUDA_Q8X=0 off).
+    bool q8 = R == 1 && ((J.n_tiles_n >> 24) & 1) && J.dtype == DT_Q4K && fast &&
+              units * Q8_UNIT_BYTES <= smem_floats * 4;
     // Staging pays when the block then serves several weight rows.
-    bool stage = fast && nr * pst <= smem_floats && rpb * passes >= 4;
+    bool stage = !q8 && fast && nr * pst <= smem_floats && rpb * passes >= 4;
     long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
     pdl_wait();
     const float* xg = J.x + (long long)rg * J.in_dim;
@@ -295,6 +380,13 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
             int r = i / q4, k = (i - r * q4) * 4;
             *(float4*)(xsh + r * pst + padi<true>(k)) = *(const float4*)(xg + (long long)r * J.in_dim + k);
         }
+        __syncthreads();
+    }
+    uint4* q8lo = (uint4*)xsh;
+    uint4* q8hi = q8lo + units;
+    float4* q8meta = (float4*)(q8hi + units);
+    if (q8) {
+        q8_stage(xg, J.in_dim, q8lo, q8hi, q8meta);
         __syncthreads();
     }
     for (int pass = 0; pass < passes; pass++) {
@@ -311,6 +403,8 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
                     for (int r = 0; r < R; r++)
                         if (r < nr) acc[r] += w * xg[(long long)r * J.in_dim + k];
                 }
+            } else if (q8) {
+                mv_units_q8(J, row, u0, u1, l, lpr, q8lo, q8hi, q8meta, acc[0]);
             } else if (stage) {
                 mv_dispatch<R, true>(J, row, u0, u1, l, lpr, xsh, pst, nr, acc);
             } else {

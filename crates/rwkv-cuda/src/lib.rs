@@ -820,6 +820,17 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
     (lpr, ks)
 }
 
+/// Shared-memory bytes per 32 activations of matvec.cu's int8 staging (`Q8_UNIT_BYTES`).
+const Q8_UNIT_BYTES: usize = 48;
+
+/// Whether batch-1 Q4_K products use int8 activations (default; `RWKV_CUDA_Q8X=0` keeps the
+/// f32 path). Read when a plan's launches are built.
+fn q8x_enabled() -> bool {
+    std::env::var("RWKV_CUDA_Q8X")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+}
+
 const MAX_JOBS: usize = 8;
 /// Size of matvec.cu's `JobTable` (8 jobs of 72 bytes, the count, padding to 8).
 const JOB_TABLE_BYTES: usize = MAX_JOBS * 72 + 8;
@@ -948,6 +959,12 @@ fn push_matmul(
             mm.push((j.clone(), job, tiles * splits, d));
         } else {
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
+            // Batch 1, Q4_K: activations quantized to int8 per 32 values in the kernel's
+            // prologue, products by dp4a (matvec.cu, flag bit 24 of the lanes field).
+            let q8 = rows == 1 && dtype == GpuDType::Q4K && in_dim % 256 == 0 && q8x_enabled();
+            if q8 {
+                d.push_str("/q8");
+            }
             // Rows per block pass; the number of passes is set below for the whole launch.
             let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
             let job = job_bytes(
@@ -962,12 +979,16 @@ fn push_matmul(
                 act_code(j.act),
                 j.accumulate,
                 0,
-                lpr as i32,
+                lpr as i32 | (q8 as i32) << 24,
                 ks as i32,
             );
             mv.push((j.clone(), job, base_blocks, format!("{d}/l{lpr}k{ks}")));
             let r_eff = rows.min(8);
-            let need = r_eff * (in_dim + in_dim / 64 * 4) * 4;
+            let need = if q8 {
+                in_dim / 32 * Q8_UNIT_BYTES
+            } else {
+                r_eff * (in_dim + in_dim / 64 * 4) * 4
+            };
             if need <= smem_cap {
                 mv_smem = mv_smem.max(need);
             }
@@ -1065,6 +1086,7 @@ impl Backend for CudaBackend {
                 ("kernels".into(), g.kernel_cache.clone()),
                 ("graphs".into(), self.use_graphs.to_string()),
                 ("pdl".into(), g.pdl.to_string()),
+                ("q8x".into(), q8x_enabled().to_string()),
             ],
         }
     }

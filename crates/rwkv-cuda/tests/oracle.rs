@@ -16,6 +16,9 @@ use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
 use rwkv_cpu::CpuBackend;
 
+/// Decode (one row) of Q4_K models with int8 activations quantized per 32 values (amax/127).
+const Q8_DECODE_TOL: f64 = 5e-2;
+
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
     let num: f64 = a
@@ -159,12 +162,18 @@ fn synthetic_models_match_the_cpu_backend() {
         eprintln!(
             "{dtype}: rel err prefill {e_prefill:.2e} decode {e_decode:.2e} batch {e_batch:.2e} state {e_state:.2e} after write {e_after:.2e}"
         );
+        // Batch-1 decode of Q4_K uses int8 activations by default (see Q8_DECODE_TOL).
+        let one_row_tol = if dtype == DType::Q4K && common::q8x() {
+            Q8_DECODE_TOL
+        } else {
+            2e-3
+        };
         assert!(
-            e_decode < 2e-3 && e_batch < 2e-3 && e_after < 2e-3,
+            e_decode < one_row_tol && e_batch < 2e-3 && e_after < one_row_tol,
             "{dtype}: decode errors"
         );
         assert!(e_prefill < 1e-2, "{dtype}: prefill error {e_prefill}");
-        assert!(e_state < 2e-3, "{dtype}: state error {e_state}");
+        assert!(e_state < one_row_tol, "{dtype}: state error {e_state}");
     }
     eprintln!("top-1 agreement {}/{}", agree.0, agree.1);
     assert!(

@@ -317,14 +317,26 @@ __device__ __forceinline__ void q8_dot(const RawUnit& w, int u, const uint4* xlo
     acc += (d1 * mt.x) * (float)sl + (d2 * mt.y) * (float)sh - (m1 * mt.z + m2 * mt.w);
 }
 
-__device__ __forceinline__ void mv_units_q8(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
-                                            const uint4* xlo, const uint4* xhi, const float4* meta, float& acc) {
-    constexpr int PF = 2;
-    for (int u = u0 + l; u < u1; u += PF * lpr) {
-        RawUnit w[PF];
+// `w` may hold the first units' loads already (`loaded`: issued before the PDL wait).
+#define Q8_PF 2
+__device__ __forceinline__ void q8_first_loads(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
+                                               RawUnit (&w)[Q8_PF]) {
 #pragma unroll
-        for (int p = 0; p < PF; p++)
-            if (u + p * lpr < u1) raw_load<DT_Q4K>(J, row, u + p * lpr, w[p]);
+    for (int p = 0; p < Q8_PF; p++)
+        if (u0 + l + p * lpr < u1) raw_load<DT_Q4K>(J, row, u0 + l + p * lpr, w[p]);
+}
+
+__device__ __forceinline__ void mv_units_q8(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
+                                            const uint4* xlo, const uint4* xhi, const float4* meta, float& acc,
+                                            RawUnit (&w)[Q8_PF], bool loaded) {
+    constexpr int PF = Q8_PF;
+    for (int u = u0 + l; u < u1; u += PF * lpr) {
+        if (!loaded) {
+#pragma unroll
+            for (int p = 0; p < PF; p++)
+                if (u + p * lpr < u1) raw_load<DT_Q4K>(J, row, u + p * lpr, w[p]);
+        }
+        loaded = false;
 #pragma unroll
         for (int p = 0; p < PF; p++)
             if (u + p * lpr < u1) q8_dot(w[p], u + p * lpr, xlo, xhi, meta, acc);
@@ -372,6 +384,11 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     // Staging pays when the block then serves several weight rows.
     bool stage = !q8 && fast && nr * pst <= smem_floats && rpb * passes >= 4;
     long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
+    // Weights are constant: the int8 path issues its first units' loads before waiting on the
+    // kernel that writes x, so their latency overlaps that kernel's tail and the x staging.
+    RawUnit q8w[Q8_PF];
+    bool q8pre = q8 && row_base < J.out_dim;
+    if (q8pre) q8_first_loads(J, row_base, u0, u1, l, lpr, q8w);
     pdl_wait();
     const float* xg = J.x + (long long)rg * J.in_dim;
     if (stage) {
@@ -404,7 +421,7 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
                         if (r < nr) acc[r] += w * xg[(long long)r * J.in_dim + k];
                 }
             } else if (q8) {
-                mv_units_q8(J, row, u0, u1, l, lpr, q8lo, q8hi, q8meta, acc[0]);
+                mv_units_q8(J, row, u0, u1, l, lpr, q8lo, q8hi, q8meta, acc[0], q8w, q8pre && pass == 0);
             } else if (stage) {
                 mv_dispatch<R, true>(J, row, u0, u1, l, lpr, xsh, pst, nr, acc);
             } else {

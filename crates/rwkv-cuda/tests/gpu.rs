@@ -123,10 +123,11 @@ fn matmul_case(
     );
 }
 
-/// Batch-1 Q4_K with int8 activations (per 32 values, scale amax/127): rounding noise of
-/// step/sqrt(12) = 0.0023 on uniform [-1, 1) values of rms 0.58, i.e. ~4e-3 relative per product.
-const Q8_MATMUL_TOL: f64 = 2e-2;
-/// The same through a whole model (decode logits and the states it leaves).
+/// Batch-1 Q4_K with int8 activations (per 16 values, scale amax/127): rounding noise of
+/// step/sqrt(12) = 0.0023 on uniform [-1, 1) values of rms 0.58, i.e. ~4e-3 relative per product
+/// (measured on the H100: 3.4e-3; the f32 path 1.2e-7).
+const Q8_MATMUL_TOL: f64 = 1e-2;
+/// The same through a whole model (decode logits and the states it leaves; measured 1.5e-2).
 const Q8_MODEL_TOL: f64 = 5e-2;
 
 #[test]

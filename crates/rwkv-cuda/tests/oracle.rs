@@ -4,7 +4,8 @@
 //!
 //! Tolerances (relative L2 error of the logits): decode and batched decode run the SIMT kernels
 //! in f32 with another summation order than the CPU, so only rounding differs (< 2e-3 after the
-//! recurrence). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
+//! recurrence), except batch-1 Q4_K, whose activations are int8 by default (Q8_DECODE_TOL;
+//! RWKV_CUDA_Q8X=0 restores f32). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
 //! activations rounded to f16, f32 accumulation): ~2^-11 relative per operand, < 1e-2 on logits.
 
 mod common;
@@ -16,7 +17,10 @@ use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
 use rwkv_cpu::CpuBackend;
 
-/// Decode (one row) of Q4_K models with int8 activations quantized per 32 values (amax/127).
+/// Decode (one row) of Q4_K models with int8 activations quantized per 16 values (amax/127),
+/// as llama.cpp's MMVQ does: ~3e-3 relative per product, which the recurrence and the random
+/// synthetic weights grow to 2.6e-2 on the decode logits, 6e-3 on the state and 1.1e-2 after
+/// the state write (measured on the H100); top-1 agreement stays 420/420. Twice the worst.
 const Q8_DECODE_TOL: f64 = 5e-2;
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {

@@ -413,9 +413,10 @@ __device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int 
 // pad = warps per row (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers
 // (8/ks) * (32/lpr) rows per pass, `passes` row groups in turn, with its R activation rows staged
 // in shared memory once (when they fit in smem_floats).
-// Q8ONLY: a launch whose jobs all take the int8 path (the f32 code is left out of the kernel, so
-// that it does not weigh on the registers).
-template <int R, bool Q8ONLY = false>
+// Q8: 0, f32 path only; 1, both paths (launches mixing int8 and f32 jobs); 2, int8 path only
+// (launches whose jobs all take it). Each path's code weighs on the other's registers (spills at
+// 64 registers), so every launch gets the kernel with only what it needs.
+template <int R, int Q8>
 __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int smem_floats) {
     extern __shared__ __align__(16) float xsh[];
     __shared__ float part[8][32][R];
@@ -437,7 +438,7 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     int pst = J.in_dim + (J.in_dim >> 6) * 4;
     // Int8 activations (flag bit 24, set by the host for batch-1 Q4_K jobs; RWKV_CUDA_Q8X=0 off;
     // tuning bits: 25, 4 units in flight per lane instead of 2; 26, no loads before the PDL wait).
-    if (R == 1 && ((J.n_tiles_n >> 24) & 1) && J.dtype == DT_Q4K && fast &&
+    if (Q8 != 0 && R == 1 && ((J.n_tiles_n >> 24) & 1) && J.dtype == DT_Q4K && fast &&
         units * Q8_UNIT_BYTES <= smem_floats * 4) {
         long long rb = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
         bool pre = !((J.n_tiles_n >> 26) & 1);
@@ -447,7 +448,7 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
             matvec_q8_block<2>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb, pre);
         return;
     }
-    if (Q8ONLY) return;  // the host sends only eligible jobs to such kernels
+    if (Q8 == 2) return;  // the host sends only eligible jobs to such kernels
     // Staging pays when the block then serves several weight rows.
     bool stage = fast && nr * pst <= smem_floats && rpb * passes >= 4;
     long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
@@ -515,21 +516,24 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
 }
 
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<1>(T, rows, smem_floats);
+    matvec_impl<1, 0>(T, rows, smem_floats);
+}
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1mix_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<1, 1>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1q8_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<1, true>(T, rows, smem_floats);
+    matvec_impl<1, 2>(T, rows, smem_floats);
 }
 // The same at 3 blocks per SM (80 registers: room for 4 units in flight without spills).
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec1q8w_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<1, true>(T, rows, smem_floats);
+    matvec_impl<1, 2>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<2>(T, rows, smem_floats);
+    matvec_impl<2, 0>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<4>(T, rows, smem_floats);
+    matvec_impl<4, 0>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<8>(T, rows, smem_floats);
+    matvec_impl<8, 0>(T, rows, smem_floats);
 }

@@ -827,7 +827,7 @@ const Q8_UNIT_BYTES: usize = 48;
 /// `RWKV_CUDA_Q8X=0` keeps the f32 path. Tuning words, comma-separated, for measurements (each
 /// measured slower than the default on the H100, see NOTES.md): `pf4` (4 units in flight per
 /// lane), `pre` (first weight loads before the PDL wait), `lb3` (int8-only launches at 3 blocks
-/// per SM), `mixed` (no int8-only kernel). Read when a plan's launches are built.
+/// per SM), `mixed` (int8 jobs always in the kernel with both paths). Read when a plan's launches are built.
 #[derive(Clone, Copy, Default)]
 struct Q8Mode {
     pf4: bool,
@@ -1059,10 +1059,13 @@ fn push_matmul(
         for chunk in list.chunks(MAX_JOBS) {
             let mut blocks = 0usize;
             let mut bytes = Vec::new();
-            // Launches of int8-path jobs only get a kernel without the f32 code.
-            let all_q8 = chunk.iter().all(|(_, job, _, _)| {
+            // Batch-1 launches get the kernel with only the paths their jobs take: int8 only,
+            // both (int8 and f32 jobs), or f32 only (matvec1_kernel).
+            let is_q8 = |job: &Vec<u8>| {
                 i32::from_ne_bytes([job[64], job[65], job[66], job[67]]) & Q8_BIT != 0
-            });
+            };
+            let all_q8 = chunk.iter().all(|(_, job, _, _)| is_q8(job));
+            let any_q8 = chunk.iter().any(|(_, job, _, _)| is_q8(job));
             let kernel = match q8_mode {
                 Some(m) if is_mv && rows == 1 && all_q8 && !m.mixed => {
                     if m.lb3 {
@@ -1071,6 +1074,7 @@ fn push_matmul(
                         "matvec1q8_kernel"
                     }
                 }
+                Some(_) if is_mv && rows == 1 && any_q8 => "matvec1mix_kernel",
                 _ => kernel,
             };
             if is_mv && mv_smem > 48 * 1024 && kernel != mv_name {

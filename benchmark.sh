@@ -4,10 +4,11 @@
 # Example: ./benchmark.sh -t "CUDA Q4_K 1.5B" -c "after graph capture" -f h100-cuda -- -m synth:1.5b:q4k --backend cuda -b 1,8,64
 # Without `-m`, the model is a built-in synthetic one (synth:0.1b:q4k): no download needed.
 # RWKV_BIN=path uses that binary instead of building one with cargo (e.g. on a machine without Rust).
+# RWKV_COMMIT=hash names the commit when the binary was built on another machine (no git here).
 set -euo pipefail
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 title="" comment="" file=""
@@ -55,8 +56,12 @@ tmp="$(mktemp)"
 trap 'rm -f "$tmp" "$tmp.md"' EXIT
 "$bin" bench --json "$@" >"$tmp"
 
-commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if ! git diff --quiet HEAD 2>/dev/null; then commit="$commit (with uncommitted changes)"; fi
+if [ -n "${RWKV_COMMIT:-}" ]; then
+    commit="$RWKV_COMMIT" # set where the binary was built elsewhere (a GPU machine without git)
+else
+    commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if ! git diff --quiet HEAD 2>/dev/null; then commit="$commit (with uncommitted changes)"; fi
+fi
 machine="$(uname -srm); $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //' || true); $(nproc 2>/dev/null || echo '?') cores"
 gpu="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)"
 [ -n "$gpu" ] || gpu="none found by nvidia-smi"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark run behind benchmarks/h100-*.md, for a machine without Rust: build here with
 # `cargo build --release -p rwkv` and copy target/release/rwkv to .dev/bin/rwkv, then on the GPU
-# machine run `scripts/device-bench.sh cuda` (or `webgpu`, with a Vulkan loader installed).
+# machine run `RWKV_COMMIT=<commit the binary was built from> scripts/device-bench.sh cuda` (or `webgpu`, with a Vulkan loader installed).
 # Each model is synthesized in memory (random weights of the released shape, Q4_K).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,4 +18,20 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-cargo test --workspace --all-targets "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# Say loudly which GPU backends this machine lacks: their tests skipped (the harness hides the
+# skip messages of passing tests). On a GPU machine, RWKV_REQUIRE_GPU=1 turns skips into failures.
+echo "== backends on this machine (GPU tests skip where a backend is unavailable):"
+if ! "${CARGO_TARGET_DIR:-target}/debug/rwkv" doctor 2>/dev/null | grep -E '^(cuda|webgpu|cpu) '; then
+    echo "(rwkv doctor did not run)"
+fi
+
+# One closing line over every test binary (cargo prints one "test result" per binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"

@@ -119,12 +119,23 @@ pub enum Op {
     /// `out[r] = table[token[r]]` (row of `table`, `[vocab, C]`, any dtype).
     Embed { table: WeightId, out: BufId },
     /// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b`, population variance over the row.
-    LayerNorm { x: BufId, w: WeightId, b: WeightId, out: BufId, eps: f32 },
+    LayerNorm {
+        x: BufId,
+        w: WeightId,
+        b: WeightId,
+        out: BufId,
+        eps: f32,
+    },
     /// Token shift and mixing. For each row, `prev` is the previous row of the same sequence, or
     /// for its first token the slot's `layer`/`kind` register; then for each `(mix, out)`:
     /// `out[r] = x[r] + (prev − x[r]) · mix`. Afterwards the register holds the sequence's last
     /// row of `x`.
-    TokenShift { x: BufId, layer: usize, kind: ShiftKind, mixes: Vec<(WeightId, BufId)> },
+    TokenShift {
+        x: BufId,
+        layer: usize,
+        kind: ShiftKind,
+        mixes: Vec<(WeightId, BufId)>,
+    },
     /// Independent matrix products, which a backend may run in one launch.
     MatMul { jobs: Vec<MatJob> },
     /// The RWKV-7 time-mix core for `layer`, all heads (see docs/rwkv-math.md), per row in token
@@ -232,7 +243,13 @@ pub trait Backend: Send {
     /// Runs one step: `tokens` has `shape.rows()` ids (sequence-major), `slots` has `n_seq` distinct
     /// state slots in `0..n_slots`. Token ids are checked against the vocabulary. `out` says what
     /// comes back to the host.
-    fn execute(&mut self, plan: PlanId, tokens: &[u32], slots: &[usize], out: StepOutput<'_>) -> Result<()>;
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()>;
 
     /// Copies the state of `slot` out (`state_len` values).
     fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()>;

@@ -31,18 +31,30 @@ pub enum Error {
 
 impl Error {
     pub fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Format { path: path.into(), what: what.into() }
+        Error::Format {
+            path: path.into(),
+            what: what.into(),
+        }
     }
     pub fn model(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Model { path: path.into(), what: what.into() }
+        Error::Model {
+            path: path.into(),
+            what: what.into(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn invalid(what: impl Into<String>) -> Self {
         Error::Invalid(what.into())
     }
     pub fn backend(backend: impl Into<String>, what: impl Into<String>) -> Self {
-        Error::Backend { backend: backend.into(), what: what.into() }
+        Error::Backend {
+            backend: backend.into(),
+            what: what.into(),
+        }
     }
 }

@@ -361,34 +361,35 @@ fn build(desc: &ModelDesc, dtype: DType, seed: u64, source: String) -> Result<Mo
         .unwrap_or(1)
         .min(jobs.len().max(1));
     let queue = Mutex::new(jobs);
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    let mut values = Vec::new();
-                    loop {
-                        let job = match queue.lock() {
-                            Ok(mut q) => q.pop(),
-                            Err(_) => {
-                                return Err(Error::invalid("synthetic model: a worker panicked"))
-                            }
-                        };
-                        match job {
-                            Some(job) => job.run(&mut values)?,
-                            None => return Ok(()),
-                        }
-                    }
+    let work = || -> Result<()> {
+        let mut values = Vec::new();
+        loop {
+            let job = match queue.lock() {
+                Ok(mut q) => q.pop(),
+                Err(_) => return Err(Error::invalid("synthetic model: a worker panicked")),
+            };
+            match job {
+                Some(job) => job.run(&mut values)?,
+                None => return Ok(()),
+            }
+        }
+    };
+    // One worker runs here: wasm32 (the browser) has no threads, and spawning one panics there.
+    let results: Vec<Result<()>> = if threads <= 1 {
+        vec![work()]
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::invalid("synthetic model: a worker panicked"))
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(Error::invalid("synthetic model: a worker panicked")))
-            })
-            .collect()
-    });
+                .collect()
+        })
+    };
     results.into_iter().collect::<Result<()>>()?;
 
     let mut tensors = BTreeMap::new();

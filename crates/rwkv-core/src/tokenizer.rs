@@ -53,13 +53,25 @@ impl Vocab {
             ));
         }
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Vocab::from_bytes(path, &data)
+    }
+
+    /// [`Vocab::from_file`] for a file already in memory (the browser has no paths); `source`
+    /// names it in errors.
+    pub fn from_bytes(source: &Path, data: &[u8]) -> Result<Vocab> {
+        if data.len() as u64 > MAX_VOCAB_FILE_BYTES {
+            return Err(Error::format(
+                source,
+                format!("{} bytes is too large for a vocabulary", data.len()),
+            ));
+        }
         let first = data.iter().find(|b| !b.is_ascii_whitespace());
         let entries = if first == Some(&b'{') {
-            parse_json(path, &data)?
+            parse_json(source, data)?
         } else {
-            parse_txt(path, &data)?
+            parse_txt(source, data)?
         };
-        Vocab::from_entries(entries, 0).map_err(|what| Error::format(path, what))
+        Vocab::from_entries(entries, 0).map_err(|what| Error::format(source, what))
     }
 
     /// Builds the vocabulary from llama.cpp's rwkv GGUF `tokenizer.ggml.tokens`: `[0]` is the

@@ -85,7 +85,8 @@ fn quantized_synth_models_track_the_f32_model() {
     ] {
         let model = synth_model(SynthShape::Tiny, dtype, 1234).unwrap();
         assert_eq!(model.tensors["head.weight"].dtype, dtype);
-        assert_eq!(model.tensors["blocks.1.att.w1"].dtype, DType::F32);
+        // LoRA matrices are f16 in non-f32 synthetic models (as in released checkpoints).
+        assert_eq!(model.tensors["blocks.1.att.w1"].dtype, DType::F16);
         let got = Runner::new(&model, 1)
             .unwrap()
             .one_by_one(&tokens, 0)

@@ -1,11 +1,12 @@
 //! Step speed of the WebGPU backend on a synthetic model (not a test: numbers for NOTES.md).
 //!
 //! `cargo run --release -p rwkv-wgpu --example wgpu_speed -- [shape] [dtype] [steps] [n_seq] [n_tok] [plain]`
-//! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16 and subgroups off.
+//! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16 and subgroups off; `profile` adds GPU
+//! time per op kind (timestamp queries) for one step.
 
 use std::time::Instant;
 
-use rwkv_core::backend::{Backend, StepOutput, StepShape};
+use rwkv_core::backend::{Backend, Op, StepOutput, StepShape};
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
@@ -19,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = arg(2, "16").parse()?;
     let n_seq: usize = arg(3, "1").parse()?;
     let n_tok: usize = arg(4, "1").parse()?;
-    let plain = arg(5, "") == "plain";
+    let plain = args.iter().any(|a| a == "plain");
+    let profile = args.iter().any(|a| a == "profile");
 
     let model = synth_model(shape, dtype, 1)?;
     let mut options = WgpuOptions::default();
@@ -35,7 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     backend.alloc_states(n_seq, model.desc.state_len())?;
     let shape_ = StepShape { n_seq, n_tok };
-    let plan = backend.compile(&builder.build(shape_, false))?;
+    let plan_desc = builder.build(shape_, false);
+    let plan = backend.compile(&plan_desc)?;
     println!(
         "upload + compile: {:.2} s ({} bytes of weights)",
         start.elapsed().as_secs_f64(),
@@ -62,5 +65,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         secs * 1e3 / steps as f64,
         (steps * n_seq * n_tok) as f64 / secs
     );
+    if profile {
+        let times = backend.profile_step(plan, &tokens, &slots)?;
+        let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
+        for t in &times {
+            // Group by what the op does: matrix products by weight name without the layer.
+            let kind = match &plan_desc.ops[t.op] {
+                Op::MatMul { jobs } => {
+                    let w = &plan_desc.weights[jobs[0].weight];
+                    let short = match w.strip_prefix("blocks.") {
+                        Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
+                        None => w.as_str(),
+                    };
+                    format!("MatMul {short}")
+                }
+                op => format!("{op:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap_or("?")
+                    .to_string(),
+            };
+            let kind = format!("{kind} [{}]", t.kernel);
+            match by_kind.iter_mut().find(|k| k.0 == kind) {
+                Some(k) => {
+                    k.1 += t.micros;
+                    k.2 += 1;
+                }
+                None => by_kind.push((kind, t.micros, 1)),
+            }
+        }
+        let total: f64 = by_kind.iter().map(|k| k.1).sum();
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("GPU time of one step: {:.1} ms", total / 1e3);
+        for (kind, us, n) in by_kind {
+            println!(
+                "{:7.2} ms {:5.1}%  x{n:<3} {kind}",
+                us / 1e3,
+                100.0 * us / total
+            );
+        }
+    }
     Ok(())
 }

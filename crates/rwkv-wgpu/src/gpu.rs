@@ -132,8 +132,11 @@ pub(crate) struct Gpu {
     pub limits: wgpu::Limits,
     pub f16: bool,
     pub subgroups: bool,
+    pub timestamps: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
+    // The browser has no blocking wait.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub wait_timeout: Duration,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -190,6 +193,11 @@ impl Gpu {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
+        // Pass-level timestamps, for WgpuBackend::profile_step only.
+        let timestamps = have.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         // Ask for everything the adapter offers: on native that lifts the 128 MiB binding default.
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -231,6 +239,7 @@ impl Gpu {
             limits,
             f16,
             subgroups,
+            timestamps,
             max_binding,
             wait_timeout: options.wait_timeout,
             lost,
@@ -277,6 +286,7 @@ impl Gpu {
     }
 
     /// Waits (with the timeout) for a submission to finish.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         let r = self.device.poll(wgpu::PollType::Wait {
             submission_index: Some(submission),

@@ -39,7 +39,7 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    /// One workgroup of `wg` invocations per output row.
+    /// 64 invocations per workgroup, `tpr` of them per output row.
     MatMul(PackedKind, u32),
     /// One invocation per output row, for rows of at most NARROW_UNITS units.
     MatMulNarrow(PackedKind),
@@ -98,10 +98,8 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         );
     }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
-    if let Kernel::MatMul(_, wg) = kernel {
-        s = s
-            .replace("MM_WG", &wg.to_string())
-            .replace("MM_HALF", &(wg / 2).to_string());
+    if let Kernel::MatMul(_, tpr) = kernel {
+        s = s.replace("MM_TPR", &tpr.to_string());
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;
@@ -116,34 +114,50 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
 #[derive(Default)]
 pub(crate) struct Kernels {
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    /// Kernels whose subgroup / f16 variant the device rejected, with the reason; they run
+    /// their plain variant instead.
+    pub fallbacks: Vec<String>,
 }
 
 impl Kernels {
-    pub fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+    pub async fn get(&mut self, gpu: &Gpu, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = self.pipelines.get(&kernel) {
             return Ok(p.clone());
         }
-        let src = source(kernel, gpu.subgroups, gpu.f16);
-        let label = format!("{kernel:?}");
-        let pipeline =
-            crate::gpu::block_on(gpu.scoped(&format!("compiling kernel {label}"), || {
-                let module = gpu
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(&label),
-                        source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
-                    });
-                gpu.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(&label),
-                        layout: None,
-                        module: &module,
-                        entry_point: Some("main"),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
-            }))?;
+        let fast = source(kernel, gpu.subgroups, gpu.f16);
+        let plain = source(kernel, false, false);
+        let pipeline = match compile(gpu, kernel, &fast).await {
+            Ok(p) => p,
+            // A shader compiler that rejects a feature it advertised must not cost the device.
+            Err(e) if fast != plain => {
+                self.fallbacks.push(format!("{kernel:?}: {e}"));
+                compile(gpu, kernel, &plain).await?
+            }
+            Err(e) => return Err(e),
+        };
         self.pipelines.insert(kernel, pipeline.clone());
         Ok(pipeline)
     }
+}
+
+async fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
+    let label = format!("{kernel:?}");
+    gpu.scoped(&format!("compiling kernel {label}"), || {
+        let module = gpu
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        gpu.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    })
+    .await
 }

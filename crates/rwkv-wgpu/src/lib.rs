@@ -14,20 +14,37 @@ mod kernels;
 mod plan;
 mod weights;
 
-use rwkv_core::backend::{Backend, DeviceInfo, Plan, PlanId, StepOutput};
+#[cfg(not(target_arch = "wasm32"))]
+use rwkv_core::backend::Backend;
+use rwkv_core::backend::{DeviceInfo, Plan, PlanId, StepOutput};
 use rwkv_core::model::Tensor;
 use rwkv_core::{Error, Result};
 
-use gpu::{backend_err, block_on, Gpu};
+#[cfg(not(target_arch = "wasm32"))]
+use gpu::block_on;
+use gpu::{backend_err, Gpu};
 pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
 use kernels::Kernels;
-use plan::{Compiled, ReadBack};
+use plan::{Compiled, Profiler, ReadBack};
 use weights::DeviceWeight;
 
 /// Every adapter wgpu can see (name, API, device type, features, limits), for the router and
 /// `rwkv doctor`. Empty when there is none.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn probe() -> Vec<AdapterReport> {
     block_on(probe_async())
+}
+
+/// GPU time of one op of a profiled step ([`WgpuBackend::profile_step`]).
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// Index in `Plan::ops`.
+    pub op: usize,
+    /// The kernel of its first dispatch, e.g. `MatMul(Q4K, 64)`.
+    pub kernel: String,
+    /// Dispatches of the op (jobs x chunks for matrix products).
+    pub dispatches: usize,
+    pub micros: f64,
 }
 
 /// The WebGPU backend.
@@ -47,8 +64,14 @@ pub struct WgpuBackend {
 impl WgpuBackend {
     /// Opens the adapter `options` chooses. Fails with `Error::Backend` ("no wgpu adapter: ...")
     /// when there is none.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: WgpuOptions) -> Result<WgpuBackend> {
-        let gpu = block_on(Gpu::new(&options))?;
+        block_on(Self::new_async(options))
+    }
+
+    /// [`WgpuBackend::new`] without blocking (for the browser, where nothing may block).
+    pub async fn new_async(options: WgpuOptions) -> Result<WgpuBackend> {
+        let gpu = Gpu::new(&options).await?;
         Ok(WgpuBackend {
             gpu,
             kernels: Kernels::default(),
@@ -86,29 +109,31 @@ impl WgpuBackend {
         self.gpu.device.destroy();
     }
 
-    fn vecs(&mut self) -> Result<wgpu::Buffer> {
+    async fn vecs(&mut self) -> Result<wgpu::Buffer> {
         if let Some(b) = &self.vec_buffer {
             return Ok(b.clone());
         }
         let gpu = &self.gpu;
         let host = &self.vec_host;
-        let buffer = block_on(gpu.scoped("uploading vectors", || -> Result<wgpu::Buffer> {
-            let b = gpu.buffer(
-                "vectors",
-                (host.len() as u64) * 4,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            )?;
-            if !host.is_empty() {
-                gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(host));
-            }
-            Ok(b)
-        }))??;
+        let buffer = gpu
+            .scoped("uploading vectors", || -> Result<wgpu::Buffer> {
+                let b = gpu.buffer(
+                    "vectors",
+                    (host.len() as u64) * 4,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                )?;
+                if !host.is_empty() {
+                    gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(host));
+                }
+                Ok(b)
+            })
+            .await??;
         self.vec_buffer = Some(buffer.clone());
         Ok(buffer)
     }
 
     /// Builds (or rebuilds after a state or vector change) the device side of plan `i`.
-    fn ensure_built(&mut self, i: usize) -> Result<()> {
+    async fn ensure_built(&mut self, i: usize) -> Result<()> {
         if self.state_len == 0 {
             return Err(backend_err(
                 "no states allocated: call alloc_states before running a plan",
@@ -120,19 +145,21 @@ impl WgpuBackend {
         if fresh {
             return Ok(());
         }
-        let vecs = self.vecs()?;
+        let vecs = self.vecs().await?;
         let (gpu, kernels, weights) = (&self.gpu, &mut self.kernels, &self.weights);
-        self.plans[i].build(
-            gpu,
-            kernels,
-            weights,
-            &vecs,
-            self.weights_generation,
-            self.state_len,
-        )
+        self.plans[i]
+            .build(
+                gpu,
+                kernels,
+                weights,
+                &vecs,
+                self.weights_generation,
+                self.state_len,
+            )
+            .await
     }
 
-    fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+    async fn staging_read(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let gpu = &self.gpu;
         let staging = gpu.buffer(
             "state read-back",
@@ -141,13 +168,105 @@ impl WgpuBackend {
         )?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
-        let idx = block_on(gpu.scoped("reading state", || gpu.queue.submit([enc.finish()])))?;
-        block_on(gpu.read_mapped(&staging, len, idx))
+        let idx = gpu
+            .scoped("reading state", || gpu.queue.submit([enc.finish()]))
+            .await?;
+        gpu.read_mapped(&staging, len, idx).await
     }
-}
 
-impl Backend for WgpuBackend {
-    fn info(&self) -> DeviceInfo {
+    /// Runs one step of `plan` (states updated as by `execute`, no output) with a GPU timestamp
+    /// around every dispatch and returns the time per op, in plan order (the op index, its
+    /// kernels and dispatch count, microseconds). Needs the adapter's timestamp features.
+    pub async fn profile_step_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        if !self.gpu.timestamps {
+            return Err(backend_err(
+                "profiling needs the adapter's TIMESTAMP_QUERY feature",
+            ));
+        }
+        self.check_step(plan, tokens, slots, &StepOutput::None)?;
+        self.ensure_built(plan.0).await?;
+        let p = &self.plans[plan.0];
+        let ops = p.dispatch_ops();
+        let n = 2 * ops.len() as u64;
+        if n > wgpu::QUERY_SET_MAX_QUERIES as u64 {
+            return Err(backend_err(format!("{n} timestamps exceed a query set")));
+        }
+        let gpu = &self.gpu;
+        let built = p
+            .built
+            .as_ref()
+            .ok_or_else(|| backend_err("plan not built"))?;
+        let (submission, profiler) = gpu
+            .scoped("profiling step", || -> Result<_> {
+                let profiler = Profiler {
+                    queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("op timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: n as u32,
+                    }),
+                    resolve: gpu.buffer(
+                        "timestamps",
+                        n * 8,
+                        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    )?,
+                    staging: gpu.buffer(
+                        "timestamp read-back",
+                        n * 8,
+                        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    )?,
+                };
+                gpu.queue
+                    .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+                let (cmd, _) =
+                    p.encode(gpu, &self.states, slots, ReadBack::None, Some(&profiler))?;
+                Ok((gpu.queue.submit([cmd]), profiler))
+            })
+            .await??;
+        let bytes = gpu
+            .read_mapped(&profiler.staging, n * 8, submission)
+            .await?;
+        let stamps: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        let ns_per_tick = gpu.queue.get_timestamp_period() as f64;
+        let mut out: Vec<OpTime> = Vec::new();
+        for (i, (op, kernel)) in ops.iter().enumerate() {
+            let us = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * ns_per_tick / 1e3;
+            match out.last_mut() {
+                Some(last) if last.op == *op => {
+                    last.micros += us;
+                    last.dispatches += 1;
+                }
+                _ => out.push(OpTime {
+                    op: *op,
+                    kernel: format!("{kernel:?}"),
+                    dispatches: 1,
+                    micros: us,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`WgpuBackend::profile_step_async`], blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_step(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        block_on(self.profile_step_async(plan, tokens, slots))
+    }
+
+    /// What `Backend::info` reports.
+    pub fn device_info(&self) -> DeviceInfo {
         let g = &self.gpu;
         DeviceInfo {
             backend: gpu::BACKEND_NAME.into(),
@@ -163,12 +282,24 @@ impl Backend for WgpuBackend {
                 ),
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
+                ("timestamps".into(), g.timestamps.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
+                (
+                    "kernel_fallbacks".into(),
+                    self.kernels.fallbacks.len().to_string(),
+                ),
             ],
         }
     }
 
-    fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
+    // The device work of each `Backend` method, awaitable (the browser cannot block).
+
+    pub async fn upload_weight_async(
+        &mut self,
+        id: usize,
+        name: &str,
+        tensor: &Tensor,
+    ) -> Result<()> {
         if self.weights.len() <= id {
             self.weights.resize_with(id + 1, || None);
         }
@@ -191,9 +322,11 @@ impl Backend for WgpuBackend {
             }
         } else {
             let gpu = &self.gpu;
-            let m = block_on(gpu.scoped(&format!("uploading '{name}'"), || {
-                weights::upload_matrix(gpu, name, tensor)
-            }))??;
+            let m = gpu
+                .scoped(&format!("uploading '{name}'"), || {
+                    weights::upload_matrix(gpu, name, tensor)
+                })
+                .await??;
             DeviceWeight::Matrix(m)
         };
         self.weights[id] = Some(weight);
@@ -202,15 +335,14 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
+    pub async fn alloc_states_async(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
         let gpu = &self.gpu;
         let bytes = (state_len as u64)
             .checked_mul(4)
             .ok_or_else(|| backend_err("state too large"))?;
         self.states.clear();
-        let states = block_on(gpu.scoped(
-            "allocating states",
-            || -> Result<Vec<wgpu::Buffer>> {
+        let states = gpu
+            .scoped("allocating states", || -> Result<Vec<wgpu::Buffer>> {
                 (0..n_slots)
                     .map(|_| {
                         gpu.buffer(
@@ -222,20 +354,20 @@ impl Backend for WgpuBackend {
                         )
                     })
                     .collect()
-            },
-        ))??;
+            })
+            .await??;
         // New buffers are zeroed by WebGPU.
         self.states = states;
         self.state_len = state_len;
         Ok(())
     }
 
-    fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
+    pub async fn compile_async(&mut self, plan: &Plan) -> Result<PlanId> {
         let compiled = Compiled::new(&self.gpu, plan, &self.weights)?;
         self.plans.push(compiled);
         let i = self.plans.len() - 1;
         if self.state_len > 0 {
-            if let Err(e) = self.ensure_built(i) {
+            if let Err(e) = self.ensure_built(i).await {
                 self.plans.pop();
                 return Err(e);
             }
@@ -243,13 +375,15 @@ impl Backend for WgpuBackend {
         Ok(PlanId(i))
     }
 
-    fn execute(
-        &mut self,
+    /// Checks a step's arguments against the plan, the vocabulary and the slots; says what the
+    /// step reads back.
+    fn check_step(
+        &self,
         plan: PlanId,
         tokens: &[u32],
         slots: &[usize],
-        out: StepOutput<'_>,
-    ) -> Result<()> {
+        out: &StepOutput<'_>,
+    ) -> Result<ReadBack> {
         let i = plan.0;
         let p = self
             .plans
@@ -283,7 +417,7 @@ impl Backend for WgpuBackend {
                 return Err(backend_err(format!("slot {s} appears twice in one step")));
             }
         }
-        let read = match &out {
+        let read = match out {
             StepOutput::None => ReadBack::None,
             StepOutput::Logits(o) => {
                 if o.len() != p.logits_len() {
@@ -306,24 +440,38 @@ impl Backend for WgpuBackend {
                 ReadBack::Argmax
             }
         };
-        self.ensure_built(i)?;
+        Ok(read)
+    }
+
+    pub async fn execute_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        let i = plan.0;
+        let read = self.check_step(plan, tokens, slots, &out)?;
+        self.ensure_built(i).await?;
         let p = &self.plans[i];
         let gpu = &self.gpu;
         let built = p
             .built
             .as_ref()
             .ok_or_else(|| backend_err("plan not built"))?;
-        let (submission, len) = block_on(gpu.scoped("running step", || -> Result<_> {
-            gpu.queue
-                .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
-            let (cmd, len) = p.encode(gpu, &self.states, slots, read)?;
-            Ok((gpu.queue.submit([cmd]), len))
-        }))??;
+        let (submission, len) = gpu
+            .scoped("running step", || -> Result<_> {
+                gpu.queue
+                    .write_buffer(&built.tokens, 0, bytemuck::cast_slice(tokens));
+                let (cmd, len) = p.encode(gpu, &self.states, slots, read, None)?;
+                Ok((gpu.queue.submit([cmd]), len))
+            })
+            .await??;
         if read == ReadBack::None {
             return gpu.check_submitted(submission);
         }
         let staging = p.staging().ok_or_else(|| backend_err("plan not built"))?;
-        let bytes = block_on(gpu.read_mapped(staging, len, submission))?;
+        let bytes = gpu.read_mapped(staging, len, submission).await?;
         match out {
             StepOutput::Logits(o) => {
                 for (v, b) in o.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -340,7 +488,7 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
+    pub async fn read_state_async(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
         let buf = self
             .states
             .get(slot)
@@ -352,14 +500,14 @@ impl Backend for WgpuBackend {
                 out.len()
             )));
         }
-        let bytes = self.staging_read(buf, self.state_len as u64 * 4)?;
+        let bytes = self.staging_read(buf, self.state_len as u64 * 4).await?;
         for (v, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         Ok(())
     }
 
-    fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
+    pub async fn write_state_async(&mut self, slot: usize, values: &[f32]) -> Result<()> {
         let buf = self
             .states
             .get(slot)
@@ -372,11 +520,50 @@ impl Backend for WgpuBackend {
             )));
         }
         let gpu = &self.gpu;
-        block_on(gpu.scoped("writing state", || {
+        gpu.scoped("writing state", || {
             gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(values))
-        }))?;
+        })
+        .await?;
         // Writes are staged until the next submit; submit nothing now so a lost device shows.
         let idx = gpu.queue.submit([]);
         gpu.check_submitted(idx)
+    }
+}
+
+/// The blocking contract, for native callers: each method waits on its async twin.
+#[cfg(not(target_arch = "wasm32"))]
+impl Backend for WgpuBackend {
+    fn info(&self) -> DeviceInfo {
+        self.device_info()
+    }
+
+    fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
+        block_on(self.upload_weight_async(id, name, tensor))
+    }
+
+    fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()> {
+        block_on(self.alloc_states_async(n_slots, state_len))
+    }
+
+    fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
+        block_on(self.compile_async(plan))
+    }
+
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        block_on(self.execute_async(plan, tokens, slots, out))
+    }
+
+    fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
+        block_on(self.read_state_async(slot, out))
+    }
+
+    fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
+        block_on(self.write_state_async(slot, values))
     }
 }

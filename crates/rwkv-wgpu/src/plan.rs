@@ -66,6 +66,9 @@ struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
+    /// Index of the op in the plan (the argmax dispatch: `ops.len()`), and the kernel.
+    op: usize,
+    kernel: Kernel,
 }
 
 #[derive(Clone)]
@@ -78,6 +81,7 @@ enum Bind {
 }
 
 struct Rec {
+    op: usize,
     kernel: Kernel,
     params: [u32; PARAM_WORDS],
     binds: Vec<Bind>,
@@ -269,7 +273,7 @@ impl Compiled {
 
     /// Builds pipelines, buffers and bind groups for states of `state_len` values.
     #[allow(clippy::too_many_arguments)]
-    pub fn build(
+    pub async fn build(
         &mut self,
         gpu: &Gpu,
         kernels: &mut Kernels,
@@ -341,7 +345,7 @@ impl Compiled {
         let state_u = u32_of(state_len, "state length")?;
 
         let mut recs: Vec<Rec> = Vec::new();
-        for op in &plan.ops {
+        for (op_index, op) in plan.ops.iter().enumerate() {
             match op {
                 Op::Embed { table, out } => {
                     let m = matrix(*table)?;
@@ -349,6 +353,7 @@ impl Compiled {
                     let (gx, gy) = grid(((rows * units) as u64).div_ceil(64))?;
                     for ch in &m.chunks {
                         recs.push(Rec {
+                            op: op_index,
                             kernel: Kernel::Embed(m.kind),
                             params: params(&[
                                 u32_of(ch.row_begin, "row")?,
@@ -371,6 +376,7 @@ impl Compiled {
                         return Err(backend_err(format!("{r} rows exceed the device's grid")));
                     }
                     recs.push(Rec {
+                        op: op_index,
                         kernel: Kernel::LayerNorm,
                         params: params(&[
                             self.off(*x)?,
@@ -413,6 +419,7 @@ impl Compiled {
                         p.push(self.off(*o)?);
                     }
                     recs.push(Rec {
+                        op: op_index,
                         kernel: Kernel::TokenShift,
                         params: params(&p),
                         binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
@@ -431,22 +438,19 @@ impl Compiled {
                             )));
                         }
                         let narrow = units <= NARROW_UNITS;
+                        // Invocations per row: no more than the row has units (short rows of
+                        // small models); the rest of the 64 take further rows.
+                        let tpr = units.next_power_of_two().clamp(16, 64);
                         for ch in &m.chunks {
-                            let groups = if narrow {
-                                (ch.rows as u64).div_ceil(64)
-                            } else {
-                                ch.rows as u64
-                            };
+                            let rows_per_group = if narrow { 64 } else { 64 / tpr };
+                            let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
                             let (gx, gy) = grid(groups)?;
                             recs.push(Rec {
+                                op: op_index,
                                 kernel: if narrow {
                                     Kernel::MatMulNarrow(m.kind)
                                 } else {
-                                    // No more invocations than units (short rows of small models).
-                                    Kernel::MatMul(
-                                        m.kind,
-                                        units.next_power_of_two().clamp(16, 64) as u32,
-                                    )
+                                    Kernel::MatMul(m.kind, tpr as u32)
                                 },
                                 params: params(&[
                                     u32_of(ch.rows, "rows")?,
@@ -516,6 +520,7 @@ impl Compiled {
                         )));
                     }
                     recs.push(Rec {
+                        op: op_index,
                         kernel: Kernel::Wkv7 {
                             head_size: n as u32,
                         },
@@ -551,6 +556,7 @@ impl Compiled {
                     let width = plan.buffers[*x].width;
                     let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
                     recs.push(Rec {
+                        op: op_index,
                         kernel: Kernel::LastRows,
                         params: params(&[
                             self.off(*x)?,
@@ -573,6 +579,7 @@ impl Compiled {
             )));
         }
         recs.push(Rec {
+            op: plan.ops.len(),
             kernel: Kernel::Argmax,
             params: params(&[
                 self.off(plan.logits)?,
@@ -583,86 +590,90 @@ impl Compiled {
             groups: [logit_rows as u32, 1, 1],
         });
 
-        let pipelines = recs
-            .iter()
-            .map(|r| kernels.get(gpu, r.kernel))
-            .collect::<Result<Vec<_>>>()?;
+        let mut pipelines = Vec::with_capacity(recs.len());
+        for r in &recs {
+            pipelines.push(kernels.get(gpu, r.kernel).await?);
+        }
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
         let state_bytes = (shape.n_seq as u64) * (state_len as u64) * 4;
-        let built = crate::gpu::block_on(gpu.scoped("building plan", || -> Result<Built> {
-            let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
-            let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
-            let work_state = gpu.buffer("step states", state_bytes, storage)?;
-            let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
-            let staging = gpu.buffer(
-                "read-back",
-                staging_len,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let param_buf = gpu.buffer(
-                "params",
-                recs.len() as u64 * PARAM_STRIDE,
-                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            )?;
-            let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
-            for (i, rec) in recs.iter().enumerate() {
-                let at = i * PARAM_STRIDE as usize;
-                bytes[at..at + PARAM_BYTES as usize]
-                    .copy_from_slice(bytemuck::cast_slice(&rec.params));
-            }
-            gpu.queue.write_buffer(&param_buf, 0, &bytes);
-            let mut dispatches = Vec::with_capacity(recs.len());
-            for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
-                let layout = pipeline.get_bind_group_layout(0);
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &param_buf,
-                        offset: i as u64 * PARAM_STRIDE,
-                        size: wgpu::BufferSize::new(PARAM_BYTES),
-                    }),
-                }];
-                for (j, b) in rec.binds.iter().enumerate() {
-                    let buffer = match b {
-                        Bind::Arena => &arena,
-                        Bind::Vecs => vecs,
-                        Bind::State => &work_state,
-                        Bind::Tokens => &tokens,
-                        Bind::Weight(w) => w,
-                    };
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: j as u32 + 1,
-                        resource: buffer.as_entire_binding(),
+        let built = gpu
+            .scoped("building plan", || -> Result<Built> {
+                let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
+                let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
+                let work_state = gpu.buffer("step states", state_bytes, storage)?;
+                let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
+                let staging = gpu.buffer(
+                    "read-back",
+                    staging_len,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let param_buf = gpu.buffer(
+                    "params",
+                    recs.len() as u64 * PARAM_STRIDE,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let mut bytes = vec![0u8; recs.len() * PARAM_STRIDE as usize];
+                for (i, rec) in recs.iter().enumerate() {
+                    let at = i * PARAM_STRIDE as usize;
+                    bytes[at..at + PARAM_BYTES as usize]
+                        .copy_from_slice(bytemuck::cast_slice(&rec.params));
+                }
+                gpu.queue.write_buffer(&param_buf, 0, &bytes);
+                let mut dispatches = Vec::with_capacity(recs.len());
+                for (i, (rec, pipeline)) in recs.iter().zip(pipelines).enumerate() {
+                    let layout = pipeline.get_bind_group_layout(0);
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &param_buf,
+                            offset: i as u64 * PARAM_STRIDE,
+                            size: wgpu::BufferSize::new(PARAM_BYTES),
+                        }),
+                    }];
+                    for (j, b) in rec.binds.iter().enumerate() {
+                        let buffer = match b {
+                            Bind::Arena => &arena,
+                            Bind::Vecs => vecs,
+                            Bind::State => &work_state,
+                            Bind::Tokens => &tokens,
+                            Bind::Weight(w) => w,
+                        };
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: j as u32 + 1,
+                            resource: buffer.as_entire_binding(),
+                        });
+                    }
+                    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout,
+                        entries: &entries,
+                    });
+                    dispatches.push(Dispatch {
+                        pipeline,
+                        bind_group,
+                        groups: rec.groups,
+                        op: rec.op,
+                        kernel: rec.kernel,
                     });
                 }
-                let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &layout,
-                    entries: &entries,
-                });
-                dispatches.push(Dispatch {
-                    pipeline,
-                    bind_group,
-                    groups: rec.groups,
-                });
-            }
-            let argmax = dispatches
-                .pop()
-                .ok_or_else(|| backend_err("no argmax dispatch"))?;
-            Ok(Built {
-                state_len,
-                weights_generation,
-                tokens,
-                work_state,
-                arena,
-                _params: param_buf,
-                dispatches,
-                argmax,
-                staging,
+                let argmax = dispatches
+                    .pop()
+                    .ok_or_else(|| backend_err("no argmax dispatch"))?;
+                Ok(Built {
+                    state_len,
+                    weights_generation,
+                    tokens,
+                    work_state,
+                    arena,
+                    _params: param_buf,
+                    dispatches,
+                    argmax,
+                    staging,
+                })
             })
-        }))??;
+            .await??;
         self.built = Some(built);
         Ok(())
     }
@@ -685,6 +696,7 @@ impl Compiled {
         states: &[wgpu::Buffer],
         slots: &[usize],
         read: ReadBack,
+        profile: Option<&Profiler>,
     ) -> Result<(wgpu::CommandBuffer, u64)> {
         let built = self
             .built
@@ -705,16 +717,33 @@ impl Compiled {
                 state_bytes,
             );
         }
-        {
+        let run = |pass: &mut wgpu::ComputePass<'_>, d: &Dispatch| {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        };
+        if let Some(p) = profile {
+            // One pass per dispatch with timestamps at its start and end: pass-level timestamps
+            // are what WebGPU offers (in-pass ones are a native extension).
+            for (i, d) in built.dispatches.iter().enumerate() {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("rwkv op (profiled)"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &p.queries,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                run(&mut pass, d);
+            }
+            let n = 2 * built.dispatches.len() as u32;
+            enc.resolve_query_set(&p.queries, 0..n, &p.resolve, 0);
+            enc.copy_buffer_to_buffer(&p.resolve, 0, &p.staging, 0, n as u64 * 8);
+        } else {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("rwkv ops"),
                 timestamp_writes: None,
             });
-            let run = |pass: &mut wgpu::ComputePass<'_>, d: &Dispatch| {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-            };
             for d in &built.dispatches {
                 run(&mut pass, d);
             }
@@ -759,7 +788,22 @@ impl Compiled {
         Ok((enc.finish(), len))
     }
 
+    /// (op index, kernel) of every dispatch of a step, in order (without the argmax).
+    pub fn dispatch_ops(&self) -> Vec<(usize, Kernel)> {
+        self.built
+            .as_ref()
+            .map(|b| b.dispatches.iter().map(|d| (d.op, d.kernel)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn staging(&self) -> Option<&wgpu::Buffer> {
         self.built.as_ref().map(|b| &b.staging)
     }
+}
+
+/// Timestamp queries around every dispatch of one step (see `WgpuBackend::profile_step`).
+pub(crate) struct Profiler {
+    pub queries: wgpu::QuerySet,
+    pub resolve: wgpu::Buffer,
+    pub staging: wgpu::Buffer,
 }

@@ -82,6 +82,9 @@ fn pack_row(kind: PackedKind, src: &[u8], cols: usize, out: &mut Vec<u32>) {
     out.resize(start + words, 0);
 }
 
+/// Bytes packed on the host per `write_buffer` while uploading a matrix.
+const STAGING_BYTES: usize = 8 << 20;
+
 /// One buffer holding rows `row_begin .. row_begin + rows`.
 pub(crate) struct Chunk {
     pub buffer: wgpu::Buffer,
@@ -173,23 +176,30 @@ pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceM
     let mut row_begin = 0;
     while row_begin < rows {
         let n = rows_per_chunk.min(rows - row_begin);
-        let mut words = Vec::with_capacity(n * row_words);
-        for r in row_begin..row_begin + n {
-            pack_row(
-                kind,
-                &bytes[r * src_row..(r + 1) * src_row],
-                cols,
-                &mut words,
-            );
-        }
         let buffer = gpu.buffer(
             name,
-            (words.len() * 4) as u64,
+            (n * row_words * 4) as u64,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         )?;
-        if !words.is_empty() {
+        // Pack and write a few MiB at a time: the host never holds a second copy of a chunk.
+        let rows_per_write = (STAGING_BYTES / (row_words * 4).max(1)).max(1);
+        let mut words = Vec::with_capacity(rows_per_write.min(n) * row_words);
+        let mut r = row_begin;
+        while r < row_begin + n {
+            let m = rows_per_write.min(row_begin + n - r);
+            words.clear();
+            for row in r..r + m {
+                pack_row(
+                    kind,
+                    &bytes[row * src_row..(row + 1) * src_row],
+                    cols,
+                    &mut words,
+                );
+            }
+            let offset = ((r - row_begin) * row_words * 4) as u64;
             gpu.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+                .write_buffer(&buffer, offset, bytemuck::cast_slice(&words));
+            r += m;
         }
         chunks.push(Chunk {
             buffer,

@@ -188,3 +188,32 @@ fn device_loss_is_an_error() {
         );
     }
 }
+
+#[test]
+fn adapter_choice_by_name_and_index() {
+    let adapters = probe();
+    if backends(WgpuOptions::default()).is_empty() {
+        return;
+    }
+    let by_name = |name: &str| WgpuOptions {
+        adapter: rwkv_wgpu::AdapterChoice::Name(name.into()),
+        ..Default::default()
+    };
+    let r = WgpuBackend::new(by_name("no such adapter 42"));
+    assert!(
+        matches!(&r, Err(Error::Backend { what, .. }) if what.contains("no wgpu adapter")),
+        "{:?}",
+        r.err()
+    );
+    let r = WgpuBackend::new(WgpuOptions {
+        adapter: rwkv_wgpu::AdapterChoice::Index(adapters.len()),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&r, Err(Error::Backend { .. })),
+        "index past the end opened"
+    );
+    let first = &adapters[0];
+    let b = WgpuBackend::new(by_name(&first.name.to_uppercase())).expect("open by name");
+    assert_eq!(b.device_info().device, first.name);
+}

@@ -209,3 +209,63 @@ fn every_adapter_matches_the_cpu_backend() {
         }
     }
 }
+
+/// Timestamp profiling accounts for every op of a step and leaves the same states as a step.
+#[test]
+fn profile_step_times_every_op() {
+    let seed = seed();
+    let model = synth_model(SynthShape::Tiny, DType::Q8_0, seed).expect("synth");
+    let builder = PlanBuilder::new(&model.desc);
+    for (label, mut gpu) in backends(WgpuOptions::default()) {
+        if gpu
+            .device_info()
+            .properties
+            .iter()
+            .all(|(k, _)| k != "timestamps")
+        {
+            panic!("{label}: info lacks the timestamps property");
+        }
+        load(&mut gpu, &model, &builder, 2);
+        let mut cpu = CpuBackend::new();
+        load(&mut cpu, &model, &builder, 2);
+        let plan = builder.build(StepShape { n_seq: 2, n_tok: 2 }, false);
+        let pg = gpu.compile(&plan).expect("compile");
+        let pc = cpu.compile(&plan).expect("cpu compile");
+        let tokens = [3u32, 141, 59, 265];
+        let times = match gpu.profile_step(pg, &tokens, &[1, 0]) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("SKIPPED profiling on {label}: {e}");
+                continue;
+            }
+        };
+        let ops: Vec<usize> = times.iter().map(|t| t.op).collect();
+        assert_eq!(
+            ops,
+            (0..plan.ops.len()).collect::<Vec<_>>(),
+            "{label}: one entry per op, in order"
+        );
+        assert!(times.iter().all(|t| t.micros >= 0.0 && t.dispatches >= 1));
+        let total: f64 = times.iter().map(|t| t.micros).sum();
+        assert!(total > 0.0, "{label}: no GPU time measured");
+        println!(
+            "{label}: one 2x2 step of tiny q8_0: {:.2} ms of GPU time",
+            total / 1e3
+        );
+        cpu.execute(pc, &tokens, &[1, 0], StepOutput::None)
+            .expect("cpu step");
+        for s in 0..2 {
+            let (mut a, mut b) = (
+                vec![0f32; model.desc.state_len()],
+                vec![0f32; model.desc.state_len()],
+            );
+            cpu.read_state(s, &mut a).expect("cpu state");
+            gpu.read_state(s, &mut b).expect("gpu state");
+            let (d, i) = max_abs_diff(&b, &a);
+            assert!(
+                d <= STATE_TOL,
+                "{label}: state of slot {s} value {i} after profiling: diff {d}"
+            );
+        }
+    }
+}

@@ -88,10 +88,11 @@ fn matmul_every_dtype_with_bias_act_and_accumulate() {
                 DType::Q4K | DType::Q6K => None,
                 _ => Some(40),
             };
-            for cols in [512usize]
+            // 256 columns: 16 invocations per row, 4 rows per workgroup (150 rows leave the
+            // last workgroup half empty); 512: 32 per row; 1280: 80 units, 64 invocations that
+            // loop (its activations do not fit the 16 KiB cap).
+            for cols in [256usize, 512]
                 .into_iter()
-                // 1280 columns: 80 units, a 64-invocation workgroup that loops (its activations
-                // do not fit the 16 KiB cap).
                 .chain((!label.contains("16 KiB")).then_some(1280))
                 .chain(short)
             {
@@ -682,5 +683,39 @@ fn other_quant_types_are_converted_exactly() {
         }
         let (d, i) = max_abs_diff(&got, &want);
         assert!(d < 1e-5, "{label} {dtype}: value {i}: diff {d}");
+    }
+}
+
+/// A 9 MiB table is written in several pieces at upload; rows from every piece come back.
+#[test]
+fn large_table_upload_in_pieces() {
+    let seed = seed();
+    let (vocab, cols) = (1100usize, 2048usize);
+    let Some((label, mut b)) = backends(WgpuOptions::default()).into_iter().next() else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    let table = rng.vec(vocab * cols, -1.0, 1.0);
+    let weights = vec![(
+        "emb.weight".to_string(),
+        f32_tensor(vec![vocab, cols], &table),
+    )];
+    upload_all(&mut b, &weights);
+    b.alloc_states(1, 4).expect("states");
+    let p = plan(
+        StepShape { n_seq: 1, n_tok: 4 },
+        vec![buf("x", cols, false)],
+        &weights,
+        vec![Op::Embed { table: 0, out: 0 }],
+        0,
+    );
+    let tokens = [0u32, 1023, 1024 + rng.below(70) as u32, vocab as u32 - 1];
+    let got = logits_of(&mut b, &p, &tokens, &[0]);
+    for (r, &t) in tokens.iter().enumerate() {
+        assert_eq!(
+            &got[r * cols..][..cols],
+            &table[t as usize * cols..][..cols],
+            "{label}: row {t}"
+        );
     }
 }

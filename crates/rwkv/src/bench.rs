@@ -89,7 +89,10 @@ pub struct BenchReport {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let report = bench(args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_table(&report);
     }
@@ -99,7 +102,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -108,7 +115,9 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             1 + ((s >> 33) % (vocab.max(2) as u64 - 1)) as u32
         })
         .collect()
@@ -122,7 +131,9 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
     };
     let batches = parse_list(&args.batch)?;
     if args.reps == 0 || batches.contains(&0) {
-        return Err(Error::invalid("repetitions and batch sizes must be at least 1"));
+        return Err(Error::invalid(
+            "repetitions and batch sizes must be at least 1",
+        ));
     }
     let max_batch = batches.iter().copied().max().unwrap_or(1);
 
@@ -130,14 +141,27 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
     let model = load_model_spec(&args.model, quant)?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let opts = EngineOptions { backend: choice, quant, max_sessions: max_batch.max(1) };
+    let opts = EngineOptions {
+        backend: choice,
+        quant,
+        max_sessions: max_batch.max(1),
+    };
     let mut engine = Engine::from_model(&model, &opts, None)?;
     let upload_seconds = t1.elapsed().as_secs_f64();
     eprintln!("rwkv bench: backend {}", engine.backend_choice());
     // The CPU reference is ~100x slower than a GPU: smaller default sizes keep a run in minutes.
     let on_cpu = engine.device_info().backend == "cpu";
-    let prompts = parse_list(args.n_prompt.as_deref().unwrap_or(if on_cpu { "64" } else { "512" }))?;
-    let gens = parse_list(args.n_gen.as_deref().unwrap_or(if on_cpu { "16" } else { "128" }))?;
+    let prompts =
+        parse_list(
+            args.n_prompt
+                .as_deref()
+                .unwrap_or(if on_cpu { "64" } else { "512" }),
+        )?;
+    let gens = parse_list(
+        args.n_gen
+            .as_deref()
+            .unwrap_or(if on_cpu { "16" } else { "128" }),
+    )?;
     let vocab = model.desc.vocab_size;
     let mut tests = Vec::new();
 
@@ -155,12 +179,20 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
         }
         engine.close_session(s);
         let (m, sd) = mean_std(&runs);
-        tests.push(TestResult { test: format!("pp{p}"), tokens_per_run: p, tps_mean: m, tps_std: sd, runs });
+        tests.push(TestResult {
+            test: format!("pp{p}"),
+            tokens_per_run: p,
+            tps_mean: m,
+            tps_std: sd,
+            runs,
+        });
     }
 
     for &n in gens.iter().filter(|&&n| n > 0) {
         for &b in &batches {
-            let mut sessions: Vec<_> = (0..b).map(|_| engine.new_session()).collect::<Result<_>>()?;
+            let mut sessions: Vec<_> = (0..b)
+                .map(|_| engine.new_session())
+                .collect::<Result<_>>()?;
             let mut runs = Vec::new();
             for rep in 0..=args.reps {
                 let mut cur = tokens(b, vocab, 100 + rep as u64);
@@ -180,12 +212,26 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
                 engine.close_session(s);
             }
             let (m, sd) = mean_std(&runs);
-            let name = if b == 1 { format!("tg{n}") } else { format!("tg{n} b{b}") };
-            tests.push(TestResult { test: name, tokens_per_run: n * b, tps_mean: m, tps_std: sd, runs });
+            let name = if b == 1 {
+                format!("tg{n}")
+            } else {
+                format!("tg{n} b{b}")
+            };
+            tests.push(TestResult {
+                test: name,
+                tokens_per_run: n * b,
+                tps_mean: m,
+                tps_std: sd,
+                runs,
+            });
         }
     }
 
-    let quality = if args.no_quality { None } else { Some(quality(&mut engine, &model, args.ref_tokens)?) };
+    let quality = if args.no_quality {
+        None
+    } else {
+        Some(quality(&mut engine, &model, args.ref_tokens)?)
+    };
     let info = engine.device_info();
     let decode_bytes = model
         .tensors
@@ -237,13 +283,25 @@ fn quality(engine: &mut Engine, model: &Model, ref_tokens: usize) -> Result<Qual
         let mut s = engine.new_session()?;
         let got = engine.feed_all(&mut s, &toks)?;
         engine.close_session(s);
-        let opts = EngineOptions { backend: BackendChoice::Cpu, quant: None, max_sessions: 1 };
+        let opts = EngineOptions {
+            backend: BackendChoice::Cpu,
+            quant: None,
+            max_sessions: 1,
+        };
         let mut cpu = Engine::from_model(model, &opts, None)?;
         let mut s = cpu.new_session()?;
         let want = cpu.feed_all(&mut s, &toks)?;
         let v = model.desc.vocab_size;
-        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-        let same = got.chunks(v).zip(want.chunks(v)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        let same = got
+            .chunks(v)
+            .zip(want.chunks(v))
+            .filter(|(a, b)| argmax(a) == argmax(b))
+            .count();
         positions = toks.len();
         diff = Some(max);
         agree = Some(same as f64 / positions as f64);
@@ -274,8 +332,15 @@ fn print_table(r: &BenchReport) {
         );
     }
     println!();
-    println!("load: {:.2} s (model) + {:.2} s (upload to {})", r.load_seconds, r.upload_seconds, r.backend);
-    if let Some(t) = r.tests.iter().find(|t| t.test.starts_with("tg") && !t.test.contains(" b")) {
+    println!(
+        "load: {:.2} s (model) + {:.2} s (upload to {})",
+        r.load_seconds, r.upload_seconds, r.backend
+    );
+    if let Some(t) = r
+        .tests
+        .iter()
+        .find(|t| t.test.starts_with("tg") && !t.test.contains(" b"))
+    {
         println!(
             "decode reads {:.3} GB of weights per token: {} at {:.1} tok/s is {:.0} GB/s",
             r.decode_bytes_per_token as f64 / 1e9,
@@ -285,7 +350,10 @@ fn print_table(r: &BenchReport) {
         );
     }
     if let Some(q) = &r.quality {
-        print!("quality: greedy hash {} ({} tokens)", q.greedy_hash, q.greedy_tokens);
+        print!(
+            "quality: greedy hash {} ({} tokens)",
+            q.greedy_hash, q.greedy_tokens
+        );
         match (q.ref_max_abs_diff, q.ref_top1_agreement) {
             (Some(d), Some(a)) => println!(
                 "; vs CPU reference over {} positions: max |Δlogit| {:.3e}, top-1 agreement {:.1}%",

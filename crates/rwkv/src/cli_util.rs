@@ -13,27 +13,41 @@ pub fn load_model_spec(spec: &str, quant: Option<DType>) -> Result<Model> {
         let mut parts = rest.split(':');
         let shape = parts.next().unwrap_or("");
         let shape = SynthShape::parse(shape).ok_or_else(|| {
-            Error::invalid(format!("unknown synthetic shape '{shape}' (tiny, 0.1b, 0.4b, 1.5b, 2.9b, 7.2b)"))
+            Error::invalid(format!(
+                "unknown synthetic shape '{shape}' (tiny, 0.1b, 0.4b, 1.5b, 2.9b, 7.2b)"
+            ))
         })?;
         let dtype = match parts.next() {
             Some(d) => parse_dtype(d)?,
             None => quant.unwrap_or(DType::Q4K),
         };
         let seed = match parts.next() {
-            Some(s) => s.parse().map_err(|_| Error::invalid(format!("bad seed '{s}' in '{spec}'")))?,
+            Some(s) => s
+                .parse()
+                .map_err(|_| Error::invalid(format!("bad seed '{s}' in '{spec}'")))?,
             None => 1,
         };
         return synth::synth_model(shape, dtype, seed);
     }
     let progress = Progress::new(spec);
     let cb = |done: u64, total: u64| progress.update(done, total);
-    let m = formats::load(Path::new(spec), &LoadOptions { quant, progress: Some(&cb) });
+    let m = formats::load(
+        Path::new(spec),
+        &LoadOptions {
+            quant,
+            progress: Some(&cb),
+        },
+    );
     progress.finish();
     m
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
-    DType::parse(s).ok_or_else(|| Error::invalid(format!("unknown dtype '{s}' (f32, f16, bf16, q8_0, q4k, q5k, q6k)")))
+    DType::parse(s).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown dtype '{s}' (f32, f16, bf16, q8_0, q4k, q5k, q6k)"
+        ))
+    })
 }
 
 /// `1,2,3` → ids.
@@ -41,14 +55,21 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().map_err(|_| Error::invalid(format!("'{t}' is not a token id"))))
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| Error::invalid(format!("'{t}' is not a token id")))
+        })
         .collect()
 }
 
 /// `1,8,64` → numbers.
 pub fn parse_list(s: &str) -> Result<Vec<usize>> {
     s.split(',')
-        .map(|t| t.trim().parse::<usize>().map_err(|_| Error::invalid(format!("'{t}' is not a number"))))
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| Error::invalid(format!("'{t}' is not a number")))
+        })
         .collect()
 }
 
@@ -61,7 +82,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str) -> Progress {
-        Progress { label: label.to_string(), on: std::io::stderr().is_terminal(), last: std::cell::Cell::new(u64::MAX) }
+        Progress {
+            label: label.to_string(),
+            on: std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new(u64::MAX),
+        }
     }
 
     pub fn update(&self, done: u64, total: u64) {
@@ -73,7 +98,13 @@ impl Progress {
             return;
         }
         self.last.set(pct);
-        eprint!("\rloading {}: {:3}% ({:.2} / {:.2} GB)", self.label, pct, done as f64 / 1e9, total as f64 / 1e9);
+        eprint!(
+            "\rloading {}: {:3}% ({:.2} / {:.2} GB)",
+            self.label,
+            pct,
+            done as f64 / 1e9,
+            total as f64 / 1e9
+        );
     }
 
     pub fn finish(&self) {

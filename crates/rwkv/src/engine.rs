@@ -29,7 +29,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { backend: BackendChoice::Auto, quant: None, max_sessions: 8 }
+        EngineOptions {
+            backend: BackendChoice::Auto,
+            quant: None,
+            max_sessions: 8,
+        }
     }
 }
 
@@ -66,16 +70,30 @@ pub struct Engine {
 
 impl Engine {
     /// Loads a model file and uploads it to the chosen backend. `progress` gets (done, total) bytes.
-    pub fn load(path: &Path, opts: &EngineOptions, progress: Option<&dyn Fn(u64, u64)>) -> Result<Engine> {
+    pub fn load(
+        path: &Path,
+        opts: &EngineOptions,
+        progress: Option<&dyn Fn(u64, u64)>,
+    ) -> Result<Engine> {
         let t0 = std::time::Instant::now();
-        let model = formats::load(path, &LoadOptions { quant: opts.quant, progress })?;
+        let model = formats::load(
+            path,
+            &LoadOptions {
+                quant: opts.quant,
+                progress,
+            },
+        )?;
         let mut e = Engine::from_model(&model, opts, progress)?;
         e.load_seconds = t0.elapsed().as_secs_f64();
         Ok(e)
     }
 
     /// Uploads an in-memory model (e.g. from `rwkv_core::synth`).
-    pub fn from_model(model: &Model, opts: &EngineOptions, progress: Option<&dyn Fn(u64, u64)>) -> Result<Engine> {
+    pub fn from_model(
+        model: &Model,
+        opts: &EngineOptions,
+        progress: Option<&dyn Fn(u64, u64)>,
+    ) -> Result<Engine> {
         let opened = router::open(opts.backend)?;
         Engine::with_backend(model, opened.backend, opened.why, opts, progress)
     }
@@ -92,7 +110,10 @@ impl Engine {
         if model.desc.version != RwkvVersion::V7 {
             return Err(Error::model(
                 &model.source,
-                format!("RWKV {} is not supported yet (only v7)", model.desc.version.name()),
+                format!(
+                    "RWKV {} is not supported yet (only v7)",
+                    model.desc.version.name()
+                ),
             ));
         }
         if opts.max_sessions == 0 {
@@ -156,10 +177,17 @@ impl Engine {
     /// Opens a session with a zeroed state.
     pub fn new_session(&mut self) -> Result<Session> {
         let slot = self.free_slots.pop().ok_or_else(|| {
-            Error::invalid(format!("all {} sessions are in use (raise max_sessions)", self.n_slots))
+            Error::invalid(format!(
+                "all {} sessions are in use (raise max_sessions)",
+                self.n_slots
+            ))
         })?;
-        self.backend.write_state(slot, &vec![0.0; self.desc.state_len()])?;
-        Ok(Session { slot, last_logits: None })
+        self.backend
+            .write_state(slot, &vec![0.0; self.desc.state_len()])?;
+        Ok(Session {
+            slot,
+            last_logits: None,
+        })
     }
 
     /// Closes a session, freeing its slot.
@@ -179,7 +207,10 @@ impl Engine {
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         match tokens.iter().find(|&&t| t as usize >= self.desc.vocab_size) {
-            Some(t) => Err(Error::invalid(format!("token id {t} is outside the vocabulary (size {})", self.desc.vocab_size))),
+            Some(t) => Err(Error::invalid(format!(
+                "token id {t} is outside the vocabulary (size {})",
+                self.desc.vocab_size
+            ))),
             None => Ok(()),
         }
     }
@@ -197,7 +228,11 @@ impl Engine {
             let n = prev_power_of_two(rest.len().min(MAX_CHUNK));
             let (chunk, tail) = rest.split_at(n);
             let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, false)?;
-            let out = if tail.is_empty() { StepOutput::Logits(&mut logits) } else { StepOutput::None };
+            let out = if tail.is_empty() {
+                StepOutput::Logits(&mut logits)
+            } else {
+                StepOutput::None
+            };
             self.backend.execute(plan, chunk, &[s.slot], out)?;
             rest = tail;
         }
@@ -218,7 +253,8 @@ impl Engine {
             let n = prev_power_of_two((tokens.len() - start).min(MAX_CHUNK));
             let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, true)?;
             let out = StepOutput::Logits(&mut all[start * v..(start + n) * v]);
-            self.backend.execute(plan, &tokens[start..start + n], &[s.slot], out)?;
+            self.backend
+                .execute(plan, &tokens[start..start + n], &[s.slot], out)?;
             start += n;
         }
         s.last_logits = Some(all[(tokens.len() - 1) * v..].to_vec());
@@ -227,12 +263,23 @@ impl Engine {
 
     /// One token for each of several sessions in one step (batched decode). Returns the logits
     /// of each (`sessions.len() · vocab`).
-    pub fn feed_batch(&mut self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<f32>> {
+    pub fn feed_batch(
+        &mut self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>> {
         let slots = self.batch_slots(sessions, tokens)?;
-        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok: 1 }, false)?;
+        let plan = self.plan(
+            StepShape {
+                n_seq: sessions.len(),
+                n_tok: 1,
+            },
+            false,
+        )?;
         let v = self.desc.vocab_size;
         let mut logits = vec![0f32; sessions.len() * v];
-        self.backend.execute(plan, tokens, &slots, StepOutput::Logits(&mut logits))?;
+        self.backend
+            .execute(plan, tokens, &slots, StepOutput::Logits(&mut logits))?;
         for (i, s) in sessions.iter_mut().enumerate() {
             s.last_logits = Some(logits[i * v..(i + 1) * v].to_vec());
         }
@@ -240,11 +287,22 @@ impl Engine {
     }
 
     /// Batched greedy step computed on the device: the next token of each session.
-    pub fn feed_batch_argmax(&mut self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<u32>> {
+    pub fn feed_batch_argmax(
+        &mut self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
         let slots = self.batch_slots(sessions, tokens)?;
-        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok: 1 }, false)?;
+        let plan = self.plan(
+            StepShape {
+                n_seq: sessions.len(),
+                n_tok: 1,
+            },
+            false,
+        )?;
         let mut next = vec![0u32; sessions.len()];
-        self.backend.execute(plan, tokens, &slots, StepOutput::Argmax(&mut next))?;
+        self.backend
+            .execute(plan, tokens, &slots, StepOutput::Argmax(&mut next))?;
         for s in sessions.iter_mut() {
             s.last_logits = None;
         }
@@ -253,19 +311,34 @@ impl Engine {
 
     /// Prefill for several sessions at once, `n_tok` tokens each (`tokens` sequence-major);
     /// the logits are not read back.
-    pub fn prefill_batch(&mut self, sessions: &mut [&mut Session], tokens: &[u32], n_tok: usize) -> Result<()> {
+    pub fn prefill_batch(
+        &mut self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+        n_tok: usize,
+    ) -> Result<()> {
         if sessions.is_empty() || n_tok == 0 || tokens.len() != sessions.len() * n_tok {
-            return Err(Error::invalid("prefill_batch needs n_tok tokens for each session"));
+            return Err(Error::invalid(
+                "prefill_batch needs n_tok tokens for each session",
+            ));
         }
         self.check_tokens(tokens)?;
         let slots: Vec<usize> = sessions.iter().map(|s| s.slot).collect();
-        let plan = self.plan(StepShape { n_seq: sessions.len(), n_tok }, false)?;
+        let plan = self.plan(
+            StepShape {
+                n_seq: sessions.len(),
+                n_tok,
+            },
+            false,
+        )?;
         self.backend.execute(plan, tokens, &slots, StepOutput::None)
     }
 
     fn batch_slots(&self, sessions: &[&mut Session], tokens: &[u32]) -> Result<Vec<usize>> {
         if sessions.is_empty() || tokens.len() != sessions.len() {
-            return Err(Error::invalid("a batch step takes one token for each session"));
+            return Err(Error::invalid(
+                "a batch step takes one token for each session",
+            ));
         }
         self.check_tokens(tokens)?;
         Ok(sessions.iter().map(|s| s.slot).collect())

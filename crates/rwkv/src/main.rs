@@ -12,7 +12,11 @@ use rwkv_core::synth::{self, SynthShape};
 use rwkv_core::tokenizer::Vocab;
 
 #[derive(Parser)]
-#[command(name = "rwkv", version, about = "RWKV inference: CUDA, WebGPU and CPU behind one API")]
+#[command(
+    name = "rwkv",
+    version,
+    about = "RWKV inference: CUDA, WebGPU and CPU behind one API"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,6 +135,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer prints "error: XDG_RUNTIME_DIR is invalid" on stderr when
+    // that variable is unset (services, CI); the router orders adapters itself, so the layer is
+    // not needed. Set before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +165,11 @@ fn open_engine(m: &ModelArgs, max_sessions: usize) -> Result<Engine> {
     let choice = backend_choice(&m.backend)?;
     let t0 = std::time::Instant::now();
     let model = load_model_spec(&m.model, quant)?;
-    let opts = EngineOptions { backend: choice, quant, max_sessions };
+    let opts = EngineOptions {
+        backend: choice,
+        quant,
+        max_sessions,
+    };
     let progress = Progress::new(&format!("{} to the device", m.model));
     let cb = |d: u64, t: u64| progress.update(d, t);
     let mut engine = Engine::from_model(&model, &opts, Some(&cb))?;
@@ -171,7 +187,9 @@ fn vocab_from(vocab: &Option<PathBuf>, model: &Option<String>) -> Result<Vocab> 
         (Some(v), _) => Vocab::from_file(v),
         (None, Some(m)) => {
             let model = load_model_spec(m, None)?;
-            Ok(model.vocab.unwrap_or_else(|| Vocab::byte_level(model.desc.vocab_size)))
+            Ok(model
+                .vocab
+                .unwrap_or_else(|| Vocab::byte_level(model.desc.vocab_size)))
         }
         (None, None) => Err(Error::invalid("give --vocab FILE or -m MODEL")),
     }
@@ -179,14 +197,27 @@ fn vocab_from(vocab: &Option<PathBuf>, model: &Option<String>) -> Result<Vocab> 
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Generate { m, prompt, n, temp, top_p, top_k, seed } => {
+        Cmd::Generate {
+            m,
+            prompt,
+            n,
+            temp,
+            top_p,
+            top_k,
+            seed,
+        } => {
             let mut engine = open_engine(&m, 1)?;
             let mut s = engine.new_session()?;
             let mut ids = engine.tokenize(&prompt);
             if ids.is_empty() {
                 ids.push(0); // start from the end-of-text token, as RWKV models were trained
             }
-            let params = SamplerParams { temperature: temp, top_p, top_k, seed };
+            let params = SamplerParams {
+                temperature: temp,
+                top_p,
+                top_k,
+                seed,
+            };
             let mut out = std::io::stdout().lock();
             let mut pending: Vec<u8> = Vec::new();
             let t0 = std::time::Instant::now();
@@ -194,18 +225,46 @@ fn run(cli: Cli) -> Result<()> {
                 pending.extend_from_slice(bytes);
                 // Print whole UTF-8 characters only; keep a partial one for the next token.
                 let cut = utf8_complete_prefix(&pending);
-                let ok = out.write_all(&pending[..cut]).and_then(|_| out.flush()).is_ok();
+                let ok = out
+                    .write_all(&pending[..cut])
+                    .and_then(|_| out.flush())
+                    .is_ok();
                 pending.drain(..cut);
                 ok
             })?;
             let _ = out.write_all(&pending);
             let _ = writeln!(out);
             let dt = t0.elapsed().as_secs_f64();
-            eprintln!("rwkv: {} tokens in {:.2} s ({:.1} tok/s, prompt included)", ids.len(), dt, ids.len() as f64 / dt);
+            eprintln!(
+                "rwkv: {} tokens in {:.2} s ({:.1} tok/s, prompt included)",
+                ids.len(),
+                dt,
+                ids.len() as f64 / dt
+            );
             Ok(())
         }
-        Cmd::Chat { m, n, temp, top_p, seed } => chat(&m, n, SamplerParams { temperature: temp, top_p, top_k: 0, seed }),
-        Cmd::Logits { m, tokens, prompt, all } => {
+        Cmd::Chat {
+            m,
+            n,
+            temp,
+            top_p,
+            seed,
+        } => chat(
+            &m,
+            n,
+            SamplerParams {
+                temperature: temp,
+                top_p,
+                top_k: 0,
+                seed,
+            },
+        ),
+        Cmd::Logits {
+            m,
+            tokens,
+            prompt,
+            all,
+        } => {
             // Check the arguments before the (possibly long) model load.
             let given = tokens.as_deref().map(parse_ids).transpose()?;
             if given.is_none() && prompt.is_none() {
@@ -222,7 +281,11 @@ fn run(cli: Cli) -> Result<()> {
             let mut s = engine.new_session()?;
             let v = engine.desc().vocab_size;
             let rows: Vec<Vec<f32>> = if all {
-                engine.feed_all(&mut s, &ids)?.chunks(v).map(|c| c.to_vec()).collect()
+                engine
+                    .feed_all(&mut s, &ids)?
+                    .chunks(v)
+                    .map(|c| c.to_vec())
+                    .collect()
             } else {
                 vec![engine.feed(&mut s, &ids)?]
             };
@@ -231,26 +294,52 @@ fn run(cli: Cli) -> Result<()> {
                 tokens: Vec<u32>,
                 logits: Vec<Vec<f32>>,
             }
-            emit(&serde_json::to_string(&LogitsOut { tokens: ids, logits: rows }).unwrap_or_default())
+            emit(
+                &serde_json::to_string(&LogitsOut {
+                    tokens: ids,
+                    logits: rows,
+                })
+                .unwrap_or_default(),
+            )
         }
-        Cmd::Tokenize { vocab, model, prompt } => {
+        Cmd::Tokenize {
+            vocab,
+            model,
+            prompt,
+        } => {
             let v = vocab_from(&vocab, &model)?;
             emit(&serde_json::to_string(&v.encode(prompt.as_bytes())).unwrap_or_default())
         }
-        Cmd::Detokenize { vocab, model, tokens } => {
+        Cmd::Detokenize {
+            vocab,
+            model,
+            tokens,
+        } => {
             let v = vocab_from(&vocab, &model)?;
             let bytes = v.decode(&parse_ids(&tokens)?)?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes).and_then(|_| out.write_all(b"\n")).map_err(|e| Error::io("stdout", e))
+            out.write_all(&bytes)
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(|e| Error::io("stdout", e))
         }
         Cmd::Info { model, json } => info(&model, json),
-        Cmd::Synth { shape, dtype, seed, output } => {
+        Cmd::Synth {
+            shape,
+            dtype,
+            seed,
+            output,
+        } => {
             let shape = SynthShape::parse(&shape).ok_or_else(|| {
-                Error::invalid(format!("unknown shape '{shape}' (tiny, 0.1b, 0.4b, 1.5b, 2.9b, 7.2b)"))
+                Error::invalid(format!(
+                    "unknown shape '{shape}' (tiny, 0.1b, 0.4b, 1.5b, 2.9b, 7.2b)"
+                ))
             })?;
             let dtype = parse_dtype(&dtype)?;
             let format = Format::from_extension(&output).ok_or_else(|| {
-                Error::invalid(format!("{}: unknown extension (use .gguf, .st, .safetensors or .pth)", output.display()))
+                Error::invalid(format!(
+                    "{}: unknown extension (use .gguf, .st, .safetensors or .pth)",
+                    output.display()
+                ))
             })?;
             let t0 = std::time::Instant::now();
             let model = synth::synth_model(shape, dtype, seed)?;
@@ -273,7 +362,11 @@ fn run(cli: Cli) -> Result<()> {
 /// Prints one line on stdout; a closed pipe (`| head`) ends the program quietly, not with a panic.
 fn emit(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
+    match out
+        .write_all(line.as_bytes())
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         r => r.map_err(|e| Error::io("stdout", e)),
     }
@@ -291,8 +384,11 @@ fn utf8_complete_prefix(b: &[u8]) -> usize {
 fn info(spec: &str, json: bool) -> Result<()> {
     let model = load_model_spec(spec, None)?;
     let d = &model.desc;
-    let counts: std::collections::BTreeMap<String, usize> =
-        model.dtype_counts().into_iter().map(|(k, v)| (k.name().to_string(), v)).collect();
+    let counts: std::collections::BTreeMap<String, usize> = model
+        .dtype_counts()
+        .into_iter()
+        .map(|(k, v)| (k.name().to_string(), v))
+        .collect();
     if json {
         let j = serde_json::json!({
             "file": spec,
@@ -316,10 +412,26 @@ fn info(spec: &str, json: bool) -> Result<()> {
         println!("file:        {spec} ({})", model.format);
         println!("version:     RWKV {}", d.version.name());
         println!("layers:      {}", d.n_layer);
-        println!("n_embd:      {} ({} heads of {})", d.n_embd, d.n_head(), d.head_size);
-        println!("vocab:       {}{}", d.vocab_size, if model.vocab.is_some() { " (tokenizer in file)" } else { "" });
+        println!(
+            "n_embd:      {} ({} heads of {})",
+            d.n_embd,
+            d.n_head(),
+            d.head_size
+        );
+        println!(
+            "vocab:       {}{}",
+            d.vocab_size,
+            if model.vocab.is_some() {
+                " (tokenizer in file)"
+            } else {
+                ""
+            }
+        );
         println!("ffn:         {}", d.ffn_size);
-        println!("lora ranks:  w {} a {} v {} g {}", d.lora.w, d.lora.a, d.lora.v, d.lora.g);
+        println!(
+            "lora ranks:  w {} a {} v {} g {}",
+            d.lora.w, d.lora.a, d.lora.v, d.lora.g
+        );
         println!("params:      {:.3} B", d.n_params() as f64 / 1e9);
         println!("size:        {:.3} GB", model.total_bytes() as f64 / 1e9);
         let per: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -334,8 +446,19 @@ fn doctor(json: bool) -> Result<()> {
         return emit(&serde_json::to_string_pretty(&reports).unwrap_or_default());
     }
     for r in &reports {
-        let status = if r.available { "available" } else { "unavailable" };
-        println!("{:<7} {status}{}", r.backend, r.reason.as_ref().map(|w| format!(": {w}")).unwrap_or_default());
+        let status = if r.available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        println!(
+            "{:<7} {status}{}",
+            r.backend,
+            r.reason
+                .as_ref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default()
+        );
         for d in &r.devices {
             println!("  - {}", d.device);
             for (k, v) in &d.properties {
@@ -363,14 +486,22 @@ fn chat(m: &ModelArgs, n: usize, params: SamplerParams) -> Result<()> {
             let _ = out.flush();
         }
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| Error::io("stdin", e))? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("stdin", e))?
+            == 0
+        {
             break;
         }
         let text = line.trim();
         if text.is_empty() {
             continue;
         }
-        let turn = format!("{}User: {text}\n\nAssistant:", if first { "" } else { "\n\n" });
+        let turn = format!(
+            "{}User: {text}\n\nAssistant:",
+            if first { "" } else { "\n\n" }
+        );
         first = false;
         let ids = engine.tokenize(&turn);
         print!("Assistant:");

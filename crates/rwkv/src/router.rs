@@ -61,7 +61,12 @@ pub fn report_all() -> Vec<BackendReport> {
 
 fn cpu_report() -> BackendReport {
     let b = rwkv_cpu::CpuBackend::new();
-    BackendReport { backend: "cpu", available: true, devices: vec![b.info()], reason: None }
+    BackendReport {
+        backend: "cpu",
+        available: true,
+        devices: vec![b.info()],
+        reason: None,
+    }
 }
 
 /// An opened backend and the one line saying what was chosen and why.
@@ -74,19 +79,34 @@ pub struct Opened {
 /// hardware wgpu adapter, else the CPU.
 pub fn open(choice: BackendChoice) -> Result<Opened> {
     match choice {
-        BackendChoice::Cpu => Ok(Opened { backend: Box::new(rwkv_cpu::CpuBackend::new()), why: "cpu (forced)".into() }),
-        BackendChoice::Cuda => cuda::open().map(|(b, d)| Opened { backend: b, why: format!("cuda on {d} (forced)") }),
-        BackendChoice::WebGpu => {
-            webgpu::open(true).map(|(b, d)| Opened { backend: b, why: format!("webgpu on {d} (forced)") })
-        }
+        BackendChoice::Cpu => Ok(Opened {
+            backend: Box::new(rwkv_cpu::CpuBackend::new()),
+            why: "cpu (forced)".into(),
+        }),
+        BackendChoice::Cuda => cuda::open().map(|(b, d)| Opened {
+            backend: b,
+            why: format!("cuda on {d} (forced)"),
+        }),
+        BackendChoice::WebGpu => webgpu::open(true).map(|(b, d)| Opened {
+            backend: b,
+            why: format!("webgpu on {d} (forced)"),
+        }),
         BackendChoice::Auto => {
             let cuda_err = match cuda::open() {
-                Ok((b, d)) => return Ok(Opened { backend: b, why: format!("auto: cuda on {d}") }),
+                Ok((b, d)) => {
+                    return Ok(Opened {
+                        backend: b,
+                        why: format!("auto: cuda on {d}"),
+                    })
+                }
                 Err(e) => e.to_string(),
             };
             let wgpu_err = match webgpu::open(false) {
                 Ok((b, d)) => {
-                    return Ok(Opened { backend: b, why: format!("auto: webgpu on {d} ({cuda_err})") })
+                    return Ok(Opened {
+                        backend: b,
+                        why: format!("auto: webgpu on {d} ({cuda_err})"),
+                    })
                 }
                 Err(e) => e.to_string(),
             };
@@ -106,21 +126,38 @@ mod cuda {
     pub fn open() -> Result<(Box<dyn Backend>, String)> {
         let devices = rwkv_cuda::probe().map_err(|why| Error::backend("cuda", why))?;
         let index = match std::env::var("RWKV_CUDA_DEVICE") {
-            Ok(v) => v.parse::<usize>().map_err(|_| Error::invalid(format!("RWKV_CUDA_DEVICE='{v}' is not a number")))?,
+            Ok(v) => v
+                .parse::<usize>()
+                .map_err(|_| Error::invalid(format!("RWKV_CUDA_DEVICE='{v}' is not a number")))?,
             Err(_) => 0,
         };
         let name = devices
             .get(index)
             .map(|d| d.device.clone())
-            .ok_or_else(|| Error::backend("cuda", format!("no CUDA device {index} ({} found)", devices.len())))?;
+            .ok_or_else(|| {
+                Error::backend(
+                    "cuda",
+                    format!("no CUDA device {index} ({} found)", devices.len()),
+                )
+            })?;
         let b = rwkv_cuda::CudaBackend::new(index)?;
         Ok((Box::new(b), name))
     }
 
     pub fn report() -> BackendReport {
         match rwkv_cuda::probe() {
-            Ok(devices) => BackendReport { backend: "cuda", available: true, devices, reason: None },
-            Err(why) => BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(why) },
+            Ok(devices) => BackendReport {
+                backend: "cuda",
+                available: true,
+                devices,
+                reason: None,
+            },
+            Err(why) => BackendReport {
+                backend: "cuda",
+                available: false,
+                devices: vec![],
+                reason: Some(why),
+            },
         }
     }
 }
@@ -135,7 +172,12 @@ mod cuda {
     }
 
     pub fn report() -> BackendReport {
-        BackendReport { backend: "cuda", available: false, devices: vec![], reason: Some(WHY.into()) }
+        BackendReport {
+            backend: "cuda",
+            available: false,
+            devices: vec![],
+            reason: Some(WHY.into()),
+        }
     }
 }
 
@@ -164,15 +206,24 @@ mod webgpu {
         let adapters = rwkv_wgpu::probe();
         let best = adapters.iter().min_by_key(|a| (rank(a), a.index));
         let Some(best) = best else {
-            return Err(Error::backend("webgpu", "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)"));
+            return Err(Error::backend(
+                "webgpu",
+                "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)",
+            ));
         };
         if rank(best) == 4 && !forced {
             return Err(Error::backend(
                 "webgpu",
-                format!("only a software adapter ({}), slower than the cpu backend", describe(best)),
+                format!(
+                    "only a software adapter ({}), slower than the cpu backend",
+                    describe(best)
+                ),
             ));
         }
-        let opts = WgpuOptions { adapter: AdapterChoice::Index(best.index), ..Default::default() };
+        let opts = WgpuOptions {
+            adapter: AdapterChoice::Index(best.index),
+            ..Default::default()
+        };
         let b = WgpuBackend::new(opts)?;
         Ok((Box::new(b), describe(best)))
     }
@@ -187,9 +238,21 @@ mod webgpu {
                 properties: vec![
                     ("driver".into(), a.driver.clone()),
                     ("shader-f16".into(), a.shader_f16.to_string()),
-                    ("subgroups".into(), format!("{} ({}..{})", a.subgroups, a.subgroup_min_size, a.subgroup_max_size)),
-                    ("max storage binding".into(), format!("{} MiB", a.max_storage_buffer_binding_size >> 20)),
-                    ("max buffer".into(), format!("{} MiB", a.max_buffer_size >> 20)),
+                    (
+                        "subgroups".into(),
+                        format!(
+                            "{} ({}..{})",
+                            a.subgroups, a.subgroup_min_size, a.subgroup_max_size
+                        ),
+                    ),
+                    (
+                        "max storage binding".into(),
+                        format!("{} MiB", a.max_storage_buffer_binding_size >> 20),
+                    ),
+                    (
+                        "max buffer".into(),
+                        format!("{} MiB", a.max_buffer_size >> 20),
+                    ),
                 ],
             })
             .collect();
@@ -198,7 +261,8 @@ mod webgpu {
             backend: "webgpu",
             available,
             devices,
-            reason: (!available).then(|| "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)".into()),
+            reason: (!available)
+                .then(|| "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)".into()),
         }
     }
 }
@@ -213,7 +277,12 @@ mod webgpu {
     }
 
     pub fn report() -> BackendReport {
-        BackendReport { backend: "webgpu", available: false, devices: vec![], reason: Some(WHY.into()) }
+        BackendReport {
+            backend: "webgpu",
+            available: false,
+            devices: vec![],
+            reason: Some(WHY.into()),
+        }
     }
 }
 

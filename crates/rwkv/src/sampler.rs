@@ -12,7 +12,12 @@ pub struct SamplerParams {
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        SamplerParams { temperature: 1.0, top_p: 0.85, top_k: 0, seed: 42 }
+        SamplerParams {
+            temperature: 1.0,
+            top_p: 0.85,
+            top_k: 0,
+            seed: 42,
+        }
     }
 }
 
@@ -25,7 +30,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplerParams) -> Sampler {
-        Sampler { params, rng: params.seed ^ 0x9E37_79B9_7F4A_7C15 }
+        Sampler {
+            params,
+            rng: params.seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
     }
 
     pub fn params(&self) -> SamplerParams {
@@ -48,8 +56,12 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         if cand.is_empty() {
             return 0;
         }
@@ -58,8 +70,10 @@ impl Sampler {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> =
-            cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, l)| (((l - max) / p.temperature) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         if p.top_p > 0.0 && p.top_p < 1.0 {
@@ -105,9 +119,15 @@ mod tests {
     #[test]
     fn greedy_and_topk1_take_the_maximum() {
         let logits = [0.1, 3.0, -2.0, 3.0, 1.0];
-        let mut s = Sampler::new(SamplerParams { temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits), 1);
-        let mut s = Sampler::new(SamplerParams { top_k: 1, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            top_k: 1,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits), 1);
         assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 2);
     }
@@ -116,22 +136,49 @@ mod tests {
     fn sampling_follows_the_distribution_and_top_p_cuts_the_tail() {
         // Two tokens with probabilities ~0.73 / ~0.27 at temperature 1.
         let logits = [1.0, 0.0, -30.0];
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 7 });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 7,
+        });
         let n = 20000;
         let zeros = (0..n).filter(|_| s.sample(&logits) == 0).count() as f64 / n as f64;
-        assert!((zeros - 0.731).abs() < 0.02, "frequency of token 0 was {zeros}");
+        assert!(
+            (zeros - 0.731).abs() < 0.02,
+            "frequency of token 0 was {zeros}"
+        );
         // top_p 0.5 keeps only the first token.
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_p: 0.5, top_k: 0, seed: 7 });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            top_k: 0,
+            seed: 7,
+        });
         assert!((0..1000).all(|_| s.sample(&logits) == 0));
     }
 
     #[test]
     fn same_seed_same_choices() {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let p = SamplerParams { temperature: 0.8, top_p: 0.9, top_k: 20, seed: 3 };
-        let a: Vec<u32> = { let mut s = Sampler::new(p); (0..100).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..100).map(|_| s.sample(&logits)).collect() };
+        let p = SamplerParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: 20,
+            seed: 3,
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..100).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..100).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
-        assert!(a.iter().any(|&t| t != a[0]), "sampling at temperature 0.8 never varied");
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "sampling at temperature 0.8 never varied"
+        );
     }
 }

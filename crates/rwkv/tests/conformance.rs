@@ -15,7 +15,9 @@ fn backends() -> Vec<BackendChoice> {
     for choice in [BackendChoice::Cuda, BackendChoice::WebGpu] {
         match router::open(choice) {
             Ok(_) => v.push(choice),
-            Err(e) if require && choice == BackendChoice::Cuda => panic!("RWKV_REQUIRE_GPU=1 but {e}"),
+            Err(e) if require && choice == BackendChoice::Cuda => {
+                panic!("RWKV_REQUIRE_GPU=1 but {e}")
+            }
             Err(e) => eprintln!("SKIPPED conformance on {}: {e}", choice.name()),
         }
     }
@@ -34,17 +36,26 @@ fn tolerance(choice: BackendChoice) -> f32 {
 
 fn engine(choice: BackendChoice, dtype: DType, sessions: usize) -> Engine {
     let model = synth::synth_model(SynthShape::Tiny, dtype, 5).expect("synth tiny");
-    let opts = EngineOptions { backend: choice, quant: None, max_sessions: sessions };
+    let opts = EngineOptions {
+        backend: choice,
+        quant: None,
+        max_sessions: sessions,
+    };
     Engine::from_model(&model, &opts, None).expect("engine")
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn prompt(n: usize, seed: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| 1 + (i.wrapping_mul(2654435761).wrapping_add(seed) >> 7) % 400).collect()
+    (0..n as u32)
+        .map(|i| 1 + (i.wrapping_mul(2654435761).wrapping_add(seed) >> 7) % 400)
+        .collect()
 }
 
 #[test]
@@ -60,7 +71,11 @@ fn logits_match_the_cpu_reference_on_every_backend() {
             let mut s = e.new_session().unwrap();
             let got = e.feed_all(&mut s, &toks).unwrap();
             let d = max_diff(&got, &want);
-            assert!(d <= tolerance(choice), "{} {dtype}: max |Δlogit| {d}", choice.name());
+            assert!(
+                d <= tolerance(choice),
+                "{} {dtype}: max |Δlogit| {d}",
+                choice.name()
+            );
         }
     }
 }
@@ -78,13 +93,20 @@ fn chunked_prefill_equals_token_by_token_and_batches_equal_singles() {
             last = e.feed(&mut b, &[t]).unwrap();
         }
         let tol = tolerance(choice).max(1e-4);
-        assert!(max_diff(&whole, &last) <= tol, "{}: chunked vs single", choice.name());
+        assert!(
+            max_diff(&whole, &last) <= tol,
+            "{}: chunked vs single",
+            choice.name()
+        );
 
         // One batched step of three sessions = three single steps.
         let mut c = e.new_session().unwrap();
         e.feed(&mut c, &toks[..5]).unwrap();
         let next = [7u32, 9, 11];
-        let saved: Vec<Vec<f32>> = [&a, &b, &c].iter().map(|s| e.save_state(s).unwrap()).collect();
+        let saved: Vec<Vec<f32>> = [&a, &b, &c]
+            .iter()
+            .map(|s| e.save_state(s).unwrap())
+            .collect();
         let batched = e.feed_batch(&mut [&mut a, &mut b, &mut c], &next).unwrap();
         let v = e.desc().vocab_size;
         for (i, s) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
@@ -104,14 +126,28 @@ fn saved_state_restores_and_generation_is_deterministic() {
         let mut s = e.new_session().unwrap();
         e.feed(&mut s, &p).unwrap();
         let state = e.save_state(&s).unwrap();
-        assert!(state.iter().any(|&x| x != 0.0), "{}: state stayed zero", choice.name());
-        let params = SamplerParams { temperature: 0.9, top_p: 0.9, top_k: 0, seed: 9 };
+        assert!(
+            state.iter().any(|&x| x != 0.0),
+            "{}: state stayed zero",
+            choice.name()
+        );
+        let params = SamplerParams {
+            temperature: 0.9,
+            top_p: 0.9,
+            top_k: 0,
+            seed: 9,
+        };
         let first = e.generate(&mut s, &[], 12, params, |_, _| true).unwrap();
 
         // A fresh session fed the same prompt generates the same tokens with the same seed.
         let mut t = e.new_session().unwrap();
         let again = e.generate(&mut t, &p, 12, params, |_, _| true).unwrap();
-        assert_eq!(first, again, "{}: generation not reproducible", choice.name());
+        assert_eq!(
+            first,
+            again,
+            "{}: generation not reproducible",
+            choice.name()
+        );
 
         // Restoring the saved state reproduces the logits of prompt + one more token.
         e.restore_state(&mut s, &state).unwrap();

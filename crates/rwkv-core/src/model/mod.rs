@@ -99,7 +99,10 @@ impl ModelDesc {
 /// bytes made at load (transposed, split, converted or quantized tensors).
 #[derive(Clone)]
 pub enum TensorBytes {
-    Mapped { map: Arc<memmap2::Mmap>, range: Range<usize> },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -137,7 +140,9 @@ impl Tensor {
     /// Checks that the byte length matches dtype and shape.
     pub fn new(dtype: DType, shape: Vec<usize>, data: TensorBytes) -> Result<Tensor> {
         let want = dtype.tensor_bytes(&shape).ok_or_else(|| {
-            Error::invalid(format!("{dtype} tensor of shape {shape:?} is not whole blocks or too large"))
+            Error::invalid(format!(
+                "{dtype} tensor of shape {shape:?} is not whole blocks or too large"
+            ))
         })?;
         let got = data.as_slice().len();
         if want != got {
@@ -205,6 +210,9 @@ impl Model {
 
     /// Bytes of all tensor data.
     pub fn total_bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.data.as_slice().len() as u64).sum()
+        self.tensors
+            .values()
+            .map(|t| t.data.as_slice().len() as u64)
+            .sum()
     }
 }

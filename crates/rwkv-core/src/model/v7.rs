@@ -58,7 +58,14 @@ pub fn canonical_tensors(d: &ModelDesc) -> Vec<(String, Vec<usize>)> {
             t.push((b(&format!("att.{p}1")), vec![rank, c]));
             t.push((b(&format!("att.{p}2")), vec![c, rank]));
         }
-        for n in ["att.k_k", "att.k_a", "att.r_k", "att.ln_x.weight", "att.ln_x.bias", "ffn.x_k"] {
+        for n in [
+            "att.k_k",
+            "att.k_a",
+            "att.r_k",
+            "att.ln_x.weight",
+            "att.ln_x.bias",
+            "ffn.x_k",
+        ] {
             t.push((b(n), vec![c]));
         }
         for n in ["receptance", "key", "value", "output"] {
@@ -77,10 +84,15 @@ pub fn canonical_tensors(d: &ModelDesc) -> Vec<(String, Vec<usize>)> {
 pub fn is_large_matrix(name: &str) -> bool {
     name == "head.weight"
         || name == "emb.weight"
-        || [".att.receptance.weight", ".att.key.weight", ".att.value.weight", ".att.output.weight"]
-            .iter()
-            .chain([".ffn.key.weight", ".ffn.value.weight"].iter())
-            .any(|s| name.ends_with(s))
+        || [
+            ".att.receptance.weight",
+            ".att.key.weight",
+            ".att.value.weight",
+            ".att.output.weight",
+        ]
+        .iter()
+        .chain([".ffn.key.weight", ".ffn.value.weight"].iter())
+        .any(|s| name.ends_with(s))
 }
 
 /// Checks that `model` has exactly the canonical tensors with the right shapes, and that
@@ -89,14 +101,22 @@ pub fn validate(model: &Model) -> Result<()> {
     let d = &model.desc;
     let err = |what: String| Error::model(&model.source, what);
     if d.head_size == 0 || d.n_embd == 0 || d.n_embd % d.head_size != 0 {
-        return Err(err(format!("n_embd {} is not a multiple of head size {}", d.n_embd, d.head_size)));
+        return Err(err(format!(
+            "n_embd {} is not a multiple of head size {}",
+            d.n_embd, d.head_size
+        )));
     }
     if d.n_layer == 0 || d.vocab_size == 0 || d.ffn_size == 0 {
-        return Err(err("model has no layers, no vocabulary or no channel mix".into()));
+        return Err(err(
+            "model has no layers, no vocabulary or no channel mix".into()
+        ));
     }
     let want = canonical_tensors(d);
     for (name, shape) in &want {
-        let t = model.tensors.get(name).ok_or_else(|| err(format!("missing tensor '{name}'")))?;
+        let t = model
+            .tensors
+            .get(name)
+            .ok_or_else(|| err(format!("missing tensor '{name}'")))?;
         if &t.shape != shape {
             return Err(err(format!(
                 "tensor '{name}' has shape {:?}, the architecture needs {:?}",
@@ -104,7 +124,10 @@ pub fn validate(model: &Model) -> Result<()> {
             )));
         }
         if !is_large_matrix(name) && !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(err(format!("tensor '{name}' is {}, expected f32/f16/bf16", t.dtype)));
+            return Err(err(format!(
+                "tensor '{name}' is {}, expected f32/f16/bf16",
+                t.dtype
+            )));
         }
     }
     if model.tensors.len() != want.len() {
@@ -128,8 +151,14 @@ pub struct PlanBuilder {
 
 impl PlanBuilder {
     pub fn new(desc: &ModelDesc) -> PlanBuilder {
-        let weights = canonical_tensors(desc).into_iter().map(|(n, _)| n).collect();
-        PlanBuilder { desc: desc.clone(), weights }
+        let weights = canonical_tensors(desc)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        PlanBuilder {
+            desc: desc.clone(),
+            weights,
+        }
     }
 
     /// Canonical names in [`WeightId`] order: upload them in this order.
@@ -152,7 +181,11 @@ impl PlanBuilder {
         let (c, r) = (d.n_embd, d.lora);
         let mut buffers: Vec<BufferDecl> = Vec::new();
         let mut buf = |name: &str, width: usize, last_only: bool| -> BufId {
-            buffers.push(BufferDecl { name: name.into(), width, last_only });
+            buffers.push(BufferDecl {
+                name: name.into(),
+                width,
+                last_only,
+            });
             buffers.len() - 1
         };
         let x = buf("x", c, false);
@@ -175,15 +208,33 @@ impl PlanBuilder {
         let fk = buf("ffn_k", c, false);
         let fh = buf("ffn_hidden", d.ffn_size, false);
         let (head_in, head_norm, logits) = if all_logits {
-            (x, buf("out_norm", c, false), buf("logits", d.vocab_size, false))
+            (
+                x,
+                buf("out_norm", c, false),
+                buf("logits", d.vocab_size, false),
+            )
         } else {
             let last = buf("x_last", c, true);
-            (last, buf("out_norm", c, true), buf("logits", d.vocab_size, true))
+            (
+                last,
+                buf("out_norm", c, true),
+                buf("logits", d.vocab_size, true),
+            )
         };
 
-        let job = |weight, x, out, bias, act, accumulate| MatJob { weight, x, out, bias, act, accumulate };
+        let job = |weight, x, out, bias, act, accumulate| MatJob {
+            weight,
+            x,
+            out,
+            bias,
+            act,
+            accumulate,
+        };
         let mut ops = vec![
-            Op::Embed { table: self.w("emb.weight"), out: x },
+            Op::Embed {
+                table: self.w("emb.weight"),
+                out: x,
+            },
             Op::LayerNorm {
                 x,
                 w: self.w("blocks.0.ln0.weight"),
@@ -195,12 +246,22 @@ impl PlanBuilder {
         for i in 0..d.n_layer {
             let w = |s: &str| self.w(&format!("blocks.{i}.{s}"));
             // Time mix.
-            ops.push(Op::LayerNorm { x, w: w("ln1.weight"), b: w("ln1.bias"), out: xn, eps: LN_EPS });
+            ops.push(Op::LayerNorm {
+                x,
+                w: w("ln1.weight"),
+                b: w("ln1.bias"),
+                out: xn,
+                eps: LN_EPS,
+            });
             ops.push(Op::TokenShift {
                 x: xn,
                 layer: i,
                 kind: ShiftKind::Att,
-                mixes: ATT_MIXES.iter().zip(&mixed).map(|(m, &o)| (w(&format!("att.{m}")), o)).collect(),
+                mixes: ATT_MIXES
+                    .iter()
+                    .zip(&mixed)
+                    .map(|(m, &o)| (w(&format!("att.{m}")), o))
+                    .collect(),
             });
             ops.push(Op::MatMul {
                 jobs: vec![
@@ -216,12 +277,26 @@ impl PlanBuilder {
             ];
             let mut up = vec![
                 job(w("att.w2"), lw, decay, Some(w("att.w0")), Act::Decay, false),
-                job(w("att.a2"), la, iclr, Some(w("att.a0")), Act::Sigmoid, false),
+                job(
+                    w("att.a2"),
+                    la,
+                    iclr,
+                    Some(w("att.a0")),
+                    Act::Sigmoid,
+                    false,
+                ),
                 job(w("att.g2"), lg, gate, None, Act::None, false),
             ];
             if i > 0 {
                 down.push(job(w("att.v1"), xv, lv, None, Act::None, false));
-                up.push(job(w("att.v2"), lv, vmix, Some(w("att.v0")), Act::Sigmoid, false));
+                up.push(job(
+                    w("att.v2"),
+                    lv,
+                    vmix,
+                    Some(w("att.v0")),
+                    Act::Sigmoid,
+                    false,
+                ));
             }
             ops.push(Op::MatMul { jobs: down });
             ops.push(Op::MatMul { jobs: up });
@@ -243,17 +318,29 @@ impl PlanBuilder {
                 gn_eps: GN_EPS,
                 out: y,
             });
-            ops.push(Op::MatMul { jobs: vec![job(w("att.output.weight"), y, x, None, Act::None, true)] });
+            ops.push(Op::MatMul {
+                jobs: vec![job(w("att.output.weight"), y, x, None, Act::None, true)],
+            });
             // Channel mix.
-            ops.push(Op::LayerNorm { x, w: w("ln2.weight"), b: w("ln2.bias"), out: xn, eps: LN_EPS });
+            ops.push(Op::LayerNorm {
+                x,
+                w: w("ln2.weight"),
+                b: w("ln2.bias"),
+                out: xn,
+                eps: LN_EPS,
+            });
             ops.push(Op::TokenShift {
                 x: xn,
                 layer: i,
                 kind: ShiftKind::Ffn,
                 mixes: vec![(w("ffn.x_k"), fk)],
             });
-            ops.push(Op::MatMul { jobs: vec![job(w("ffn.key.weight"), fk, fh, None, Act::ReluSq, false)] });
-            ops.push(Op::MatMul { jobs: vec![job(w("ffn.value.weight"), fh, x, None, Act::None, true)] });
+            ops.push(Op::MatMul {
+                jobs: vec![job(w("ffn.key.weight"), fk, fh, None, Act::ReluSq, false)],
+            });
+            ops.push(Op::MatMul {
+                jobs: vec![job(w("ffn.value.weight"), fh, x, None, Act::None, true)],
+            });
         }
         if !all_logits {
             ops.push(Op::LastRows { x, out: head_in });
@@ -265,7 +352,22 @@ impl PlanBuilder {
             out: head_norm,
             eps: LN_EPS,
         });
-        ops.push(Op::MatMul { jobs: vec![job(self.w("head.weight"), head_norm, logits, None, Act::None, false)] });
-        Plan { shape, buffers, weights: self.weights.clone(), ops, logits }
+        ops.push(Op::MatMul {
+            jobs: vec![job(
+                self.w("head.weight"),
+                head_norm,
+                logits,
+                None,
+                Act::None,
+                false,
+            )],
+        });
+        Plan {
+            shape,
+            buffers,
+            weights: self.weights.clone(),
+            ops,
+            logits,
+        }
     }
 }

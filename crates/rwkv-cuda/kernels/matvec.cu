@@ -249,6 +249,155 @@ __device__ __forceinline__ void mv_units(const MatJob& J, long long row, int u0,
     }
 }
 
+// ---- Int8-activation path (batch 1, Q4_K): x quantized per 16 values, products by dp4a. ----
+// Staged in shared memory in the weights' unit order, so that a lane's unit u finds its 32
+// activations and their scales at index u (16-byte strides: no bank conflicts):
+//   xlo[u]: int8 x of the unit's low nibbles (16 values), xhi[u]: of its high nibbles,
+//   meta[u] = {scale of the 16 low values, scale of the 16 high values, exact f32 sum of the
+//   16 low values, of the 16 high values}. The sums keep Q4_K's dmin * min term exact.
+// 48 bytes per unit (1.5 bytes per activation).
+#define Q8_UNIT_BYTES 48
+
+__device__ __forceinline__ int dp4a_s32(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Quantizes x[0..n) (n a multiple of 256) into the staged layout, one scale per 16 values (the
+// unit halves; finer than 32 at no cost, as meta holds two scales per unit anyway). Each thread
+// takes 4 values, 4 lanes hold one 16-value half (amax and sum by 2 shuffles); 4 float4 loads
+// per thread are issued before any use (one L2 latency per 4 instead of per 1).
+__device__ __forceinline__ void q8_stage(const float* x, int n, uint4* xlo, uint4* xhi, float4* meta) {
+    u32* lo = (u32*)xlo;
+    u32* hi = (u32*)xhi;
+    float* mt = (float*)meta;
+    int n4 = n / 4;  // a multiple of 64: whole warps take part in every round (shuffles)
+    for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * blockDim.x) {
+        float4 xv[4];
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            int i = i0 + t * blockDim.x;
+            if (i < n4) xv[t] = *(const float4*)(x + 4 * i);
+        }
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            int i = i0 + t * blockDim.x;
+            if (i < n4) {
+                float4 v = xv[t];
+                float a = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+                float s = (v.x + v.y) + (v.z + v.w);
+                s += __shfl_xor_sync(0xffffffffu, s, 1);
+                s += __shfl_xor_sync(0xffffffffu, s, 2);
+                a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+                a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+                float inv = a > 0.0f ? 127.0f / a : 0.0f;
+                u32 q = ((u32)__float2int_rn(v.x * inv) & 255u) | (((u32)__float2int_rn(v.y * inv) & 255u) << 8) |
+                        (((u32)__float2int_rn(v.z * inv) & 255u) << 16) | ((u32)__float2int_rn(v.w * inv) << 24);
+                // Value 4i sits in block 4i/256 at j: chunk c = j/64, nibble half h = (j%64)/32,
+                // unit half (j%32)/16, word (j%16)/4 of the unit's 16 bytes.
+                int k = 4 * i, j = k & 255;
+                int c = j >> 6, h = (j >> 5) & 1, uh = (j >> 4) & 1, word = (j >> 2) & 3;
+                int u = (k >> 8) * 8 + 2 * c + uh;
+                (h ? hi : lo)[4 * u + word] = q;
+                if (word == 0) {
+                    mt[4 * u + h] = a * (1.0f / 127.0f);
+                    mt[4 * u + 2 + h] = s;
+                }
+            }
+        }
+    }
+}
+
+// acc += dot(unit u of a Q4_K row, staged int8 x): 8 dp4a, the scales applied per 16 values.
+__device__ __forceinline__ void q8_dot(const RawUnit& w, int u, const uint4* xlo, const uint4* xhi, const float4* meta,
+                                       float& acc) {
+    int c = (u & 7) >> 1;
+    uint4 xl = xlo[u], xh = xhi[u];
+    float4 mt = meta[u];
+    u32 qw[4] = {w.a.x, w.a.y, w.a.z, w.a.w};
+    int xlw[4] = {(int)xl.x, (int)xl.y, (int)xl.z, (int)xl.w};
+    int xhw[4] = {(int)xh.x, (int)xh.y, (int)xh.z, (int)xh.w};
+    int sl = 0, sh = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        sl = dp4a_s32((int)(qw[i] & 0x0F0F0F0Fu), xlw[i], sl);
+        sh = dp4a_s32((int)((qw[i] >> 4) & 0x0F0F0F0Fu), xhw[i], sh);
+    }
+    float d = h2f((u16)(w.b.x & 0xffff)), dmin = h2f((u16)(w.b.x >> 16));
+    float d1, m1, d2, m2;
+    q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c, d, dmin, d1, m1);
+    q4k_sm_words(w.b.y, w.b.z, w.b.w, 2 * c + 1, d, dmin, d2, m2);
+    acc += (d1 * mt.x) * (float)sl + (d2 * mt.y) * (float)sh - (m1 * mt.z + m2 * mt.w);
+}
+
+// Unit u of a Q4_K row: its 16 quant bytes at qrow + 16u (8 units per 128-byte block), the
+// block's 16-byte header at mrow + 16 (u / 8).
+template <int PF>
+__device__ __forceinline__ void q8_loads(const u8* qrow, const u8* mrow, int u, int u1, int lpr, RawUnit (&w)[PF]) {
+#pragma unroll
+    for (int p = 0; p < PF; p++) {
+        int up = u + p * lpr;
+        if (up < u1) {
+            w[p].a = ld_stream16(qrow + 16 * up);
+            w[p].b = ld_stream16(mrow + 16 * (up >> 3));
+        }
+    }
+}
+
+// A whole block of the int8 path (matvec1 only): stage x as int8, then the rows' passes. Kept
+// apart from the f32 path so that neither's registers weigh on the other. PF units in flight
+// per lane; the first ones are loaded before the PDL wait (weights are constant), so their
+// latency overlaps the producing kernel's tail and the staging.
+template <int PF>
+__device__ __forceinline__ void matvec_q8_block(const MatJob& J, float* xsh, float (*part)[32][1], int passes, int rpb,
+                                                int ks, int warp, int kslice, int sub, int l, int lpr, int u0, int u1,
+                                                int units, long long row_base, bool prefetch) {
+    RawUnit w[PF];
+    long long nb = J.in_dim / 256;
+    bool pre = prefetch && row_base < J.out_dim;
+    if (pre) q8_loads<PF>(J.wq + row_base * nb * 128, J.wm + row_base * nb * 16, u0 + l, u1, lpr, w);
+    pdl_wait();
+    uint4* xlo = (uint4*)xsh;
+    uint4* xhi = xlo + units;
+    float4* meta = (float4*)(xhi + units);
+    q8_stage(J.x, J.in_dim, xlo, xhi, meta);
+    __syncthreads();
+    for (int pass = 0; pass < passes; pass++) {
+        long long row = row_base + (long long)pass * rpb;
+        bool valid = row < J.out_dim;
+        float acc = 0.0f;
+        if (valid) {
+            const u8* qrow = J.wq + row * nb * 128;
+            const u8* mrow = J.wm + row * nb * 16;
+            for (int u = u0 + l; u < u1; u += PF * lpr) {
+                if (!pre) q8_loads<PF>(qrow, mrow, u, u1, lpr, w);
+                pre = false;
+#pragma unroll
+                for (int p = 0; p < PF; p++)
+                    if (u + p * lpr < u1) q8_dot(w[p], u + p * lpr, xlo, xhi, meta, acc);
+            }
+        }
+        pre = false;
+        for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (ks > 1) {
+            __syncthreads();
+            if (l == 0) part[warp][sub][0] = acc;
+            __syncthreads();
+            if (kslice == 0 && l == 0)
+                for (int k2 = 1; k2 < ks; k2++) acc += part[warp + k2][sub][0];
+        }
+        if (kslice == 0 && l == 0 && valid) {
+            float v = acc;
+            if (J.bias) v += J.bias[row];
+            v = apply_act(J.act, v);
+            float* o = J.out + row;
+            if (J.accumulate) *o += v;
+            else *o = v;
+        }
+    }
+}
+
 template <int R, bool PAD>
 __device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int u0, int u1, int l, int lpr,
                                             const float* x, int xs, int nr, float (&acc)[R]) {
@@ -264,14 +413,17 @@ __device__ __forceinline__ void mv_dispatch(const MatJob& J, long long row, int 
 // pad = warps per row (ks, K split across warps: 1, 2, 4 or 8). A block of 8 warps covers
 // (8/ks) * (32/lpr) rows per pass, `passes` row groups in turn, with its R activation rows staged
 // in shared memory once (when they fit in smem_floats).
-template <int R>
+// Q8: 0, f32 path only; 1, both paths (launches mixing int8 and f32 jobs); 2, int8 path only
+// (launches whose jobs all take it). Each path's code weighs on the other's registers (spills at
+// 64 registers), so every launch gets the kernel with only what it needs.
+template <int R, int Q8>
 __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int smem_floats) {
     extern __shared__ __align__(16) float xsh[];
     __shared__ float part[8][32][R];
     pdl_trigger();
     int bid = blockIdx.x;
     const MatJob& J = T.job[find_job(T, bid)];
-    int lpr = J.n_tiles_n & 255, passes = max(J.n_tiles_n >> 8, 1), ks = J.pad;
+    int lpr = J.n_tiles_n & 255, passes = max((J.n_tiles_n >> 8) & 255, 1), ks = J.pad;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpw = 32 / lpr;  // rows per warp
     int rpb = (8 / ks) * rpw;
@@ -284,6 +436,19 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     int rg = blockIdx.y * R;
     int nr = min(R, rows - rg);
     int pst = J.in_dim + (J.in_dim >> 6) * 4;
+    // Int8 activations (flag bit 24, set by the host for batch-1 Q4_K jobs; RWKV_CUDA_Q8X=0 off;
+    // tuning bits: 25, 4 units in flight per lane instead of 2; 26, no loads before the PDL wait).
+    if (Q8 != 0 && R == 1 && ((J.n_tiles_n >> 24) & 1) && J.dtype == DT_Q4K && fast &&
+        units * Q8_UNIT_BYTES <= smem_floats * 4) {
+        long long rb = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
+        bool pre = !((J.n_tiles_n >> 26) & 1);
+        if ((J.n_tiles_n >> 25) & 1)
+            matvec_q8_block<4>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb, pre);
+        else
+            matvec_q8_block<2>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb, pre);
+        return;
+    }
+    if (Q8 == 2) return;  // the host sends only eligible jobs to such kernels
     // Staging pays when the block then serves several weight rows.
     bool stage = fast && nr * pst <= smem_floats && rpb * passes >= 4;
     long long row_base = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
@@ -351,14 +516,24 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
 }
 
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<1>(T, rows, smem_floats);
+    matvec_impl<1, 0>(T, rows, smem_floats);
+}
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1mix_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<1, 1>(T, rows, smem_floats);
+}
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1q8_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<1, 2>(T, rows, smem_floats);
+}
+// The same at 3 blocks per SM (80 registers: room for 4 units in flight without spills).
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec1q8w_kernel(const JobTable T, int rows, int smem_floats) {
+    matvec_impl<1, 2>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec2_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<2>(T, rows, smem_floats);
+    matvec_impl<2, 0>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec4_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<4>(T, rows, smem_floats);
+    matvec_impl<4, 0>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec8_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<8>(T, rows, smem_floats);
+    matvec_impl<8, 0>(T, rows, smem_floats);
 }

@@ -820,6 +820,41 @@ fn matvec_layout(dtype: GpuDType, in_dim: usize, out_dim: usize) -> (usize, usiz
     (lpr, ks)
 }
 
+/// Shared-memory bytes per 32 activations of matvec.cu's int8 staging (`Q8_UNIT_BYTES`).
+const Q8_UNIT_BYTES: usize = 48;
+
+/// Batch-1 Q4_K products with int8 activations (matvec.cu's int8 path): on by default,
+/// `RWKV_CUDA_Q8X=0` keeps the f32 path. Tuning words, comma-separated, for measurements (each
+/// measured slower than the default on the H100, see NOTES.md): `pf4` (4 units in flight per
+/// lane), `pre` (first weight loads before the PDL wait), `lb3` (int8-only launches at 3 blocks
+/// per SM), `mixed` (int8 jobs always in the kernel with both paths). Read when a plan's launches are built.
+#[derive(Clone, Copy, Default)]
+struct Q8Mode {
+    pf4: bool,
+    pre: bool,
+    lb3: bool,
+    mixed: bool,
+}
+
+fn q8x_mode() -> Option<Q8Mode> {
+    let v = std::env::var("RWKV_CUDA_Q8X").unwrap_or_default();
+    if v == "0" {
+        return None;
+    }
+    let has = |w: &str| v.split(',').any(|t| t.trim() == w);
+    Some(Q8Mode {
+        pf4: has("pf4"),
+        pre: has("pre"),
+        lb3: has("lb3"),
+        mixed: has("mixed"),
+    })
+}
+
+/// Flag bits of matvec.cu's lanes field: int8 path, 4 units in flight, no early loads.
+const Q8_BIT: i32 = 1 << 24;
+const Q8_PF4_BIT: i32 = 1 << 25;
+const Q8_NOPRE_BIT: i32 = 1 << 26;
+
 const MAX_JOBS: usize = 8;
 /// Size of matvec.cu's `JobTable` (8 jobs of 72 bytes, the count, padding to 8).
 const JOB_TABLE_BYTES: usize = MAX_JOBS * 72 + 8;
@@ -851,6 +886,7 @@ fn push_matmul(
     // Activations staged in shared memory by the SIMT kernel (up to 96 KiB per block).
     let smem_cap = (96 * 1024).min(gpu.smem_optin.saturating_sub(12 * 1024));
     let mut mv_smem = 0usize;
+    let q8_mode = q8x_mode();
     for j in jobs {
         let (dtype, out_dim, in_dim, q, m) = match weights.get(j.weight).and_then(|w| w.as_ref()) {
             Some(GpuWeight::Matrix {
@@ -948,6 +984,17 @@ fn push_matmul(
             mm.push((j.clone(), job, tiles * splits, d));
         } else {
             let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
+            // Batch 1, Q4_K: activations quantized to int8 per 32 values in the kernel's
+            // prologue, products by dp4a (matvec.cu, flag bit 24 of the lanes field).
+            let q8 = match q8_mode {
+                Some(m) if rows == 1 && dtype == GpuDType::Q4K && in_dim % 256 == 0 => {
+                    d.push_str("/q8");
+                    Q8_BIT
+                        | if m.pf4 { Q8_PF4_BIT } else { 0 }
+                        | if m.pre { 0 } else { Q8_NOPRE_BIT }
+                }
+                _ => 0,
+            };
             // Rows per block pass; the number of passes is set below for the whole launch.
             let base_blocks = out_dim.div_ceil((8 / ks) * (32 / lpr));
             let job = job_bytes(
@@ -962,12 +1009,16 @@ fn push_matmul(
                 act_code(j.act),
                 j.accumulate,
                 0,
-                lpr as i32,
+                lpr as i32 | q8,
                 ks as i32,
             );
             mv.push((j.clone(), job, base_blocks, format!("{d}/l{lpr}k{ks}")));
             let r_eff = rows.min(8);
-            let need = r_eff * (in_dim + in_dim / 64 * 4) * 4;
+            let need = if q8 != 0 {
+                in_dim / 32 * Q8_UNIT_BYTES
+            } else {
+                r_eff * (in_dim + in_dim / 64 * 4) * 4
+            };
             if need <= smem_cap {
                 mv_smem = mv_smem.max(need);
             }
@@ -977,7 +1028,12 @@ fn push_matmul(
     // Several row groups per block, so that the launch is about one wave of blocks (four 256-
     // thread blocks per SM) and each block's staged activations serve more weight rows.
     let total: usize = mv.iter().map(|m| m.2).sum();
-    let passes = total.div_ceil(4 * sm_count).clamp(1, 64);
+    let per_sm = if rows == 1 && q8_mode.is_some_and(|m| m.lb3) {
+        3
+    } else {
+        4
+    };
+    let passes = total.div_ceil(per_sm * sm_count).clamp(1, 64);
     for (_, job, nblocks, d) in mv.iter_mut() {
         let lpr = i32::from_ne_bytes([job[64], job[65], job[66], job[67]]);
         job[64..68].copy_from_slice(&(lpr | ((passes as i32) << 8)).to_ne_bytes());
@@ -1003,6 +1059,28 @@ fn push_matmul(
         for chunk in list.chunks(MAX_JOBS) {
             let mut blocks = 0usize;
             let mut bytes = Vec::new();
+            // Batch-1 launches get the kernel with only the paths their jobs take: int8 only,
+            // both (int8 and f32 jobs), or f32 only (matvec1_kernel).
+            let is_q8 = |job: &Vec<u8>| {
+                i32::from_ne_bytes([job[64], job[65], job[66], job[67]]) & Q8_BIT != 0
+            };
+            let all_q8 = chunk.iter().all(|(_, job, _, _)| is_q8(job));
+            let any_q8 = chunk.iter().any(|(_, job, _, _)| is_q8(job));
+            let kernel = match q8_mode {
+                Some(m) if is_mv && rows == 1 && all_q8 && !m.mixed => {
+                    if m.lb3 {
+                        "matvec1q8w_kernel"
+                    } else {
+                        "matvec1q8_kernel"
+                    }
+                }
+                Some(_) if is_mv && rows == 1 && any_q8 => "matvec1mix_kernel",
+                _ => kernel,
+            };
+            if is_mv && mv_smem > 48 * 1024 && kernel != mv_name {
+                let f = gpu.func(kernel)?;
+                gpu.allow_smem(f, mv_smem)?;
+            }
             let mut name = kernel.to_string();
             for (_, job, nblocks, d) in chunk {
                 let mut job = job.clone();
@@ -1065,6 +1143,7 @@ impl Backend for CudaBackend {
                 ("kernels".into(), g.kernel_cache.clone()),
                 ("graphs".into(), self.use_graphs.to_string()),
                 ("pdl".into(), g.pdl.to_string()),
+                ("q8x".into(), q8x_mode().is_some().to_string()),
             ],
         }
     }

@@ -123,6 +123,13 @@ fn matmul_case(
     );
 }
 
+/// Batch-1 Q4_K with int8 activations (per 16 values, scale amax/127): rounding noise of
+/// step/sqrt(12) = 0.0023 on uniform [-1, 1) values of rms 0.58, i.e. ~4e-3 relative per product
+/// (measured on the H100: 3.4e-3; the f32 path 1.2e-7).
+const Q8_MATMUL_TOL: f64 = 1e-2;
+/// The same through a whole model (decode logits and the states it leaves; measured 1.5e-2).
+const Q8_MODEL_TOL: f64 = 5e-2;
+
 #[test]
 fn matmul_matches_reference_for_every_encoding_and_row_count() {
     let mut rng = Rng(0x5eed_0001);
@@ -130,7 +137,13 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
     // tensor-core path: relative error ~ 2^-11 per product, averaged down over the sum.
     for dtype in [DType::Q4K, DType::Q6K, DType::Q8_0, DType::F16, DType::F32] {
         for rows in [1, 2, 3, 5, 8, 13, 16, 70] {
-            let tol = if rows >= 16 { 3e-3 } else { 2e-5 };
+            let tol = if rows >= 16 {
+                3e-3
+            } else if rows == 1 && dtype == DType::Q4K && q8x() {
+                Q8_MATMUL_TOL
+            } else {
+                2e-5
+            };
             matmul_case(&mut rng, dtype, rows, 512, 200, Act::None, false, tol);
         }
         matmul_case(&mut rng, dtype, 4, 256, 64, Act::Tanh, true, 2e-5);
@@ -240,12 +253,19 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
     for _ in 0..2 {
         check(&mut be, &mut reference, &chunk, 3, &[4, 2], &mut rng);
     }
+    // Int8 batch-1 activations (Q4_K) loosen decode and the states decode steps leave.
+    let q8 = dtype == DType::Q4K && q8x();
+    let (decode_tol, state_tol) = if q8 {
+        (Q8_MODEL_TOL, Q8_MODEL_TOL)
+    } else {
+        (1e-3, 1e-3)
+    };
     // States equal the reference's.
     for slot in [0, 2, 4] {
         let mut st = vec![0f32; desc.state_len()];
         be.read_state(slot, &mut st).unwrap();
         let e = rel_err(&st, &reference.states[slot]);
-        assert!(e < 1e-3, "{dtype}: state of slot {slot} rel err {e}");
+        assert!(e < state_tol, "{dtype}: state of slot {slot} rel err {e}");
     }
     // write_state: copy slot 0 to slot 1; both then give the same logits for the same token.
     let mut st = vec![0f32; desc.state_len()];
@@ -289,8 +309,11 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
         "model {dtype}/{lora} C={c} N={head}: rel err prefill {:.2e} decode {:.2e} batch {:.2e} chunks {:.2e}, top-1 {}/{}",
         worst[0], worst[1], worst[2], worst[3], agree.0, agree.1
     );
+    // Int8 activations may flip a near-tie of these random models' top-2 logits: one row of
+    // the 38 may differ (the oracle test keeps >= 99 % over 420 rows).
+    let misses_allowed = if q8 { 1 } else { 0 };
     assert!(
-        agree.0 * 100 >= agree.1 * 99,
+        agree.0 * 100 >= agree.1 * 99 || agree.0 + misses_allowed >= agree.1,
         "{dtype}: top-1 agreement {}/{}",
         agree.0,
         agree.1
@@ -298,7 +321,7 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
     // Decode and batched decode run in f32 (SIMT kernels): only summation order differs.
     // Prefill/chunks use f16 tensor-core operands for the big matrices when rows >= 16.
     assert!(
-        worst[1] < 1e-3 && worst[2] < 1e-3,
+        worst[1] < decode_tol && worst[2] < 1e-3,
         "{dtype}: decode error {:?}",
         worst
     );

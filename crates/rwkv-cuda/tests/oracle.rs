@@ -4,7 +4,8 @@
 //!
 //! Tolerances (relative L2 error of the logits): decode and batched decode run the SIMT kernels
 //! in f32 with another summation order than the CPU, so only rounding differs (< 2e-3 after the
-//! recurrence). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
+//! recurrence), except batch-1 Q4_K, whose activations are int8 by default (Q8_DECODE_TOL;
+//! RWKV_CUDA_Q8X=0 restores f32). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
 //! activations rounded to f16, f32 accumulation): ~2^-11 relative per operand, < 1e-2 on logits.
 
 mod common;
@@ -15,6 +16,12 @@ use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
 use rwkv_cpu::CpuBackend;
+
+/// Decode (one row) of Q4_K models with int8 activations quantized per 16 values (amax/127),
+/// as llama.cpp's MMVQ does: ~3e-3 relative per product, which the recurrence and the random
+/// synthetic weights grow to 2.6e-2 on the decode logits, 6e-3 on the state and 1.1e-2 after
+/// the state write (measured on the H100); top-1 agreement stays 420/420. Twice the worst.
+const Q8_DECODE_TOL: f64 = 5e-2;
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
@@ -159,12 +166,18 @@ fn synthetic_models_match_the_cpu_backend() {
         eprintln!(
             "{dtype}: rel err prefill {e_prefill:.2e} decode {e_decode:.2e} batch {e_batch:.2e} state {e_state:.2e} after write {e_after:.2e}"
         );
+        // Batch-1 decode of Q4_K uses int8 activations by default (see Q8_DECODE_TOL).
+        let one_row_tol = if dtype == DType::Q4K && common::q8x() {
+            Q8_DECODE_TOL
+        } else {
+            2e-3
+        };
         assert!(
-            e_decode < 2e-3 && e_batch < 2e-3 && e_after < 2e-3,
+            e_decode < one_row_tol && e_batch < 2e-3 && e_after < one_row_tol,
             "{dtype}: decode errors"
         );
         assert!(e_prefill < 1e-2, "{dtype}: prefill error {e_prefill}");
-        assert!(e_state < 2e-3, "{dtype}: state error {e_state}");
+        assert!(e_state < one_row_tol, "{dtype}: state error {e_state}");
     }
     eprintln!("top-1 agreement {}/{}", agree.0, agree.1);
     assert!(

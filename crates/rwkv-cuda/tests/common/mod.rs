@@ -13,6 +13,15 @@ use rwkv_core::model::{Tensor, TensorBytes};
 use rwkv_core::{DType, ModelDesc};
 use rwkv_cuda::CudaBackend;
 
+/// Whether the backend quantizes batch-1 Q4_K activations to int8 (its default; RWKV_CUDA_Q8X=0
+/// keeps f32), which loosens the decode tolerances.
+#[allow(dead_code)]
+pub fn q8x() -> bool {
+    std::env::var("RWKV_CUDA_Q8X")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+}
+
 /// Opens device 0, or prints why not and returns None; panics instead when RWKV_REQUIRE_GPU=1.
 pub fn gpu_or_skip() -> Option<CudaBackend> {
     match CudaBackend::new(0) {

@@ -141,7 +141,22 @@ impl Drop for CudaBackend {
 const MM_BM: usize = 64;
 const MM_BN: usize = 64;
 /// Activation rows from which a MatMul uses the tensor-core kernel.
-const MMA_MIN_ROWS: usize = 16;
+/// Default of [`mma_min_rows`]: from this many activation rows on, matrix products take the
+/// tensor-core kernel (the SIMT matvec kernels keep R ≤ 8 rows in registers and slow down past 4).
+const MMA_MIN_ROWS: usize = 5;
+
+/// `RWKV_CUDA_MMA_MIN_ROWS` overrides [`MMA_MIN_ROWS`] (for measurements).
+fn mma_min_rows() -> usize {
+    std::env::var("RWKV_CUDA_MMA_MIN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MMA_MIN_ROWS)
+}
+
+/// The multi-block decode token shift (`RWKV_CUDA_LNSPLIT=0` keeps one block per row).
+fn ln_split_enabled() -> bool {
+    std::env::var("RWKV_CUDA_LNSPLIT").map_or(true, |v| v != "0")
+}
 
 fn act_code(a: Act) -> i32 {
     match a {
@@ -698,6 +713,32 @@ fn push_shift(
     if n > 8 * 1024 {
         return Err(err(format!("TokenShift: width {n} exceeds 8192")));
     }
+    if n_tok == 1 && ln_split_enabled() {
+        // Decode: several blocks per row (one per ~512 channels), see ln_shift_split_kernel.
+        let slices = n.div_ceil(512).max(1);
+        let f = gpu.func("ln_shift_split_kernel")?;
+        launches.push(Launch {
+            name: "ln_shift_split_kernel".to_string(),
+            func: f,
+            grid: (rows as u32, slices as u32, 1),
+            block: (256, 1, 1),
+            smem: 0,
+            args: ArgList::default()
+                .ptr(x)
+                .ptr(xn)
+                .ptr(ln.0)
+                .ptr(ln.1)
+                .f32(ln.2)
+                .i32(i32_of(n, "width")?)
+                .ptr(slots_ptr)
+                .ptr(state_ptr)
+                .i64(state_len as i64)
+                .i64(reg_off as i64)
+                .bytes(sa)
+                .0,
+        });
+        return Ok(());
+    }
     let kname = format!("ln_shift{v}_kernel");
     let f = gpu.func(&kname)?;
     launches.push(Launch {
@@ -781,7 +822,7 @@ fn job_bytes(
 
 /// Whether the tensor-core kernel can take a job: enough rows, and K a whole number of its steps.
 fn mma_ok(dtype: GpuDType, in_dim: usize, rows: usize) -> bool {
-    rows >= MMA_MIN_ROWS
+    rows >= mma_min_rows()
         && match dtype {
             GpuDType::Q4K | GpuDType::Q6K => in_dim % 256 == 0,
             _ => in_dim % 32 == 0,

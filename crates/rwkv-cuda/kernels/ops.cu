@@ -154,48 +154,6 @@ LN_SHIFT_ENTRY(2)
 LN_SHIFT_ENTRY(4)
 LN_SHIFT_ENTRY(8)
 
-// Decode-step token shift (n_tok == 1) spread over gridDim.y blocks per row: each block takes the
-// row's layer-norm statistics (re-reading the row from L2, 4n bytes) and then reads and writes
-// only its slice of the mixes, outputs and register, so a row's ~16 vectors of traffic go through
-// several SMs instead of one. The register holds the previous token's LN output already, so only
-// the current row is normalized. Math as ln_shift above (mean, then variance of deviations).
-extern "C" __global__ void __launch_bounds__(256) ln_shift_split_kernel(
-    const float* x, float* xn, const float* ln_w, const float* ln_b, float eps, int n, const int* slots,
-    float* state, long long state_len, long long reg_off, ShiftArgs a) {
-    pdl_trigger();
-    __shared__ float red[32];
-    int r = blockIdx.x;
-    int per = (n + gridDim.y - 1) / gridDim.y;
-    int s0 = blockIdx.y * per, s1 = min(n, s0 + per);
-    pdl_wait();
-    const float* xr = x + (long long)r * n;
-    float mean = 0.0f, inv = 1.0f;
-    if (ln_w) {
-        float sum = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) sum += xr[i];
-        mean = block_sum(sum, red) / (float)n;
-        float q = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float d = xr[i] - mean;
-            q += d * d;
-        }
-        inv = rsqrtf(block_sum(q, red) / (float)n + eps);
-    }
-    float* reg = state + (long long)slots[r] * state_len + reg_off;
-    for (int i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
-        float c = xr[i];
-        if (ln_w) {
-            c = (c - mean) * inv * ln_w[i] + ln_b[i];
-            xn[(long long)r * n + i] = c;
-        }
-        float d = reg[i] - c;
-#pragma unroll
-        for (int m = 0; m < 6; m++)
-            if (m < a.n_mix) a.out[m][(long long)r * n + i] = c + d * a.mix[m][i];
-        reg[i] = c;
-    }
-}
-
 // Register <- the last row of xn of each sequence (grid: n_seq blocks).
 extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok, const int* slots, float* state,
                                               long long state_len, long long reg_off) {

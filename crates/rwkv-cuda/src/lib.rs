@@ -142,8 +142,11 @@ const MM_BM: usize = 64;
 const MM_BN: usize = 64;
 /// Activation rows from which a MatMul uses the tensor-core kernel.
 /// Default of [`mma_min_rows`]: from this many activation rows on, matrix products take the
-/// tensor-core kernel (the SIMT matvec kernels keep R ≤ 8 rows in registers and slow down past 4).
-const MMA_MIN_ROWS: usize = 5;
+/// tensor-core kernel (f16 operands, f32 accumulation). The SIMT matvec kernels keep R ≤ 8 rows in
+/// registers and slow down past 4: at 8 sequences the tensor cores gave 2,395 vs 1,191 tok/s (1.5B)
+/// and 752 vs 191 (7.2B) on the H100.
+#[doc(hidden)]
+pub const MMA_MIN_ROWS: usize = 5;
 
 /// `RWKV_CUDA_MMA_MIN_ROWS` overrides [`MMA_MIN_ROWS`] (for measurements).
 fn mma_min_rows() -> usize {
@@ -153,10 +156,6 @@ fn mma_min_rows() -> usize {
         .unwrap_or(MMA_MIN_ROWS)
 }
 
-/// The multi-block decode token shift (`RWKV_CUDA_LNSPLIT=0` keeps one block per row).
-fn ln_split_enabled() -> bool {
-    std::env::var("RWKV_CUDA_LNSPLIT").map_or(true, |v| v != "0")
-}
 
 fn act_code(a: Act) -> i32 {
     match a {
@@ -712,32 +711,6 @@ fn push_shift(
     };
     if n > 8 * 1024 {
         return Err(err(format!("TokenShift: width {n} exceeds 8192")));
-    }
-    if n_tok == 1 && ln_split_enabled() {
-        // Decode: several blocks per row (one per ~512 channels), see ln_shift_split_kernel.
-        let slices = n.div_ceil(512).max(1);
-        let f = gpu.func("ln_shift_split_kernel")?;
-        launches.push(Launch {
-            name: "ln_shift_split_kernel".to_string(),
-            func: f,
-            grid: (rows as u32, slices as u32, 1),
-            block: (256, 1, 1),
-            smem: 0,
-            args: ArgList::default()
-                .ptr(x)
-                .ptr(xn)
-                .ptr(ln.0)
-                .ptr(ln.1)
-                .f32(ln.2)
-                .i32(i32_of(n, "width")?)
-                .ptr(slots_ptr)
-                .ptr(state_ptr)
-                .i64(state_len as i64)
-                .i64(reg_off as i64)
-                .bytes(sa)
-                .0,
-        });
-        return Ok(());
     }
     let kname = format!("ln_shift{v}_kernel");
     let f = gpu.func(&kname)?;

@@ -8,6 +8,7 @@ use rwkv_core::backend::{Act, Backend, BufferDecl, MatJob, Op, Plan, StepOutput,
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::model::LoraRanks;
 use rwkv_core::{DType, ModelDesc, RwkvVersion};
+use rwkv_cuda::MMA_MIN_ROWS;
 
 #[test]
 fn probe_lists_devices_or_says_why_not() {
@@ -133,11 +134,11 @@ const Q8_MODEL_TOL: f64 = 5e-2;
 #[test]
 fn matmul_matches_reference_for_every_encoding_and_row_count() {
     let mut rng = Rng(0x5eed_0001);
-    // f32 arithmetic on the SIMT path (< 16 rows); f16 operands with f32 accumulation on the
-    // tensor-core path: relative error ~ 2^-11 per product, averaged down over the sum.
+    // f32 arithmetic on the SIMT path (< MMA_MIN_ROWS rows); f16 operands with f32 accumulation
+    // on the tensor-core path: relative error ~ 2^-11 per product, averaged down over the sum.
     for dtype in [DType::Q4K, DType::Q6K, DType::Q8_0, DType::F16, DType::F32] {
         for rows in [1, 2, 3, 5, 8, 13, 16, 70] {
-            let tol = if rows >= 16 {
+            let tol = if rows >= MMA_MIN_ROWS {
                 3e-3
             } else if rows == 1 && dtype == DType::Q4K && q8x() {
                 Q8_MATMUL_TOL
@@ -152,7 +153,7 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
     // Widths that are no multiple of 32 / 64 (generic path), rank-like widths, every activation.
     for (rows, in_dim) in [(1, 40), (20, 40), (1, 96), (40, 96), (3, 480)] {
         for act in [Act::None, Act::ReluSq, Act::Decay] {
-            let tol = if rows >= 16 && in_dim % 32 == 0 {
+            let tol = if rows >= MMA_MIN_ROWS && in_dim % 32 == 0 {
                 3e-3
             } else {
                 2e-5
@@ -255,10 +256,14 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
     }
     // Int8 batch-1 activations (Q4_K) loosen decode and the states decode steps leave.
     let q8 = dtype == DType::Q4K && q8x();
+    // Chunks of 2 x 7 rows take the tensor cores (f16 operands) and leave their f16 rounding in
+    // the states: measured 1.2e-3 for f32 weights on the H100, so 5e-3 there; f32-only steps
+    // would stay under 1e-3.
+    let chunk_tol = if 2 * 7 >= MMA_MIN_ROWS { 5e-3 } else { 1e-3 };
     let (decode_tol, state_tol) = if q8 {
         (Q8_MODEL_TOL, Q8_MODEL_TOL)
     } else {
-        (1e-3, 1e-3)
+        (1e-3, chunk_tol)
     };
     // States equal the reference's.
     for slot in [0, 2, 4] {
@@ -319,7 +324,7 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
         agree.1
     );
     // Decode and batched decode run in f32 (SIMT kernels): only summation order differs.
-    // Prefill/chunks use f16 tensor-core operands for the big matrices when rows >= 16.
+    // Prefill/chunks use f16 tensor-core operands for the big matrices when rows >= MMA_MIN_ROWS.
     assert!(
         worst[1] < decode_tol && worst[2] < 1e-3,
         "{dtype}: decode error {:?}",

@@ -20,7 +20,8 @@ use rwkv_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
-use crate::sampler::{Sampler, Utf8Stream};
+use crate::text::Utf8Stream;
+use rwkv_core::sampler::{Sampler, SamplerParams};
 
 /// Tokens per prefill step: long prompts run in steps of this many, the rest one by one.
 const CHUNK: usize = 16;
@@ -160,7 +161,7 @@ async fn open(
         logits: vec![0f32; desc.vocab_size],
         pending: Vec::new(),
         needs_reset: false,
-        sampler: Sampler::new(0),
+        sampler: Sampler::new(SamplerParams { seed: 0, ..Default::default() }),
         text: Utf8Stream::default(),
     };
     Ok((engine, info))
@@ -300,7 +301,7 @@ impl WebModel {
         }
         e.pending = ids;
         e.needs_reset = true;
-        e.sampler = Sampler::new(seed as u64);
+        e.sampler = Sampler::new(SamplerParams { seed: seed as u64, top_k: 0, ..Default::default() });
         e.text = Utf8Stream::default();
         Ok(())
     }
@@ -316,7 +317,10 @@ impl WebModel {
                 }
                 let pending = std::mem::take(&mut e.pending);
                 e.feed(&pending).await?;
-                let token = e.sampler.sample(&e.logits, temperature, top_p);
+                let params = e.sampler.params_mut();
+                params.temperature = temperature;
+                params.top_p = top_p;
+                let token = e.sampler.sample(&e.logits);
                 e.pending = vec![token];
                 if stop_at_end && token == END_OF_TEXT {
                     let rest = e.text.finish();

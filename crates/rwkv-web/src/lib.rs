@@ -3,9 +3,9 @@
 //! browser's event loop). `web/rwkv.js` wraps the exported [`WebModel`] in the JS API
 //! (`Model.load`, `logits`, `generate`, `stop`). On native targets this crate is empty.
 
-mod sampler;
+mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
 
-pub use sampler::{Sampler, Utf8Stream};
+pub use text::Utf8Stream;

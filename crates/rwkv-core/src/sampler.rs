@@ -40,6 +40,12 @@ impl Sampler {
         self.params
     }
 
+    /// Settings can change between tokens (the browser API takes them per call); the random
+    /// state carries on.
+    pub fn params_mut(&mut self) -> &mut SamplerParams {
+        &mut self.params
+    }
+
     /// Uniform in [0, 1) from splitmix64.
     fn next_f64(&mut self) -> f64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -53,7 +59,8 @@ impl Sampler {
     /// Picks a token id from `logits` (NaN logits are never picked).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
-        if p.temperature <= 0.0 || p.top_k == 1 {
+        // `!(t > 0)` also sends a NaN temperature to greedy decoding.
+        if !(p.temperature > 0.0) || p.top_k == 1 {
             return argmax(logits);
         }
         let mut cand: Vec<(u32, f32)> = logits
@@ -101,15 +108,16 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value; ties go to the lowest index; NaN is never the maximum.
+/// Index of the largest value; ties go to the lowest index; NaN is never the maximum (an empty or
+/// all-NaN row gives 0).
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
+    let mut best: Option<(usize, f32)> = None;
     for (i, &x) in v.iter().enumerate() {
-        if x > v[best] || v[best].is_nan() {
-            best = i;
+        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
         }
     }
-    best as u32
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 #[cfg(test)]
@@ -156,6 +164,18 @@ mod tests {
             seed: 7,
         });
         assert!((0..1000).all(|_| s.sample(&logits) == 0));
+    }
+
+    #[test]
+    fn nan_logits_and_nan_temperature_are_safe() {
+        let logits = [f32::NAN, 0.5, f32::NAN, 0.4];
+        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 1 });
+        assert!((0..200).all(|_| matches!(s.sample(&logits), 1 | 3)));
+        let mut s = Sampler::new(SamplerParams { temperature: f32::NAN, ..Default::default() });
+        assert_eq!(s.sample(&logits), 1);
+        assert_eq!(s.sample(&[f32::NAN, f32::NAN]), 0);
+        s.params_mut().temperature = 0.0;
+        assert_eq!(s.sample(&[0.0, 2.0]), 1);
     }
 
     #[test]

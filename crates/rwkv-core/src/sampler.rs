@@ -59,8 +59,7 @@ impl Sampler {
     /// Picks a token id from `logits` (NaN logits are never picked).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
-        // `!(t > 0)` also sends a NaN temperature to greedy decoding.
-        if !(p.temperature > 0.0) || p.top_k == 1 {
+        if p.temperature.is_nan() || p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
         let mut cand: Vec<(u32, f32)> = logits
@@ -169,9 +168,17 @@ mod tests {
     #[test]
     fn nan_logits_and_nan_temperature_are_safe() {
         let logits = [f32::NAN, 0.5, f32::NAN, 0.4];
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 1 });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 1,
+        });
         assert!((0..200).all(|_| matches!(s.sample(&logits), 1 | 3)));
-        let mut s = Sampler::new(SamplerParams { temperature: f32::NAN, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits), 1);
         assert_eq!(s.sample(&[f32::NAN, f32::NAN]), 0);
         s.params_mut().temperature = 0.0;

@@ -22,7 +22,11 @@ fn load_bytes_equals_load_for_every_written_format() {
     let dir = std::env::temp_dir().join(format!("rwkv-bytes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = synth_model(SynthShape::Tiny, DType::F16, 4).unwrap();
-    for (format, ext) in [(Format::Gguf, "gguf"), (Format::Safetensors, "st"), (Format::Pth, "pth")] {
+    for (format, ext) in [
+        (Format::Gguf, "gguf"),
+        (Format::Safetensors, "st"),
+        (Format::Pth, "pth"),
+    ] {
         let path = dir.join(format!("m.{ext}"));
         formats::write(&model, &path, format).unwrap();
         let from_file = formats::load(&path, &LoadOptions::default()).unwrap();
@@ -30,7 +34,10 @@ fn load_bytes_equals_load_for_every_written_format() {
         let from_bytes = formats::load_bytes(bytes, "m", &LoadOptions::default()).unwrap();
         same_model(&from_file, &from_bytes);
         // The quant option applies the same way.
-        let opts = LoadOptions { quant: Some(DType::Q8_0), progress: None };
+        let opts = LoadOptions {
+            quant: Some(DType::Q8_0),
+            progress: None,
+        };
         let q = formats::load_bytes(std::fs::read(&path).unwrap(), "m", &opts).unwrap();
         assert_eq!(q.tensors["head.weight"].dtype, DType::Q8_0);
     }
@@ -43,17 +50,30 @@ fn load_bytes_reads_rwkv_cpp_files_and_rejects_junk() {
         .join("../../../shared/refdata/rwkv.cpp/tests/tiny-rwkv-7v0-834K-Q5_1.bin");
     if bin.exists() {
         let a = formats::load(&bin, &LoadOptions::default()).unwrap();
-        let b = formats::load_bytes(std::fs::read(&bin).unwrap(), "tiny.bin", &LoadOptions::default())
-            .unwrap();
+        let b = formats::load_bytes(
+            std::fs::read(&bin).unwrap(),
+            "tiny.bin",
+            &LoadOptions::default(),
+        )
+        .unwrap();
         same_model(&a, &b);
     } else {
         eprintln!("SKIPPED rwkv.cpp part: {} not found", bin.display());
     }
-    let e = formats::load_bytes(b"not a model at all".to_vec(), "junk.gguf", &LoadOptions::default())
+    let e = formats::load_bytes(
+        b"not a model at all".to_vec(),
+        "junk.gguf",
+        &LoadOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("junk.gguf") && e.contains("unknown model format"),
+        "{e}"
+    );
+    let e = formats::load_bytes(Vec::new(), "empty.st", &LoadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("junk.gguf") && e.contains("unknown model format"), "{e}");
-    let e = formats::load_bytes(Vec::new(), "empty.st", &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("empty.st"), "{e}");
     // A truncated GGUF is an error, not a panic.
     let model = synth_model(SynthShape::Tiny, DType::F32, 1).unwrap();

@@ -130,14 +130,17 @@ impl CpuBackend {
         }
         let c = compiled.width;
         let layer_len = self.state_len / compiled.n_layer;
-        if self.state_len % compiled.n_layer != 0 || layer_len % c != 0 || layer_len / c < 3 {
+        if !self.state_len.is_multiple_of(compiled.n_layer)
+            || !layer_len.is_multiple_of(c)
+            || layer_len / c < 3
+        {
             return Err(fail(format!(
                 "state length {} is not {} layers of (2 + head size) · {c} values",
                 self.state_len, compiled.n_layer
             )));
         }
         let head_size = layer_len / c - 2;
-        if c % head_size != 0 {
+        if !c.is_multiple_of(head_size) {
             return Err(fail(format!(
                 "width {c} is not a whole number of heads of size {head_size}"
             )));

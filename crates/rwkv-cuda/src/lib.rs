@@ -156,7 +156,6 @@ fn mma_min_rows() -> usize {
         .unwrap_or(MMA_MIN_ROWS)
 }
 
-
 fn act_code(a: Act) -> i32 {
     match a {
         Act::None => 0,

@@ -161,7 +161,10 @@ async fn open(
         logits: vec![0f32; desc.vocab_size],
         pending: Vec::new(),
         needs_reset: false,
-        sampler: Sampler::new(SamplerParams { seed: 0, ..Default::default() }),
+        sampler: Sampler::new(SamplerParams {
+            seed: 0,
+            ..Default::default()
+        }),
         text: Utf8Stream::default(),
     };
     Ok((engine, info))
@@ -301,7 +304,11 @@ impl WebModel {
         }
         e.pending = ids;
         e.needs_reset = true;
-        e.sampler = Sampler::new(SamplerParams { seed: seed as u64, top_k: 0, ..Default::default() });
+        e.sampler = Sampler::new(SamplerParams {
+            seed: seed as u64,
+            top_k: 0,
+            ..Default::default()
+        });
         e.text = Utf8Stream::default();
         Ok(())
     }

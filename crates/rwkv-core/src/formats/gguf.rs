@@ -9,7 +9,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{split_fused_mixes, RawTensor};

@@ -100,7 +100,7 @@ pub fn is_large_matrix(name: &str) -> bool {
 pub fn validate(model: &Model) -> Result<()> {
     let d = &model.desc;
     let err = |what: String| Error::model(&model.source, what);
-    if d.head_size == 0 || d.n_embd == 0 || d.n_embd % d.head_size != 0 {
+    if d.head_size == 0 || d.n_embd == 0 || !d.n_embd.is_multiple_of(d.head_size) {
         return Err(err(format!(
             "n_embd {} is not a multiple of head size {}",
             d.n_embd, d.head_size

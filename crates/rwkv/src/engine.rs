@@ -268,18 +268,9 @@ impl Engine {
         sessions: &mut [&mut Session],
         tokens: &[u32],
     ) -> Result<Vec<f32>> {
-        let slots = self.batch_slots(sessions, tokens)?;
-        let plan = self.plan(
-            StepShape {
-                n_seq: sessions.len(),
-                n_tok: 1,
-            },
-            false,
-        )?;
         let v = self.desc.vocab_size;
         let mut logits = vec![0f32; sessions.len() * v];
-        self.backend
-            .execute(plan, tokens, &slots, StepOutput::Logits(&mut logits))?;
+        self.batch_step(sessions, tokens, StepOutput::Logits(&mut logits))?;
         for (i, s) in sessions.iter_mut().enumerate() {
             s.last_logits = Some(logits[i * v..(i + 1) * v].to_vec());
         }
@@ -292,17 +283,8 @@ impl Engine {
         sessions: &mut [&mut Session],
         tokens: &[u32],
     ) -> Result<Vec<u32>> {
-        let slots = self.batch_slots(sessions, tokens)?;
-        let plan = self.plan(
-            StepShape {
-                n_seq: sessions.len(),
-                n_tok: 1,
-            },
-            false,
-        )?;
         let mut next = vec![0u32; sessions.len()];
-        self.backend
-            .execute(plan, tokens, &slots, StepOutput::Argmax(&mut next))?;
+        self.batch_step(sessions, tokens, StepOutput::Argmax(&mut next))?;
         for s in sessions.iter_mut() {
             s.last_logits = None;
         }
@@ -332,6 +314,22 @@ impl Engine {
             false,
         )?;
         self.backend.execute(plan, tokens, &slots, StepOutput::None)
+    }
+
+    /// One decode step (one token per session) with the given output.
+    fn batch_step(
+        &mut self,
+        sessions: &[&mut Session],
+        tokens: &[u32],
+        out: StepOutput<'_>,
+    ) -> Result<()> {
+        let slots = self.batch_slots(sessions, tokens)?;
+        let shape = StepShape {
+            n_seq: sessions.len(),
+            n_tok: 1,
+        };
+        let plan = self.plan(shape, false)?;
+        self.backend.execute(plan, tokens, &slots, out)
     }
 
     fn batch_slots(&self, sessions: &[&mut Session], tokens: &[u32]) -> Result<Vec<usize>> {

@@ -17,6 +17,7 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
@@ -41,6 +42,8 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
 pub(crate) enum Kernel {
     /// 64 invocations per workgroup, `tpr` of them per output row.
     MatMul(PackedKind, u32),
+    /// 256 invocations per workgroup, a tile of 64 output columns x 16·`tm` activation rows.
+    MatMulTiled(PackedKind, u32),
     /// One invocation per output row, for rows of at most NARROW_UNITS units.
     MatMulNarrow(PackedKind),
     Embed(PackedKind),
@@ -57,6 +60,7 @@ pub(crate) enum Kernel {
 pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     let (body, decode, reduce) = match kernel {
         Kernel::MatMul(k, _) => (MATMUL, Some(k), true),
+        Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
         Kernel::MatMulNarrow(k) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
@@ -100,6 +104,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
     if let Kernel::MatMul(_, tpr) = kernel {
         s = s.replace("MM_TPR", &tpr.to_string());
+    }
+    if let Kernel::MatMulTiled(_, tm) = kernel {
+        s = s.replace("MM_TM", &tm.to_string());
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

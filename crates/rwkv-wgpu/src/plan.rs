@@ -26,6 +26,29 @@ const MATMUL_TILE: usize = 4;
 /// Rows of at most this many 16-value units use the one-invocation-per-row kernel: with
 /// fewer units than a workgroup has invocations, the reduction kernel would leave most idle.
 const NARROW_UNITS: usize = 8;
+/// Activation rows from which matrix products use the tiled kernel (matmul_tiled.wgsl): each
+/// weight is then decoded once per 16 or 64 rows instead of once per MATMUL_TILE rows.
+const TILED_MIN_ROWS: usize = 8;
+/// From this many rows the tiled kernel's tile has 64 activation rows, below it 16.
+const TILED_WIDE_ROWS: usize = 32;
+/// Output columns (rows of W) of one tiled workgroup.
+const TILED_COLS: usize = 64;
+
+/// Rows per invocation (TM) of the tiled kernel for `rows` activation rows, or `None` for the
+/// per-row kernels (few rows, or a device below WebGPU's default workgroup limits).
+fn tiled_rows_per_invocation(gpu: &Gpu, rows: usize) -> Option<u32> {
+    let l = &gpu.limits;
+    if rows < TILED_MIN_ROWS || l.max_compute_invocations_per_workgroup < 256 {
+        return None;
+    }
+    // Workgroup memory: 32x64 f32 weights + 32x16·TM f32 activations.
+    let bytes = |tm: u32| 32 * 64 * 4 + 32 * 16 * tm * 4;
+    [4u32, 1]
+        .into_iter()
+        .filter(|&tm| tm == 1 || rows >= TILED_WIDE_ROWS)
+        .find(|&tm| bytes(tm) <= l.max_compute_workgroup_storage_size)
+}
+
 /// Largest head size WKV supports: one invocation per channel of a head.
 const MAX_HEAD_SIZE: usize = 256;
 
@@ -437,21 +460,26 @@ impl Compiled {
                                 "{n_rows} rows exceed the device's grid"
                             )));
                         }
+                        let tiled_tm = tiled_rows_per_invocation(gpu, plan.rows_of(j.x));
                         let narrow = units <= NARROW_UNITS;
                         // Invocations per row: no more than the row has units (short rows of
                         // small models); the rest of the 64 take further rows.
                         let tpr = units.next_power_of_two().clamp(16, 64);
+                        let (kernel, rows_per_group, tiles) = match tiled_tm {
+                            Some(tm) => (
+                                Kernel::MatMulTiled(m.kind, tm),
+                                TILED_COLS,
+                                plan.rows_of(j.x).div_ceil(16 * tm as usize) as u64,
+                            ),
+                            None if narrow => (Kernel::MatMulNarrow(m.kind), 64, tiles),
+                            None => (Kernel::MatMul(m.kind, tpr as u32), 64 / tpr, tiles),
+                        };
                         for ch in &m.chunks {
-                            let rows_per_group = if narrow { 64 } else { 64 / tpr };
                             let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
                             let (gx, gy) = grid(groups)?;
                             recs.push(Rec {
                                 op: op_index,
-                                kernel: if narrow {
-                                    Kernel::MatMulNarrow(m.kind)
-                                } else {
-                                    Kernel::MatMul(m.kind, tpr as u32)
-                                },
+                                kernel,
                                 params: params(&[
                                     u32_of(ch.rows, "rows")?,
                                     u32_of(m.cols, "cols")?,

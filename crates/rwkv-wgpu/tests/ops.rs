@@ -77,26 +77,79 @@ fn all_backends() -> Vec<(String, WgpuBackend)> {
 
 #[test]
 fn matmul_every_dtype_with_bias_act_and_accumulate() {
+    // 5 rows: the per-row kernels (a tile of 4 rows and a partial one).
+    // 256 columns: 16 invocations per row, 4 rows per workgroup (150 rows leave the last
+    // workgroup half empty); 512: 32 per row; 1280: 80 units, 64 invocations that loop (its
+    // activations do not fit the 16 KiB cap).
+    matmul_case(all_backends(), 5, |capped| {
+        if capped {
+            vec![256, 512]
+        } else {
+            vec![256, 512, 1280]
+        }
+    });
+}
+
+#[test]
+fn matmul_tiled_every_dtype_with_bias_act_and_accumulate() {
+    // 19 rows: tiles of 16 activation rows (two, the second partial); 70 rows: tiles of 64; 8
+    // rows under the 16 KiB cap (the activations of more do not fit): the weights are split
+    // into up to 10 buffers whose row counts are not multiples of the 64-column tile.
+    let uncapped: Vec<_> = all_backends()
+        .into_iter()
+        .filter(|(l, _)| !l.contains("16 KiB"))
+        .collect();
+    let capped: Vec<_> = all_backends()
+        .into_iter()
+        .filter(|(l, _)| l.contains("16 KiB"))
+        .collect();
+    for n_tok in [19, 70] {
+        matmul_case(
+            uncapped
+                .iter()
+                .map(|(l, _)| (l.clone(), new_like(l)))
+                .collect(),
+            n_tok,
+            |_| vec![256, 512, 1280],
+        );
+    }
+    matmul_case(capped, 8, |_| vec![256]);
+}
+
+/// A backend like the one `label` names (features or plain, 16 KiB bindings or not).
+fn new_like(label: &str) -> WgpuBackend {
+    let mut options = WgpuOptions::default();
+    if label.contains("16 KiB") {
+        options.max_binding_bytes = Some(16 << 10);
+    }
+    if label.starts_with("plain") {
+        options.allow_f16 = false;
+        options.allow_subgroups = false;
+    }
+    WgpuBackend::new(options).expect("backend")
+}
+
+/// Two products (bias + sigmoid, then accumulate) of `n_tok` rows for every dtype against f64
+/// over the tests' own dequantizer; `col_sizes(capped)` gives the long row lengths, plus a short
+/// one per float dtype (LoRA-like, and 40 columns exercise the tail of a 16-value unit).
+fn matmul_case(
+    backends: Vec<(String, WgpuBackend)>,
+    n_tok: usize,
+    col_sizes: impl Fn(bool) -> Vec<usize>,
+) {
     let seed = seed();
-    let (vocab, n_out, n_tok) = (11usize, 150usize, 5usize);
-    for (label, mut b) in all_backends() {
+    let (vocab, n_out) = (11usize, 150usize);
+    for (label, mut b) in backends {
+        let capped = label.contains("16 KiB");
         for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
-            // Long rows use the workgroup-per-row kernel, short ones (LoRA-like) the narrow one;
-            // 40 columns also exercise the tail of a 16-value unit.
             let short = match dtype {
                 DType::Q8_0 => Some(96),
                 DType::Q4K | DType::Q6K => None,
                 _ => Some(40),
             };
-            // 256 columns: 16 invocations per row, 4 rows per workgroup (150 rows leave the
-            // last workgroup half empty); 512: 32 per row; 1280: 80 units, 64 invocations that
-            // loop (its activations do not fit the 16 KiB cap).
-            for cols in [256usize, 512]
-                .into_iter()
-                .chain((!label.contains("16 KiB")).then_some(1280))
-                .chain(short)
-            {
-                let mut rng = Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64);
+            for cols in col_sizes(capped).into_iter().chain(short) {
+                let mut rng =
+                    Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64 ^ (n_tok as u64) << 20);
                 let table = rng.vec(vocab * cols, -1.0, 1.0);
                 let w_bytes = random_blocks(&mut rng, dtype, n_out * cols);
                 let w2_bytes = random_blocks(&mut rng, dtype, n_out * cols);
@@ -151,6 +204,21 @@ fn matmul_every_dtype_with_bias_act_and_accumulate() {
                 b.alloc_states(1, 4).expect("states");
                 let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
                 let got = logits_of(&mut b, &p, &tokens, &[0]);
+                // The kernel that ran: per-row (narrow for short rows) or tiled by row count.
+                let id = b.compile(&p).expect("compile");
+                if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
+                    let want_kernel = match (n_tok >= 8, cols <= 128) {
+                        (true, _) => "MatMulTiled(",
+                        (false, true) => "MatMulNarrow(",
+                        (false, false) => "MatMul(",
+                    };
+                    println!("{label} {dtype} {cols} columns: {}", times[1].kernel);
+                    assert!(
+                        times[1].kernel.starts_with(want_kernel),
+                        "{label} {dtype} {cols} columns, {n_tok} rows: ran {}",
+                        times[1].kernel
+                    );
+                }
                 let w = dequant(dtype, &w_bytes);
                 let w2 = dequant(dtype, &w2_bytes);
                 let mut want = Vec::new();
@@ -170,7 +238,7 @@ fn matmul_every_dtype_with_bias_act_and_accumulate() {
                     }
                 }
                 let (d, _) = max_abs_diff(&got, &want);
-                println!("{label} {dtype} {cols} columns: max abs diff {d:.3e}");
+                println!("{label} {dtype} {cols} columns, {n_tok} rows: max abs diff {d:.3e}");
                 for i in 0..want.len() {
                     assert!(
                         (got[i] - want[i]).abs() <= tol[i],
@@ -180,11 +248,13 @@ fn matmul_every_dtype_with_bias_act_and_accumulate() {
                         tol[i]
                     );
                 }
-                if label.contains("16 KiB") && cols == 512 {
+                if capped && cols >= 256 {
                     assert!(
                         b.weight_buffers(1) > 1,
                         "{label} {dtype}: the matrix was not split"
                     );
+                }
+                if capped && cols == 512 {
                     assert!(
                         b.weight_buffers(0) > 1,
                         "{label} {dtype}: the table was not split"

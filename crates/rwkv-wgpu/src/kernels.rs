@@ -18,6 +18,7 @@ const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
+const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
@@ -44,6 +45,8 @@ pub(crate) enum Kernel {
     MatMul(PackedKind, u32),
     /// 256 invocations per workgroup, a tile of 64 output columns x 16·`tm` activation rows.
     MatMulTiled(PackedKind, u32),
+    /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z.
+    MatVecQ4K,
     /// One invocation per output row, for rows of at most NARROW_UNITS units.
     MatMulNarrow(PackedKind),
     Embed(PackedKind),
@@ -61,6 +64,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     let (body, decode, reduce) = match kernel {
         Kernel::MatMul(k, _) => (MATMUL, Some(k), true),
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
+        Kernel::MatVecQ4K => (MATVEC_Q4K, None, true),
         Kernel::MatMulNarrow(k) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),

@@ -13,7 +13,7 @@ use rwkv_core::Result;
 
 use crate::gpu::{backend_err, Gpu};
 use crate::kernels::{Kernel, Kernels};
-use crate::weights::{DeviceMatrix, DeviceWeight, UNIT};
+use crate::weights::{DeviceMatrix, DeviceWeight, PackedKind, UNIT};
 
 /// Bytes between the parameter blocks of two dispatches (the largest uniform offset alignment
 /// WebGPU allows a device to ask for).
@@ -31,6 +31,8 @@ const NARROW_UNITS: usize = 8;
 const TILED_MIN_ROWS: usize = 8;
 /// From this many rows the tiled kernel's tile has 64 activation rows, below it 16.
 const TILED_WIDE_ROWS: usize = 32;
+/// Output rows of one Q4_K matrix-vector workgroup (ROWS in matvec_q4k.wgsl).
+const MATVEC_ROWS: usize = 4;
 /// Output columns (rows of W) of one tiled workgroup.
 const TILED_COLS: usize = 64;
 
@@ -471,6 +473,11 @@ impl Compiled {
                                 TILED_COLS,
                                 plan.rows_of(j.x).div_ceil(16 * tm as usize) as u64,
                             ),
+                            // Q4_K rows are whole 256-value blocks; arena offsets are
+                            // multiples of 4 values, as its vec4 activation loads need.
+                            None if m.kind == PackedKind::Q4K => {
+                                (Kernel::MatVecQ4K, MATVEC_ROWS, plan.rows_of(j.x) as u64)
+                            }
                             None if narrow => (Kernel::MatMulNarrow(m.kind), 64, tiles),
                             None => (Kernel::MatMul(m.kind, tpr as u32), 64 / tpr, tiles),
                         };

@@ -209,6 +209,7 @@ fn matmul_case(
                 if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
                     let want_kernel = match (n_tok >= 8, cols <= 128) {
                         (true, _) => "MatMulTiled(",
+                        (false, _) if dtype == DType::Q4K => "MatVecQ4K",
                         (false, true) => "MatMulNarrow(",
                         (false, false) => "MatMul(",
                     };

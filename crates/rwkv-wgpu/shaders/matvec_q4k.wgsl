@@ -1,0 +1,108 @@
+// Q4_K matrix-vector product for few activation rows (decode): out[r][o] (=|+=)
+// act(W[o] . x[r] + bias[o]) for 4 rows of one chunk of W per workgroup of 64 invocations and
+// one activation row r = wid.z.
+// A Q4_K block (256 values, 144 bytes) is 9 vec4<u32>: [d|dmin, scales 0..3, 4..7, 8..11], then 8
+// "pieces" of 16 quant bytes. Piece t holds sub-blocks 2g (low nibbles) and 2g + 1 (high), g = t/2,
+// values 64g + 16(t%2) + 0..15 and + 32. Invocation p takes pieces p, p + 64, ... of the row
+// (consecutive invocations read consecutive 16-byte pieces), loads the 32 activations of its
+// piece once (8 vec4 loads) and uses them for the workgroup's 4 rows; per row it reads the
+// header (shared by the block's 8 pieces) and its piece, and sums
+//   d·sc·Σ q·x − dmin·mn·Σ x   per sub-block (so no per-value scale arithmetic).
+// The activations are bound as vec4<f32> (offsets and rows are multiples of 4 values).
+// params: as matmul.wgsl (10 groups_x counts workgroups of 4 rows, 11 units per row).
+const WG: u32 = 64u;
+const WG_HALF_POW2: u32 = 32u;
+const ROWS: u32 = 4u;
+
+@group(0) @binding(1) var<storage, read> wq: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> arena: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> vecs: array<f32>;
+
+const LO_SHIFTS: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
+const HI_SHIFTS: vec4<u32> = vec4<u32>(4u, 12u, 20u, 28u);
+
+// The four low (or high) nibbles of a word as floats.
+fn nibbles(word: u32, shifts: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(word) >> shifts) & vec4<u32>(15u));
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, SG_BUILTINS) {
+    let n_out = prm(0u);
+    let first = (wid.x + wid.y * prm(10u)) * ROWS;
+    if (first >= n_out) {
+        return;
+    }
+    let cols = prm(1u);
+    let row_vec4 = prm(2u) / 4u;
+    let r = wid.z;
+    let pieces = prm(11u) / 2u;
+    let x4 = (prm(4u) + r * cols) / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var p = lid; p < pieces; p += WG) {
+        let blk = p / 8u;
+        let t = p % 8u;
+        let g = t / 2u;
+        let xb = x4 + blk * 64u + g * 16u + (t % 2u) * 4u;
+        let xl0 = arena[xb];
+        let xl1 = arena[xb + 1u];
+        let xl2 = arena[xb + 2u];
+        let xl3 = arena[xb + 3u];
+        let xh0 = arena[xb + 8u];
+        let xh1 = arena[xb + 9u];
+        let xh2 = arena[xb + 10u];
+        let xh3 = arena[xb + 11u];
+        let ones = vec4<f32>(1.0);
+        let sum_lo = dot(xl0 + xl1 + xl2 + xl3, ones);
+        let sum_hi = dot(xh0 + xh1 + xh2 + xh3, ones);
+        // Byte 2g / 2g + 1 of the packed 8 scales (words 0..3 | 4..7) and mins.
+        let hi_half = g >= 2u;
+        let shift = 16u * (g & 1u);
+        for (var i = 0u; i < ROWS; i++) {
+            let o = first + i;
+            if (o >= n_out) {
+                break;
+            }
+            let base = o * row_vec4 + blk * 9u;
+            let head = wq[base];
+            let q = wq[base + 1u + t];
+            let dm = unpack2x16float(head.x);
+            // 6-bit scales and mins of sub-blocks 0..3 and 4..7, four per word.
+            var sw: u32;
+            var mw: u32;
+            if (hi_half) {
+                sw = (head.w & 0x0f0f0f0fu) | ((head.y >> 2u) & 0x30303030u);
+                mw = ((head.w >> 4u) & 0x0f0f0f0fu) | ((head.z >> 2u) & 0x30303030u);
+            } else {
+                sw = head.y & 0x3f3f3f3fu;
+                mw = head.z & 0x3f3f3f3fu;
+            }
+            let sc_lo = f32((sw >> shift) & 255u);
+            let sc_hi = f32((sw >> (shift + 8u)) & 255u);
+            let mn_lo = f32((mw >> shift) & 255u);
+            let mn_hi = f32((mw >> (shift + 8u)) & 255u);
+            let dot_lo = dot(nibbles(q.x, LO_SHIFTS), xl0) + dot(nibbles(q.y, LO_SHIFTS), xl1)
+                + dot(nibbles(q.z, LO_SHIFTS), xl2) + dot(nibbles(q.w, LO_SHIFTS), xl3);
+            let dot_hi = dot(nibbles(q.x, HI_SHIFTS), xh0) + dot(nibbles(q.y, HI_SHIFTS), xh1)
+                + dot(nibbles(q.z, HI_SHIFTS), xh2) + dot(nibbles(q.w, HI_SHIFTS), xh3);
+            acc[i] += dm.x * (sc_lo * dot_lo + sc_hi * dot_hi)
+                - dm.y * (mn_lo * sum_lo + mn_hi * sum_hi);
+        }
+    }
+    let total = block_sum4(acc, lid, SG_ARGS);
+    let o = first + lid;
+    if (lid < ROWS && o < n_out) {
+        var val = total[lid];
+        let bias_off = prm(7u);
+        if (bias_off != NONE) {
+            val += vecs[bias_off + o];
+        }
+        val = apply_act(prm(8u), val);
+        let idx = prm(5u) + r * prm(6u) + o;
+        if (prm(9u) != 0u) {
+            arena[idx / 4u][idx % 4u] += val;
+        } else {
+            arena[idx / 4u][idx % 4u] = val;
+        }
+    }
+}

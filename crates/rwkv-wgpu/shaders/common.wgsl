@@ -1,6 +1,6 @@
-// Shared by every kernel: the per-dispatch parameter block (32 u32 in one uniform slice) and
+// Shared by every kernel: the per-dispatch parameter block (64 u32 in one uniform slice) and
 // the activation arena (all f32 activation buffers of a plan, at offsets given in the params).
-struct Params { v: array<vec4<u32>, 8> }
+struct Params { v: array<vec4<u32>, 16> }
 @group(0) @binding(0) var<uniform> params: Params;
 
 fn prm(i: u32) -> u32 { return params.v[i >> 2u][i & 3u]; }

@@ -36,20 +36,22 @@ fn segment_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, SG_BUILTINS) {
-    let first = (wid.x + wid.y * prm(10u)) * ROWS_PER_WG;
-    if (first >= prm(0u)) {
+    let job = job_of(wid);
+    cur_job = job;
+    let first = job_group(wid, job) * ROWS_PER_WG;
+    if (first >= jp(job, 0u)) {
         return;
     }
     let o = first + lid / TPR;
     let lane = lid % TPR;
     // Rows past the chunk's end still take part in the barriers.
-    let valid = o < prm(0u);
-    let cols = prm(1u);
-    let n_rows = prm(3u);
+    let valid = o < jp(job, 0u);
+    let cols = jp(job, 1u);
+    let n_rows = jp(job, 3u);
     let r0 = wid.z * TILE;
-    let x_off = prm(4u);
-    let row_base = o * prm(2u);
-    let units = select(0u, prm(11u), valid);
+    let x_off = jp(job, 4u);
+    let row_base = o * jp(job, 2u);
+    let units = select(0u, jp(job, 11u), valid);
     var acc = vec4<f32>(0.0);
     var w: array<f32, 16>;
     for (var u = lane; u < units; u += TPR) {
@@ -84,13 +86,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = r0 + lane;
     if (valid && lane < TILE && r < n_rows) {
         var val = total[lane];
-        let bias_off = prm(7u);
+        let bias_off = jp(job, 7u);
         if (bias_off != NONE) {
             val += vecs[bias_off + o];
         }
-        val = apply_act(prm(8u), val);
-        let idx = prm(5u) + r * prm(6u) + o;
-        if (prm(9u) != 0u) {
+        val = apply_act(jp(job, 8u), val);
+        let idx = jp(job, 5u) + r * jp(job, 6u) + o;
+        if (jp(job, 9u) != 0u) {
             arena[idx] += val;
         } else {
             arena[idx] = val;

@@ -10,16 +10,18 @@ const TILE: u32 = 4u;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let o = (wid.x + wid.y * prm(10u)) * 64u + lid;
-    if (o >= prm(0u)) {
+    let job = job_of(wid);
+    cur_job = job;
+    let o = job_group(wid, job) * 64u + lid;
+    if (o >= jp(job, 0u)) {
         return;
     }
-    let cols = prm(1u);
-    let n_rows = prm(3u);
+    let cols = jp(job, 1u);
+    let n_rows = jp(job, 3u);
     let r0 = wid.z * TILE;
-    let x_off = prm(4u);
-    let row_base = o * prm(2u);
-    let units = prm(11u);
+    let x_off = jp(job, 4u);
+    let row_base = o * jp(job, 2u);
+    let units = jp(job, 11u);
     var acc = vec4<f32>(0.0);
     var w: array<f32, 16>;
     for (var u = 0u; u < units; u++) {
@@ -39,7 +41,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    let bias_off = prm(7u);
+    let bias_off = jp(job, 7u);
     for (var t = 0u; t < TILE; t++) {
         let r = r0 + t;
         if (r < n_rows) {
@@ -47,9 +49,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (bias_off != NONE) {
                 val += vecs[bias_off + o];
             }
-            val = apply_act(prm(8u), val);
-            let idx = prm(5u) + r * prm(6u) + o;
-            if (prm(9u) != 0u) {
+            val = apply_act(jp(job, 8u), val);
+            let idx = jp(job, 5u) + r * jp(job, 6u) + o;
+            if (jp(job, 9u) != 0u) {
                 arena[idx] += val;
             } else {
                 arena[idx] = val;

@@ -28,16 +28,18 @@ fn nibbles(word: u32, shifts: vec4<u32>) -> vec4<f32> {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, SG_BUILTINS) {
-    let n_out = prm(0u);
-    let first = (wid.x + wid.y * prm(10u)) * ROWS;
+    let job = job_of(wid);
+    cur_job = job;
+    let n_out = jp(job, 0u);
+    let first = job_group(wid, job) * ROWS;
     if (first >= n_out) {
         return;
     }
-    let cols = prm(1u);
-    let row_vec4 = prm(2u) / 4u;
+    let cols = jp(job, 1u);
+    let row_vec4 = jp(job, 2u) / 4u;
     let r = wid.z;
-    let pieces = prm(11u) / 2u;
-    let x4 = (prm(4u) + r * cols) / 4u;
+    let pieces = jp(job, 11u) / 2u;
+    let x4 = (jp(job, 4u) + r * cols) / 4u;
     var acc = vec4<f32>(0.0);
     for (var p = lid; p < pieces; p += WG) {
         let blk = p / 8u;
@@ -93,13 +95,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let o = first + lid;
     if (lid < ROWS && o < n_out) {
         var val = total[lid];
-        let bias_off = prm(7u);
+        let bias_off = jp(job, 7u);
         if (bias_off != NONE) {
             val += vecs[bias_off + o];
         }
-        val = apply_act(prm(8u), val);
-        let idx = prm(5u) + r * prm(6u) + o;
-        if (prm(9u) != 0u) {
+        val = apply_act(jp(job, 8u), val);
+        let idx = jp(job, 5u) + r * jp(job, 6u) + o;
+        if (jp(job, 9u) != 0u) {
             arena[idx / 4u][idx % 4u] += val;
         } else {
             arena[idx / 4u][idx % 4u] = val;

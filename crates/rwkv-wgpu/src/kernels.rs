@@ -18,6 +18,7 @@ const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
+const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
@@ -41,14 +42,15 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    /// 64 invocations per workgroup, `tpr` of them per output row.
-    MatMul(PackedKind, u32),
+    /// 64 invocations per workgroup, `tpr` of them per output row; `jobs` products at once.
+    MatMul(PackedKind, u32, u32),
     /// 256 invocations per workgroup, a tile of 64 output columns x 16·`tm` activation rows.
     MatMulTiled(PackedKind, u32),
-    /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z.
-    MatVecQ4K,
-    /// One invocation per output row, for rows of at most NARROW_UNITS units.
-    MatMulNarrow(PackedKind),
+    /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z;
+    /// this many products at once.
+    MatVecQ4K(u32),
+    /// One invocation per output row, for rows of at most NARROW_UNITS units; `jobs` products.
+    MatMulNarrow(PackedKind, u32),
     Embed(PackedKind),
     LayerNorm,
     TokenShift,
@@ -62,10 +64,10 @@ pub(crate) enum Kernel {
 /// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
 pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     let (body, decode, reduce) = match kernel {
-        Kernel::MatMul(k, _) => (MATMUL, Some(k), true),
+        Kernel::MatMul(k, _, _) => (MATMUL, Some(k), true),
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
-        Kernel::MatVecQ4K => (MATVEC_Q4K, None, true),
-        Kernel::MatMulNarrow(k) => (MATMUL_NARROW, Some(k), false),
+        Kernel::MatVecQ4K(_) => (MATVEC_Q4K, None, true),
+        Kernel::MatMulNarrow(k, _) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
         Kernel::TokenShift => (TOKEN_SHIFT, None, false),
@@ -79,6 +81,13 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         s.push_str("enable f16;\n");
     }
     s.push_str(COMMON);
+    let jobs = match kernel {
+        Kernel::MatMul(_, _, j) | Kernel::MatMulNarrow(_, j) | Kernel::MatVecQ4K(j) => Some(j),
+        _ => None,
+    };
+    if let Some(j) = jobs {
+        s.push_str(&JOBS.replace("MM_JOBS", &j.to_string()));
+    }
     if reduce {
         s.push_str(if subgroups {
             REDUCE_SUBGROUP
@@ -106,7 +115,10 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         );
     }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
-    if let Kernel::MatMul(_, tpr) = kernel {
+    if let Some(j @ 2..) = jobs {
+        s = with_job_bindings(&s, j);
+    }
+    if let Kernel::MatMul(_, tpr, _) = kernel {
         s = s.replace("MM_TPR", &tpr.to_string());
     }
     if let Kernel::MatMulTiled(_, tm) = kernel {
@@ -119,6 +131,70 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
             .replace("HALF_POW2", &half_pow2.to_string());
     }
     s
+}
+
+/// Rewrites a matrix kernel for `jobs` weight bindings: `wq` stays binding 1 (job 0), jobs 1.. get
+/// bindings 4.., and every `wq[i]` becomes `wload(i)`, which reads the current job's binding.
+fn with_job_bindings(src: &str, jobs: u32) -> String {
+    let decl_start = "var<storage, read> wq: ";
+    let elem = src
+        .find(decl_start)
+        .and_then(|at| {
+            let rest = &src[at + decl_start.len()..];
+            let ty = &rest[..rest.find(';')?];
+            Some(ty.strip_prefix("array<")?.strip_suffix('>')?.to_string())
+        })
+        .unwrap_or_else(|| "u32".to_string());
+    // `wq[...]` -> `wload(...)`, matching nested brackets.
+    let mut out = String::with_capacity(src.len() + 1024);
+    let mut rest = src;
+    while let Some(at) = rest.find("wq[") {
+        let boundary = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        out.push_str(&rest[..at]);
+        if !boundary {
+            out.push_str("wq[");
+            rest = &rest[at + 3..];
+            continue;
+        }
+        let inner = &rest[at + 3..];
+        let mut depth = 1;
+        let mut end = inner.len();
+        for (i, c) in inner.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push_str("wload(");
+        out.push_str(&inner[..end]);
+        out.push(')');
+        rest = inner.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    let mut extra = String::new();
+    let mut cases = String::new();
+    for j in 1..jobs {
+        extra.push_str(&format!(
+            "@group(0) @binding({}) var<storage, read> wq{j}: array<{elem}>;\n",
+            3 + j
+        ));
+        cases.push_str(&format!("        case {j}u: {{ return wq{j}[i]; }}\n"));
+    }
+    extra.push_str(&format!(
+        "fn wload(i: u32) -> {elem} {{\n    switch cur_job {{\n{cases}        \
+         default: {{ return wq[i]; }}\n    }}\n}}\n"
+    ));
+    out + &extra
 }
 
 /// Compiled pipelines, built on first use.

@@ -18,7 +18,7 @@ use crate::weights::{DeviceMatrix, DeviceWeight, PackedKind, UNIT};
 /// Bytes between the parameter blocks of two dispatches (the largest uniform offset alignment
 /// WebGPU allows a device to ask for).
 const PARAM_STRIDE: u64 = 256;
-const PARAM_WORDS: usize = 32;
+const PARAM_WORDS: usize = 64;
 const PARAM_BYTES: u64 = (PARAM_WORDS * 4) as u64;
 const NONE: u32 = u32::MAX;
 /// Activation rows per matrix-product workgroup (TILE in matmul.wgsl).
@@ -49,6 +49,69 @@ fn tiled_rows_per_invocation(gpu: &Gpu, rows: usize) -> Option<u32> {
         .into_iter()
         .filter(|&tm| tm == 1 || rows >= TILED_WIDE_ROWS)
         .find(|&tm| bytes(tm) <= l.max_compute_workgroup_storage_size)
+}
+
+/// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
+const MAX_JOBS: usize = 4;
+
+/// `kernel` computing `jobs` products, or `None` when it has no multi-product form.
+fn with_jobs(kernel: Kernel, jobs: u32) -> Option<Kernel> {
+    match kernel {
+        Kernel::MatMul(k, tpr, _) => Some(Kernel::MatMul(k, tpr, jobs)),
+        Kernel::MatMulNarrow(k, _) => Some(Kernel::MatMulNarrow(k, jobs)),
+        Kernel::MatVecQ4K(_) => Some(Kernel::MatVecQ4K(jobs)),
+        _ => None,
+    }
+}
+
+/// Groups consecutive single-product dispatches of one op (independent products: the op's jobs
+/// and the chunks of their matrices) that run the same kernel over the same activation tiles.
+fn merge_jobs(singles: Vec<(Rec, u64)>, max_jobs: usize) -> Vec<Vec<(Rec, u64)>> {
+    let mut out: Vec<Vec<(Rec, u64)>> = Vec::new();
+    for single in singles {
+        if let Some(last) = out.last_mut() {
+            let (first, _) = &last[0];
+            if last.len() < max_jobs
+                && first.kernel == single.0.kernel
+                && first.groups[2] == single.0.groups[2]
+                && with_jobs(first.kernel, 2).is_some()
+            {
+                last.push(single);
+                continue;
+            }
+        }
+        out.push(vec![single]);
+    }
+    out
+}
+
+/// One dispatch for a group from [`merge_jobs`]: job j's parameters at word 16j, its first
+/// workgroup at word 12 + j, the grid's width at word 10 (jobs.wgsl).
+fn merged_rec(group: Vec<(Rec, u64)>, grid: &dyn Fn(u64) -> Result<(u32, u32)>) -> Result<Rec> {
+    let mut group = group.into_iter();
+    let (mut rec, groups) = group
+        .next()
+        .ok_or_else(|| backend_err("empty matrix dispatch group"))?;
+    let rest: Vec<(Rec, u64)> = group.collect();
+    if rest.is_empty() {
+        return Ok(rec);
+    }
+    let mut total = groups;
+    for (j, (r, g)) in rest.iter().enumerate() {
+        let base = 16 * (j + 1);
+        rec.params[base..base + 12].copy_from_slice(&r.params[..12]);
+        rec.params[13 + j] = u32_of(total as usize, "workgroups")?;
+        total += g;
+        if let Some(Bind::Weight(w)) = r.binds.first() {
+            rec.binds.push(Bind::Weight(w.clone()));
+        }
+    }
+    let (gx, gy) = grid(total)?;
+    rec.params[10] = gx;
+    rec.groups = [gx, gy, rec.groups[2]];
+    let jobs = 1 + rest.len() as u32;
+    rec.kernel = with_jobs(rec.kernel, jobs).unwrap_or(rec.kernel);
+    Ok(rec)
 }
 
 /// Largest head size WKV supports: one invocation per channel of a head.
@@ -452,6 +515,8 @@ impl Compiled {
                     });
                 }
                 Op::MatMul { jobs } => {
+                    // One single-product dispatch per (job, chunk), then merged below.
+                    let mut singles: Vec<(Rec, u64)> = Vec::new();
                     for j in jobs {
                         let m = matrix(j.weight)?;
                         let units = m.cols.div_ceil(UNIT);
@@ -476,42 +541,51 @@ impl Compiled {
                             // Q4_K rows are whole 256-value blocks; arena offsets are
                             // multiples of 4 values, as its vec4 activation loads need.
                             None if m.kind == PackedKind::Q4K => {
-                                (Kernel::MatVecQ4K, MATVEC_ROWS, plan.rows_of(j.x) as u64)
+                                (Kernel::MatVecQ4K(1), MATVEC_ROWS, plan.rows_of(j.x) as u64)
                             }
-                            None if narrow => (Kernel::MatMulNarrow(m.kind), 64, tiles),
-                            None => (Kernel::MatMul(m.kind, tpr as u32), 64 / tpr, tiles),
+                            None if narrow => (Kernel::MatMulNarrow(m.kind, 1), 64, tiles),
+                            None => (Kernel::MatMul(m.kind, tpr as u32, 1), 64 / tpr, tiles),
                         };
                         for ch in &m.chunks {
                             let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
                             let (gx, gy) = grid(groups)?;
-                            recs.push(Rec {
-                                op: op_index,
-                                kernel,
-                                params: params(&[
-                                    u32_of(ch.rows, "rows")?,
-                                    u32_of(m.cols, "cols")?,
-                                    u32_of(m.row_words, "row words")?,
-                                    n_rows,
-                                    self.off(j.x)?,
-                                    u32_of(self.offsets[j.out] + ch.row_begin, "offset")?,
-                                    u32_of(m.rows, "out width")?,
-                                    match j.bias {
-                                        Some(b) => vec_off(b)? + u32_of(ch.row_begin, "row")?,
-                                        None => NONE,
-                                    },
-                                    act_code(j.act),
-                                    j.accumulate as u32,
-                                    gx,
-                                    u32_of(units, "units")?,
-                                ]),
-                                binds: vec![
-                                    Bind::Weight(ch.buffer.clone()),
-                                    Bind::Arena,
-                                    Bind::Vecs,
-                                ],
-                                groups: [gx, gy, tiles as u32],
-                            });
+                            singles.push((
+                                Rec {
+                                    op: op_index,
+                                    kernel,
+                                    params: params(&[
+                                        u32_of(ch.rows, "rows")?,
+                                        u32_of(m.cols, "cols")?,
+                                        u32_of(m.row_words, "row words")?,
+                                        n_rows,
+                                        self.off(j.x)?,
+                                        u32_of(self.offsets[j.out] + ch.row_begin, "offset")?,
+                                        u32_of(m.rows, "out width")?,
+                                        match j.bias {
+                                            Some(b) => vec_off(b)? + u32_of(ch.row_begin, "row")?,
+                                            None => NONE,
+                                        },
+                                        act_code(j.act),
+                                        j.accumulate as u32,
+                                        gx,
+                                        u32_of(units, "units")?,
+                                    ]),
+                                    binds: vec![
+                                        Bind::Weight(ch.buffer.clone()),
+                                        Bind::Arena,
+                                        Bind::Vecs,
+                                    ],
+                                    groups: [gx, gy, tiles as u32],
+                                },
+                                groups,
+                            ));
                         }
+                    }
+                    let max_jobs = (gpu.limits.max_storage_buffers_per_shader_stage as usize)
+                        .saturating_sub(2)
+                        .min(MAX_JOBS);
+                    for group in merge_jobs(singles, max_jobs) {
+                        recs.push(merged_rec(group, &grid)?);
                     }
                 }
                 Op::Wkv7 {

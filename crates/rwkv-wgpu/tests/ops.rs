@@ -213,7 +213,19 @@ fn matmul_case(
                         (false, true) => "MatMulNarrow(",
                         (false, false) => "MatMul(",
                     };
-                    println!("{label} {dtype} {cols} columns: {}", times[1].kernel);
+                    println!(
+                        "{label} {dtype} {cols} columns: {} x{}",
+                        times[1].kernel, times[1].dispatches
+                    );
+                    // The chunks of a split matrix are independent products: up to 4 per
+                    // dispatch in the per-row kernels.
+                    if n_tok < 8 && b.weight_buffers(1) > 1 {
+                        assert_eq!(
+                            times[1].dispatches,
+                            b.weight_buffers(1).div_ceil(4),
+                            "{label} {dtype} {cols} columns: chunks not merged"
+                        );
+                    }
                     assert!(
                         times[1].kernel.starts_with(want_kernel),
                         "{label} {dtype} {cols} columns, {n_tok} rows: ran {}",

@@ -18,12 +18,13 @@ const ROWS: u32 = 4u;
 @group(0) @binding(2) var<storage, read_write> arena: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 
-const LO_SHIFTS: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
-const HI_SHIFTS: vec4<u32> = vec4<u32>(4u, 12u, 20u, 28u);
+// The low nibbles of a word's four bytes as floats (one mask per word, then byte extraction).
+fn lo_nibbles(word: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
+}
 
-// The four low (or high) nibbles of a word as floats.
-fn nibbles(word: u32, shifts: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(word) >> shifts) & vec4<u32>(15u));
+fn hi_nibbles(word: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
 }
 
 @compute @workgroup_size(64)
@@ -83,10 +84,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let sc_hi = f32((sw >> (shift + 8u)) & 255u);
             let mn_lo = f32((mw >> shift) & 255u);
             let mn_hi = f32((mw >> (shift + 8u)) & 255u);
-            let dot_lo = dot(nibbles(q.x, LO_SHIFTS), xl0) + dot(nibbles(q.y, LO_SHIFTS), xl1)
-                + dot(nibbles(q.z, LO_SHIFTS), xl2) + dot(nibbles(q.w, LO_SHIFTS), xl3);
-            let dot_hi = dot(nibbles(q.x, HI_SHIFTS), xh0) + dot(nibbles(q.y, HI_SHIFTS), xh1)
-                + dot(nibbles(q.z, HI_SHIFTS), xh2) + dot(nibbles(q.w, HI_SHIFTS), xh3);
+            let dot_lo = dot(lo_nibbles(q.x), xl0) + dot(lo_nibbles(q.y), xl1)
+                + dot(lo_nibbles(q.z), xl2) + dot(lo_nibbles(q.w), xl3);
+            let dot_hi = dot(hi_nibbles(q.x), xh0) + dot(hi_nibbles(q.y), xh1)
+                + dot(hi_nibbles(q.z), xh2) + dot(hi_nibbles(q.w), xh3);
             acc[i] += dm.x * (sc_lo * dot_lo + sc_hi * dot_hi)
                 - dm.y * (mn_lo * sum_lo + mn_hi * sum_hi);
         }

@@ -798,13 +798,19 @@ fn push_shift(
     if n > 8 * 1024 {
         return Err(err(format!("TokenShift: width {n} exceeds 8192")));
     }
-    let kname = format!("ln_shift{v}_kernel");
+    // Widths that are a multiple of 4, up to 4096 (every released model), take the float4
+    // kernel, 8 values per thread.
+    let (kname, per_thread) = if n % 4 == 0 && n <= 4096 && ln_shift_vec() {
+        ("ln_shift_vec_kernel".to_string(), 8)
+    } else {
+        (format!("ln_shift{v}_kernel"), v)
+    };
     let f = gpu.func(&kname)?;
     launches.push(Launch {
         name: kname,
         func: f,
         grid: (rows as u32, 1, 1),
-        block: ((n.div_ceil(v).div_ceil(32) * 32) as u32, 1, 1),
+        block: ((n.div_ceil(per_thread).div_ceil(32) * 32) as u32, 1, 1),
         smem: 0,
         args: ArgList::default()
             .ptr(x)
@@ -1034,9 +1040,15 @@ fn push_matmul(
         {
             let gpw = sparse_groups_per_warp(in_dim, out_dim, sm_count);
             let (col_blocks, chunks) = sparse_grid(in_dim, out_dim, gpw);
+            // u8 inputs with integer products unless RWKV_CUDA_Q8X=0 (as for the dense path).
+            let kname = if q8_mode.is_some() {
+                "sparse_q4k_q8_kernel"
+            } else {
+                "sparse_q4k_kernel"
+            };
             sp.push(Launch {
-                name: format!("sparse_q4k_kernel{d}/g{gpw}"),
-                func: gpu.func("sparse_q4k_kernel")?,
+                name: format!("{kname}{d}/g{gpw}"),
+                func: gpu.func(kname)?,
                 grid: (col_blocks as u32, chunks as u32, 1),
                 block: (SPARSE_WARPS as u32 * 32, 1, 1),
                 smem: 0,
@@ -1245,6 +1257,11 @@ fn push_matmul(
     launches.extend(sp);
     launches.extend(post);
     Ok(())
+}
+
+/// The float4 token-shift kernel (`RWKV_CUDA_LNVEC=0`: the scalar one, for A/B runs).
+fn ln_shift_vec() -> bool {
+    std::env::var("RWKV_CUDA_LNVEC").map_or(true, |v| v.trim() != "0")
 }
 
 /// Warps per block of sparse.cu (`SP_WARPS`).

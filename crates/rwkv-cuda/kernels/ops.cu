@@ -154,6 +154,95 @@ LN_SHIFT_ENTRY(2)
 LN_SHIFT_ENTRY(4)
 LN_SHIFT_ENTRY(8)
 
+// The same for widths that are a multiple of 4, with float4 loads and stores: a quarter of the
+// instructions. At batch 1 this kernel is a single block, bound by its own instruction issue
+// (ncu: 8 us for 4096 values with scalar accesses), so the instruction count is its time.
+__device__ __forceinline__ float4 f4_ld(const float* p, long long i) { return *(const float4*)(p + i); }
+__device__ __forceinline__ float f4_sum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+__device__ __forceinline__ float f4_dev2(float4 v, float m) {
+    float a = v.x - m, b = v.y - m, c = v.z - m, d = v.w - m;
+    return (a * a + b * b) + (c * c + d * d);
+}
+__device__ __forceinline__ float4 f4_norm(float4 v, float m, float inv, float4 w, float4 b) {
+    return make_float4((v.x - m) * inv * w.x + b.x, (v.y - m) * inv * w.y + b.y, (v.z - m) * inv * w.z + b.z,
+                       (v.w - m) * inv * w.w + b.w);
+}
+
+template <int V>
+__device__ __forceinline__ void ln_shift_vec(const float* x, float* xn, const float* ln_w, const float* ln_b, float eps,
+                                             int n, int n_tok, const int* slots, float* state, long long state_len,
+                                             long long reg_off, const ShiftArgs& a) {
+    __shared__ float red[32];
+    int r = blockIdx.x, t = r % n_tok, s = r / n_tok;
+    int n4 = n / 4;
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 cur[V], prev[V], wv[V], bv[V], mx[6][V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        bool in = i < n4;
+        wv[j] = in && ln_w ? f4_ld(ln_w, 4 * i) : zero;
+        bv[j] = in && ln_w ? f4_ld(ln_b, 4 * i) : zero;
+#pragma unroll
+        for (int m = 0; m < 6; m++) mx[m][j] = in && m < a.n_mix ? f4_ld(a.mix[m], 4 * i) : zero;
+    }
+    pdl_wait();
+    float* reg = state + (long long)slots[s] * state_len + reg_off;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        bool in = i < n4;
+        cur[j] = in ? f4_ld(x, (long long)r * n + 4 * i) : zero;
+        prev[j] = in ? (t > 0 ? f4_ld(x, (long long)(r - 1) * n + 4 * i) : f4_ld(reg, 4 * i)) : zero;
+    }
+    if (ln_w) {
+        float sc = 0.f, sp = 0.f;
+#pragma unroll
+        for (int j = 0; j < V; j++) { sc += f4_sum(cur[j]); sp += f4_sum(prev[j]); }
+        float mc = block_sum(sc, red) / (float)n;
+        float mp = t > 0 ? block_sum(sp, red) / (float)n : 0.0f;
+        float qc = 0.f, qp = 0.f;
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            bool in = threadIdx.x + j * blockDim.x < n4;
+            qc += in ? f4_dev2(cur[j], mc) : 0.0f;
+            qp += in ? f4_dev2(prev[j], mp) : 0.0f;
+        }
+        float ic = rsqrtf(block_sum(qc, red) / (float)n + eps);
+        float ip = t > 0 ? rsqrtf(block_sum(qp, red) / (float)n + eps) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            cur[j] = f4_norm(cur[j], mc, ic, wv[j], bv[j]);
+            if (t > 0) prev[j] = f4_norm(prev[j], mp, ip, wv[j], bv[j]);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < n4) {
+            float4 c = cur[j], p = prev[j];
+            float4 d = make_float4(p.x - c.x, p.y - c.y, p.z - c.z, p.w - c.w);
+            long long o = (long long)r * n + 4 * i;
+            if (ln_w) *(float4*)(xn + o) = c;
+#pragma unroll
+            for (int m = 0; m < 6; m++)
+                if (m < a.n_mix) {
+                    float4 k = mx[m][j];
+                    *(float4*)(a.out[m] + o) = make_float4(c.x + d.x * k.x, c.y + d.y * k.y, c.z + d.z * k.z, c.w + d.w * k.w);
+                }
+            if (n_tok == 1) *(float4*)(reg + 4 * i) = c;
+        }
+    }
+}
+
+// Two float4 per thread: n / 8 threads (512 for 4096 values), n <= 4096.
+extern "C" __global__ void __launch_bounds__(512) ln_shift_vec_kernel(
+    const float* x, float* xn, const float* ln_w, const float* ln_b, float eps, int n, int n_tok, const int* slots,
+    float* state, long long state_len, long long reg_off, ShiftArgs a) {
+    pdl_trigger();
+    ln_shift_vec<2>(x, xn, ln_w, ln_b, eps, n, n_tok, slots, state, state_len, reg_off, a);
+}
+
 // Register <- the last row of xn of each sequence (grid: n_seq blocks).
 extern "C" __global__ void shift_store_kernel(const float* xn, int n, int n_tok, const int* slots, float* state,
                                               long long state_len, long long reg_off) {

@@ -83,7 +83,11 @@ fn written(dir: &Path, model: &Model, format: Format, ext: &str) -> (PathBuf, Ve
 }
 
 fn largest_tensor(m: &Model) -> u64 {
-    m.tensors.values().map(|t| t.data.len() as u64).max().unwrap()
+    m.tensors
+        .values()
+        .map(|t| t.data.len() as u64)
+        .max()
+        .unwrap()
 }
 
 #[test]
@@ -179,7 +183,10 @@ fn streamed_models_can_be_quantized_on_load() {
     let streamed = formats::load_source(CountingSource::new(bytes), "m.st", &opts).unwrap();
     let head = &streamed.tensors["head.weight"];
     assert_eq!(head.dtype, DType::Q8_0);
-    assert!(head.data.is_resident(), "converted tensors are made in memory");
+    assert!(
+        head.data.is_resident(),
+        "converted tensors are made in memory"
+    );
     for (name, want) in &from_file.tensors {
         assert_eq!(
             streamed.tensors[name].data.read().unwrap(),
@@ -234,12 +241,26 @@ fn truncated_corrupt_and_failing_sources_give_errors() {
             _ => 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize,
         };
         // Truncated anywhere, in the header or in the data: always an error.
-        let mut cuts = vec![0, 1, 4, 8, 9, 24, header_end - 1, header_end, bytes.len() - 1];
+        let mut cuts = vec![
+            0,
+            1,
+            4,
+            8,
+            9,
+            24,
+            header_end - 1,
+            header_end,
+            bytes.len() - 1,
+        ];
         cuts.extend((0..40).map(|_| rng.next_u64() as usize % bytes.len()));
         for cut in cuts {
             let src = CountingSource::new(bytes[..cut].to_vec());
             let r = formats::load_source(src, "cut", &LoadOptions::default());
-            assert!(r.is_err(), "{format} cut at {cut} of {} loaded", bytes.len());
+            assert!(
+                r.is_err(),
+                "{format} cut at {cut} of {} loaded",
+                bytes.len()
+            );
         }
         // Random bytes of the header changed: an error or a model, never a panic; a model's
         // tensors still read back (or fail) cleanly.
@@ -249,11 +270,9 @@ fn truncated_corrupt_and_failing_sources_give_errors() {
                 let at = rng.next_u64() as usize % header_end;
                 bad[at] = rng.next_u64() as u8;
             }
-            if let Ok(m) = formats::load_source(
-                CountingSource::new(bad),
-                "corrupt",
-                &LoadOptions::default(),
-            ) {
+            if let Ok(m) =
+                formats::load_source(CountingSource::new(bad), "corrupt", &LoadOptions::default())
+            {
                 for t in m.tensors.values() {
                     let _ = t.resident();
                 }
@@ -263,7 +282,9 @@ fn truncated_corrupt_and_failing_sources_give_errors() {
         for fail_after in [0, 1, 2, 5] {
             let src = Arc::new(CountingSource {
                 fail_after,
-                ..Arc::try_unwrap(CountingSource::new(bytes.clone())).ok().unwrap()
+                ..Arc::try_unwrap(CountingSource::new(bytes.clone()))
+                    .ok()
+                    .unwrap()
             });
             let result = formats::load_source(src, "failing", &LoadOptions::default())
                 .and_then(|m| m.tensors.values().try_for_each(|t| t.resident().map(drop)));

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use js_sys::{Float32Array, Function, Promise, Uint32Array, Uint8Array};
 use rwkv_core::backend::{PlanId, StepOutput, StepShape};
-use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::formats::{self, Format, LoadOptions};
+use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::model::{ByteSource, Model};
 use rwkv_core::synth::{self, SynthShape};
 use rwkv_core::tokenizer::Vocab;

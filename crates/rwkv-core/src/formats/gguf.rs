@@ -12,12 +12,14 @@ use std::sync::Arc;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{split_fused_mixes, RawTensor};
+use crate::formats::{from_source, ByteReader, CountingWriter, HeaderRead, SourceReader};
 use crate::formats::{
     make_tensor, map_file, mapped, plain_elem_bytes, plain_to_f32, write_atomic, write_err,
 };
-use crate::formats::{from_source, ByteReader, CountingWriter, HeaderRead, SourceReader};
 use crate::model::v7;
-use crate::model::{ByteSource, FileBytes, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
+use crate::model::{
+    ByteSource, FileBytes, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes,
+};
 use crate::tokenizer::Vocab;
 
 /// Tensor data alignment when `general.alignment` is absent.
@@ -613,7 +615,11 @@ fn parse_header<R: HeaderRead>(r: &mut R, file_len: u64) -> Result<Header> {
     })
 }
 
-fn read_tensor_info<R: HeaderRead>(r: &mut R, name: String, alignment: u64) -> Result<GgufTensorInfo> {
+fn read_tensor_info<R: HeaderRead>(
+    r: &mut R,
+    name: String,
+    alignment: u64,
+) -> Result<GgufTensorInfo> {
     let n_dims = r.u32("tensor dimension count")?;
     if n_dims == 0 || n_dims > MAX_DIMS {
         return Err(r.err(format!(

@@ -601,7 +601,8 @@ impl HeaderRead for SourceReader<'_> {
             }
             let have = next.len();
             next.resize(want, 0);
-            self.src.read_at(self.pos + have as u64, &mut next[have..])?;
+            self.src
+                .read_at(self.pos + have as u64, &mut next[have..])?;
             self.window = next;
             self.window_start = self.pos;
         }

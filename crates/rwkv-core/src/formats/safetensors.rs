@@ -12,9 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{model_from_official, official_tensors, Layout, RawTensor};
-use crate::formats::{
-    from_source, map_file, mapped, plain_elem_bytes, write_atomic, write_err,
-};
+use crate::formats::{from_source, map_file, mapped, plain_elem_bytes, write_atomic, write_err};
 use crate::model::{ByteSource, FileBytes, Model};
 
 /// Largest JSON header we accept. The reference implementation refuses headers over 100 MB

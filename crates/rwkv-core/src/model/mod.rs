@@ -190,8 +190,9 @@ impl TensorBytes {
             TensorBytes::Mapped { range, .. } => range.len(),
             TensorBytes::Owned(v) => v.len(),
             // Never matches a real tensor's size when it does not fit: Tensor::new refuses it.
-            TensorBytes::Source { range, .. } => usize::try_from(range.end.saturating_sub(range.start))
-                .unwrap_or(usize::MAX),
+            TensorBytes::Source { range, .. } => {
+                usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -329,9 +330,6 @@ impl Model {
 
     /// Bytes of all tensor data.
     pub fn total_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|t| t.data.len() as u64)
-            .sum()
+        self.tensors.values().map(|t| t.data.len() as u64).sum()
     }
 }

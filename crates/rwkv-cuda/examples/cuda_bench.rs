@@ -1,7 +1,9 @@
 //! Microbenchmark of the CUDA backend on random weights of the released RWKV-7 shapes.
 //!
-//! `cuda_bench [1.5b|7.2b|tiny ...] [--reps N] [--profile]`: decode batch 1, prefill 512 tokens and
-//! decode of 64 sequences; large matrices in Q4_K (random blocks), LoRA in f16, vectors f32.
+//! `cuda_bench [1.5b|7.2b|tiny ...] [--reps N] [--profile] [--b1] [--env NAME=v1;v2;...]`: decode
+//! batch 1, prefill 512 tokens and decode of 64 sequences (`--b1`: batch 1 only; `--env`: each
+//! case once per value of the environment variable, set before its plan is compiled, for A/B
+//! runs in one process); large matrices in Q4_K (random blocks), LoRA in f16, vectors f32.
 //! Prints tokens/s, bytes read per step and the fraction of the 3.02 TB/s copy bandwidth.
 
 use std::time::Instant;
@@ -131,6 +133,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let profile = args.iter().any(|a| a == "--profile");
+    let b1_only = args.iter().any(|a| a == "--b1");
+    // (name, values): each case is compiled and run once per value.
+    let env_ab: Option<(String, Vec<String>)> = args
+        .iter()
+        .position(|a| a == "--env")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.split_once('='))
+        .map(|(n, v)| (n.to_string(), v.split(';').map(str::to_string).collect()));
     let mut shapes: Vec<&str> = args
         .iter()
         .filter(|a| ["1.5b", "7.2b", "tiny"].contains(&a.as_str()))
@@ -200,7 +210,22 @@ fn main() {
                 },
             ),
         ];
-        for (label, sh) in cases {
+        let variants: Vec<Option<String>> = match &env_ab {
+            Some((_, vals)) => vals.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let runs = cases
+            .iter()
+            .filter(|(_, sh)| !b1_only || sh.rows() == 1)
+            .flat_map(|c| variants.iter().map(move |v| (c.0, c.1, v.clone())));
+        for (label, sh, variant) in runs {
+            let label = match (&env_ab, &variant) {
+                (Some((name, _)), Some(v)) => {
+                    std::env::set_var(name, v);
+                    format!("{label} {name}={v}")
+                }
+                _ => label.to_string(),
+            };
             let plan = pb.build(sh, false);
             let pid = be.compile(&plan).expect("compile");
             let rows = sh.rows();

@@ -32,6 +32,7 @@ pub(crate) fn kernel_source() -> String {
         include_str!("../kernels/matvec.cu"),
         include_str!("../kernels/mma.cu"),
         include_str!("../kernels/wkv7.cu"),
+        include_str!("../kernels/sparse.cu"),
     ]
     .join("\n")
 }

@@ -17,7 +17,7 @@
 mod gpu;
 mod repack;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cudarc::driver::{result as cu, sys};
 use rwkv_core::backend::{
@@ -98,6 +98,20 @@ enum GpuWeight {
     },
 }
 
+/// A Q4_K matrix rearranged by input column for the zero-skipping batch-1 product (sparse.cu):
+/// quants `[cols][rows/8]` u32 words, sub-block scale/min `[cols/32][rows]` u16, block d/dmin
+/// `[cols/256][rows]` u32. Built at the first batch-1 plan that can use it; the row layout stays
+/// for batches and prefill.
+struct SparseCols {
+    nib: DevBuf,
+    sc: DevBuf,
+    dd: DevBuf,
+    /// Partial sums of the kernel's column blocks, `[blocks][rows]` (enough for one group per
+    /// warp), and per 256-row chunk the count of blocks done (zero between steps).
+    scratch: DevBuf,
+    counters: DevBuf,
+}
+
 struct CompiledPlan {
     plan: Plan,
     bufs: Vec<DevBuf>,
@@ -118,6 +132,8 @@ struct CompiledPlan {
 /// The CUDA backend. See the crate docs.
 pub struct CudaBackend {
     weights: Vec<Option<GpuWeight>>,
+    /// Column layouts of the matrices whose batch-1 products skip zero inputs, by weight id.
+    sparse: HashMap<WeightId, SparseCols>,
     states: Option<DevBuf>,
     n_slots: usize,
     state_len: usize,
@@ -132,6 +148,7 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         let _ = self.gpu.bind();
         self.plans.clear();
+        self.sparse.clear();
         self.weights.clear();
         self.states = None;
     }
@@ -196,6 +213,7 @@ impl CudaBackend {
             .unwrap_or(true);
         Ok(CudaBackend {
             weights: Vec::new(),
+            sparse: HashMap::new(),
             states: None,
             n_slots: 0,
             state_len: 0,
@@ -236,6 +254,66 @@ impl CudaBackend {
             Some(_) => Err(err(format!("weight {id} is a vector, a matrix is needed"))),
             None => Err(err(format!("weight {id} was not uploaded"))),
         }
+    }
+
+    /// Builds the column layouts (sparse.cu) of the matrices whose batch-1 products in `plan`
+    /// can skip zero inputs. Skipped, and the row layout used, when the device lacks the memory.
+    fn ensure_sparse(&mut self, plan: &Plan) -> Result<()> {
+        if plan.shape.rows() != 1 || sparse_mode().is_none() {
+            return Ok(());
+        }
+        let mut built = false;
+        for op in &plan.ops {
+            let Op::MatMul { jobs } = op else { continue };
+            for j in jobs {
+                if self.sparse.contains_key(&j.weight) {
+                    continue;
+                }
+                let (dtype, out_dim, in_dim, q, m) = self.matrix(j.weight)?;
+                if !sparse_eligible(plan, j, dtype, in_dim, out_dim) {
+                    continue;
+                }
+                let nib = in_dim * out_dim / 2;
+                let sc = in_dim / 32 * out_dim * 2;
+                let dd = in_dim / 256 * out_dim * 4;
+                // Keep a quarter of the free memory for plans and states.
+                if (nib + sc + dd) * 4 / 3 > self.gpu.free_mem() {
+                    continue;
+                }
+                let (max_blocks, chunks) = sparse_grid(in_dim, out_dim, 1);
+                let cols = SparseCols {
+                    nib: DevBuf::alloc(nib)?,
+                    sc: DevBuf::alloc(sc)?,
+                    dd: DevBuf::alloc(dd)?,
+                    scratch: DevBuf::alloc(max_blocks * out_dim * 4)?,
+                    counters: DevBuf::zeroed(chunks * 4)?,
+                };
+                let sms = self.gpu.sm_count.max(1) as usize;
+                let l = Launch {
+                    name: "q4k_transpose_kernel".into(),
+                    func: self.gpu.func("q4k_transpose_kernel")?,
+                    grid: ((nib / 4).div_ceil(256).min(sms * 16) as u32, 1, 1),
+                    block: (256, 1, 1),
+                    smem: 0,
+                    args: ArgList::default()
+                        .ptr(q)
+                        .ptr(m)
+                        .i32(i32_of(out_dim, "rows")?)
+                        .i32(i32_of(in_dim, "cols")?)
+                        .ptr(cols.nib.ptr)
+                        .ptr(cols.sc.ptr)
+                        .ptr(cols.dd.ptr)
+                        .0,
+                };
+                self.gpu.launch(&l)?;
+                self.sparse.insert(j.weight, cols);
+                built = true;
+            }
+        }
+        if built {
+            self.gpu.sync()?;
+        }
+        Ok(())
     }
 
     /// Builds the launch list of plan `pi` for the current state buffer.
@@ -459,7 +537,16 @@ impl CudaBackend {
                     }
                     let jobs = &jobs;
                     let sms = gpu.sm_count.max(1) as usize;
-                    push_matmul(gpu, &mut launches, &self.weights, plan, jobs, &bp, sms)?;
+                    push_matmul(
+                        gpu,
+                        &mut launches,
+                        &self.weights,
+                        &self.sparse,
+                        plan,
+                        jobs,
+                        &bp,
+                        sms,
+                    )?;
                     i += 1;
                 }
                 Op::Wkv7 {
@@ -881,10 +968,12 @@ fn job_table(jobs: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn push_matmul(
     gpu: &mut Gpu,
     launches: &mut Vec<Launch>,
     weights: &[Option<GpuWeight>],
+    sparse: &HashMap<WeightId, SparseCols>,
     plan: &Plan,
     jobs: &[MatJob],
     bp: &dyn Fn(BufId) -> Result<u64>,
@@ -896,6 +985,7 @@ fn push_matmul(
     let mut rows_all = None;
     let mut pre: Vec<Launch> = Vec::new();
     let mut post: Vec<Launch> = Vec::new();
+    let mut sp: Vec<Launch> = Vec::new();
     // Activations staged in shared memory by the SIMT kernel (up to 96 KiB per block).
     let smem_cap = (96 * 1024).min(gpu.smem_optin.saturating_sub(12 * 1024));
     let mut mv_smem = 0usize;
@@ -938,6 +1028,34 @@ fn push_matmul(
         let (ii, oi) = (i32_of(in_dim, "in")?, i32_of(out_dim, "out")?);
         let mut d = format!(" {out_dim}x{in_dim}:{dtype:?}");
         let (xp, op) = (bp(j.x)?, bp(j.out)?);
+        if let Some(sc) = sparse
+            .get(&j.weight)
+            .filter(|_| sparse_eligible(plan, j, dtype, in_dim, out_dim))
+        {
+            let gpw = sparse_groups_per_warp(in_dim, out_dim, sm_count);
+            let (col_blocks, chunks) = sparse_grid(in_dim, out_dim, gpw);
+            sp.push(Launch {
+                name: format!("sparse_q4k_kernel{d}/g{gpw}"),
+                func: gpu.func("sparse_q4k_kernel")?,
+                grid: (col_blocks as u32, chunks as u32, 1),
+                block: (SPARSE_WARPS as u32 * 32, 1, 1),
+                smem: 0,
+                args: ArgList::default()
+                    .ptr(xp)
+                    .i32(ii)
+                    .i32(oi)
+                    .ptr(sc.nib.ptr)
+                    .ptr(sc.sc.ptr)
+                    .ptr(sc.dd.ptr)
+                    .ptr(op)
+                    .i32(j.accumulate as i32)
+                    .i32(gpw as i32)
+                    .ptr(sc.scratch.ptr)
+                    .ptr(sc.counters.ptr)
+                    .0,
+            });
+            continue;
+        }
         if mma_ok(dtype, in_dim, rows) {
             let tn = out_dim.div_ceil(MM_BN);
             let tiles = tn * rows.div_ceil(MM_BM);
@@ -1124,8 +1242,66 @@ fn push_matmul(
             });
         }
     }
+    launches.extend(sp);
     launches.extend(post);
     Ok(())
+}
+
+/// Warps per block of sparse.cu (`SP_WARPS`).
+const SPARSE_WARPS: usize = 8;
+
+/// Zero-skipping batch-1 products (sparse.cu): on by default, `RWKV_CUDA_SPARSE=0` keeps the
+/// row layout; `RWKV_CUDA_SPARSE=g<N>` sets the 32-column groups per warp (for measurements).
+fn sparse_mode() -> Option<Option<usize>> {
+    match std::env::var("RWKV_CUDA_SPARSE") {
+        Ok(v) if v.trim() == "0" => None,
+        Ok(v) => Some(
+            v.trim()
+                .strip_prefix('g')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n > 0),
+        ),
+        Err(_) => Some(None),
+    }
+}
+
+/// Whether a MatMul job takes the zero-skipping product: batch 1, Q4_K, no bias or activation,
+/// and an input produced by a relu² product (the channel mix's value matrix), whose zeros are
+/// what it skips. The result does not depend on this choice beyond rounding.
+fn sparse_eligible(plan: &Plan, j: &MatJob, dtype: GpuDType, in_dim: usize, out_dim: usize) -> bool {
+    dtype == GpuDType::Q4K
+        && in_dim % 256 == 0
+        && out_dim % 8 == 0
+        && j.act == Act::None
+        && j.bias.is_none()
+        && plan.rows_of(j.x) == 1
+        && plan.ops.iter().any(|op| {
+            matches!(op, Op::MatMul { jobs } if jobs.iter().any(|p| p.out == j.x && p.act == Act::ReluSq))
+        })
+}
+
+/// sparse.cu's grid: (column blocks, 256-row chunks) for `gpw` groups per warp.
+fn sparse_grid(in_dim: usize, out_dim: usize, gpw: usize) -> (usize, usize) {
+    (
+        (in_dim / 32).div_ceil(SPARSE_WARPS * gpw.max(1)),
+        out_dim.div_ceil(256),
+    )
+}
+
+/// Groups of 32 columns per warp: the fewest that keep the launch within one wave of four
+/// 256-thread blocks per SM.
+fn sparse_groups_per_warp(in_dim: usize, out_dim: usize, sm_count: usize) -> usize {
+    if let Some(Some(g)) = sparse_mode() {
+        return g;
+    }
+    let mut gpw = 1;
+    while gpw < 64 && {
+        let (x, y) = sparse_grid(in_dim, out_dim, gpw);
+        x * y > 4 * sm_count.max(1)
+    } {
+        gpw *= 2;
+    }
+    gpw
 }
 
 impl Backend for CudaBackend {
@@ -1276,6 +1452,7 @@ impl Backend for CudaBackend {
             built_gen: 0,
             vocab,
         };
+        self.ensure_sparse(plan)?;
         self.plans.push(cp);
         let pi = self.plans.len() - 1;
         // Validates every op now (with the current states, if any); rebuilt when states change.

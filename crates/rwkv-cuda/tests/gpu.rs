@@ -164,6 +164,86 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
     }
 }
 
+/// The channel mix at batch 1: h = relu(W1 x)², then W2 h (Q4_K) added into x or written to y.
+/// W2 takes the zero-skipping column kernel (sparse.cu) unless RWKV_CUDA_SPARSE=0. Rows
+/// 32..64 of W1 are zero, so a whole 32-column group of h is zero (skipped entirely); about
+/// half of the rest are zero through the relu.
+fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
+    let Some(mut be) = gpu_or_skip() else { return };
+    let vocab = 23;
+    let table = random_tensor(rng, DType::F32, vocab, c, 1.0);
+    let mut w1 = random_tensor(rng, DType::F32, f, c, 1.0 / (c as f32).sqrt());
+    let mut w1b = w1.data.as_slice().to_vec();
+    w1b[32 * c * 4..64 * c * 4].fill(0);
+    w1.data = rwkv_core::model::TensorBytes::owned(w1b);
+    let w2 = random_tensor(rng, DType::Q4K, c, f, 1.0 / (f as f32).sqrt());
+    let tensors = [table, w1, w2];
+    for (i, t) in tensors.iter().enumerate() {
+        be.upload_weight(i, &format!("w{i}"), t).unwrap();
+    }
+    be.alloc_states(1, 8).unwrap();
+    let decl = |name: &str, width| BufferDecl {
+        name: name.into(),
+        width,
+        last_only: false,
+    };
+    let out = if accumulate { 0 } else { 2 };
+    let job = |weight, x, out, act, accumulate| MatJob {
+        weight,
+        x,
+        out,
+        bias: None,
+        act,
+        accumulate,
+    };
+    let plan = Plan {
+        shape: StepShape { n_seq: 1, n_tok: 1 },
+        buffers: vec![decl("x", c), decl("h", f), decl("y", c)],
+        weights: (0..3).map(|i| format!("w{i}")).collect(),
+        ops: vec![
+            Op::Embed { table: 0, out: 0 },
+            Op::MatMul {
+                jobs: vec![job(1, 0, 1, Act::ReluSq, false)],
+            },
+            Op::MatMul {
+                jobs: vec![job(2, 1, out, Act::None, accumulate)],
+            },
+        ],
+        logits: out,
+    };
+    let pid = be.compile(&plan).unwrap();
+    let [tab, w1d, w2d] = [0, 1, 2].map(|i| dequant(&tensors[i]));
+    for _ in 0..3 {
+        let t = rng.below(vocab as u64) as usize;
+        let mut got = vec![f32::NAN; c];
+        be.execute(pid, &[t as u32], &[0], StepOutput::Logits(&mut got))
+            .unwrap();
+        let x = &tab[t * c..(t + 1) * c];
+        let h: Vec<f64> = (0..f)
+            .map(|o| act64(Act::ReluSq, (0..c).map(|k| w1d[o * c + k] * x[k]).sum()))
+            .collect();
+        let zeros = h.iter().filter(|v| **v == 0.0).count();
+        assert!(zeros >= 32 && zeros < f, "{zeros} zeros of {f}");
+        let want: Vec<f64> = (0..c)
+            .map(|o| {
+                (0..f).map(|k| w2d[o * f + k] * h[k]).sum::<f64>()
+                    + if accumulate { x[o] } else { 0.0 }
+            })
+            .collect();
+        let e = rel_err(&got, &want);
+        eprintln!("channel mix {c}x{f} accumulate {accumulate}: {zeros} zeros, rel err {e:.2e}");
+        assert!(e < 2e-5, "channel mix {c}x{f}: rel err {e}");
+    }
+}
+
+#[test]
+fn batch1_channel_mix_matches_reference() {
+    let mut rng = Rng(0x5eed_0002);
+    for (c, f, acc) in [(256, 1024, true), (256, 1024, false), (96, 512, true), (1024, 4096, true)] {
+        channel_mix_case(&mut rng, c, f, acc);
+    }
+}
+
 fn tiny_desc(c: usize, head: usize) -> ModelDesc {
     ModelDesc {
         version: RwkvVersion::V7,

@@ -6,7 +6,8 @@
 # saved (web/test/screenshot.png). Prints PASS/FAIL; exits non-zero on failure.
 # Installs chromium with apt-get when missing. Env: TEST_WEB_TIMEOUT (s, default 300);
 # By default the model is a GGUF file written by `rwkv synth` and read through Model.load (as a
-# user's file would be); TEST_WEB_FILE=0 makes it in the page instead (Model.synth).
+# user's file would be; streamed, so wasm memory must stay below the file's size), then the same
+# model as safetensors; TEST_WEB_FILE=0 makes it in the page instead (Model.synth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +41,8 @@ out=web/test/expected.json
 file_field=""
 if [ "${TEST_WEB_FILE:-1}" = 1 ]; then
     "$rwkv" synth --shape tiny --dtype f32 --seed "$model_seed" -o web/test/tiny.gguf
-    file_field='"file":"tiny.gguf",'
+    "$rwkv" synth --shape tiny --dtype f32 --seed "$model_seed" -o web/test/tiny.st
+    file_field='"file":"tiny.gguf","file_st":"tiny.st",'
 fi
 {
     printf '{%s"shape":"tiny","dtype":"f32","seed":%d,"cases":[' "$file_field" "$model_seed"

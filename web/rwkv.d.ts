@@ -41,6 +41,7 @@ export interface ModelInfo {
 }
 
 export declare class Model {
+  /** GGUF and safetensors are streamed from `bytes`: wasm memory holds about one tensor at a time. */
   static load(bytes: Uint8Array | ArrayBuffer, options?: LoadOptions): Promise<Model>;
   static synth(shape?: string, options?: SynthOptions): Promise<Model>;
   readonly info: ModelInfo;
@@ -52,3 +53,10 @@ export declare class Model {
   readonly generatedTokens: number;
   stop(): void;
 }
+
+/**
+ * Bytes of the wasm module's linear memory (0 before the first load). Memory only grows, so
+ * after a load this is the load's peak; GGUF and safetensors files are streamed to the GPU a
+ * tensor at a time, so it stays well below the file's size.
+ */
+export declare function wasmMemoryBytes(): number;

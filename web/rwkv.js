@@ -8,9 +8,19 @@
 import init, { WebModel } from './pkg/rwkv_web.js';
 
 let ready = null;
+let wasm = null;
 function initWasm() {
-  ready ??= init();
+  ready ??= init().then((exports) => { wasm = exports; });
   return ready;
+}
+
+/**
+ * Bytes of the wasm module's linear memory (0 before the first load). It only grows, so after a
+ * load it is the peak the load needed: model files are streamed to the GPU one tensor at a time,
+ * so for GGUF and safetensors this stays well below the file size.
+ */
+export function wasmMemoryBytes() {
+  return wasm ? wasm.memory.buffer.byteLength : 0;
 }
 
 // Progress callback for the wasm side: reports, and every ~30 ms returns a promise that

@@ -1,7 +1,8 @@
-// Browser side of scripts/test-web.sh: loads the tiny model through the JS API, compares its
-// logits with the CPU backend's (expected.json, written natively), generates text, and leaves
-// the verdict in window.__rwkvTest (a promise the driver awaits) and in the page.
-import { Model } from '../rwkv.js';
+// Browser side of scripts/test-web.sh: loads the tiny model through the JS API (streamed: wasm
+// memory stays below the file's size), compares its logits with the CPU backend's (expected.json,
+// written natively), generates text, loads the same model from safetensors, and leaves the
+// verdict in window.__rwkvTest (a promise the driver awaits) and in the page.
+import { Model, wasmMemoryBytes } from '../rwkv.js';
 
 const logEl = document.getElementById('log');
 const log = (line) => { logEl.textContent += line + '\n'; };
@@ -23,9 +24,19 @@ async function run() {
   // the browser's 128 MiB default does for real models.
   const maxBindingBytes = Number(params.get('maxBinding') ?? 786432);
   let model;
+  let fileBytes = 0;
   if (expected.file) {
     const bytes = new Uint8Array(await (await fetch('./' + expected.file)).arrayBuffer());
     model = await Model.load(bytes, { onProgress, name: expected.file, maxBindingBytes });
+    fileBytes = bytes.length;
+    // The file is 8 MB, its largest tensor 1 MB: streamed, wasm memory (which only grows, so
+    // this is the load's peak) holds the header and about one tensor at a time plus the runtime,
+    // ~3.4 MB; copied whole into wasm memory, as before streaming, it was ~10.7 MB.
+    const memory = wasmMemoryBytes();
+    log(`wasm memory after load: ${memory} bytes, file ${fileBytes} bytes`);
+    if (!(memory > 0 && memory < fileBytes)) {
+      failures.push(`wasm memory ${memory} bytes after load, not below the file's ${fileBytes}`);
+    }
   } else {
     model = await Model.synth(expected.shape, { dtype: expected.dtype, seed: expected.seed, onProgress,
       maxBindingBytes });
@@ -96,6 +107,23 @@ async function run() {
   }
   log(`sampled with stop() after 3 pieces: got ${pieces}`);
   if (pieces !== 3) failures.push(`stop(): ${pieces} pieces`);
+
+  // The same model from safetensors (also streamed) gives the same logits.
+  if (expected.file_st) {
+    const bytes = new Uint8Array(await (await fetch('./' + expected.file_st)).arrayBuffer());
+    const st = await Model.load(bytes, { name: expected.file_st, maxBindingBytes });
+    const [fromGguf, fromSt] = [await model.logits(expected.tokens[0]), await st.logits(expected.tokens[0])];
+    let maxDiff = 0;
+    for (let i = 0; i < fromGguf.length; i++) maxDiff = Math.max(maxDiff, Math.abs(fromGguf[i] - fromSt[i]));
+    const memory = wasmMemoryBytes();
+    log(`${expected.file_st} (${st.info.format}): max |gguf - st| = ${maxDiff.toExponential(2)}; ` +
+      `wasm memory now ${memory} bytes`);
+    if (st.info.format !== 'safetensors') failures.push(`${expected.file_st} loaded as ${st.info.format}`);
+    if (fromSt.length !== fromGguf.length || !(maxDiff <= TOLERANCE)) {
+      failures.push(`safetensors logits differ from GGUF's by ${maxDiff}`);
+    }
+    if (!(memory < fileBytes)) failures.push(`wasm memory ${memory} bytes after two loads`);
+  }
 
   // Overlapping calls are queued, not interleaved: same logits as one at a time.
   const [a, b] = await Promise.all([model.logits([5, 6, 7]), model.logits([5, 6, 7])]);

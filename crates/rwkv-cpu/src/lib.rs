@@ -165,7 +165,7 @@ fn cpu_model_name() -> Option<String> {
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
         let device = cpu_model_name().unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH));
-        let weight_bytes: usize = self.weights.iter().map(|w| w.bytes.as_slice().len()).sum();
+        let weight_bytes: usize = self.weights.iter().map(|w| w.bytes.len()).sum();
         DeviceInfo {
             backend: BACKEND.into(),
             device,
@@ -187,7 +187,9 @@ impl Backend for CpuBackend {
         if !self.plans.is_empty() {
             return Err(fail("weights must be uploaded before any plan is compiled"));
         }
-        let len = tensor.data.as_slice().len();
+        // Bytes streamed from a source are fetched now: the weight is kept, so it must be resident.
+        let tensor = tensor.resident()?;
+        let len = tensor.data.len();
         if tensor.shape.is_empty()
             || tensor.shape.contains(&0)
             || tensor.dtype.tensor_bytes(&tensor.shape) != Some(len)

@@ -8,11 +8,13 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use js_sys::{Float32Array, Function, Promise, Uint32Array};
+use js_sys::{Float32Array, Function, Promise, Uint32Array, Uint8Array};
 use rwkv_core::backend::{PlanId, StepOutput, StepShape};
+use rwkv_core::formats::{self, Format, LoadOptions};
 use rwkv_core::model::v7::PlanBuilder;
-use rwkv_core::model::Model;
+use rwkv_core::model::{ByteSource, Model};
 use rwkv_core::synth::{self, SynthShape};
 use rwkv_core::tokenizer::Vocab;
 use rwkv_core::{DType, Error, Result};
@@ -126,8 +128,12 @@ async fn open(
             .tensors
             .remove(name)
             .ok_or_else(|| Error::model(&model.source, format!("missing tensor '{name}'")))?;
-        backend.upload_weight_async(id, name, &tensor).await?;
-        done += tensor.data.as_slice().len() as u64;
+        // A streamed tensor is fetched from the JS array here: with the removal above, about one
+        // tensor is in wasm memory at a time.
+        let resident = tensor.resident()?;
+        backend.upload_weight_async(id, name, &resident).await?;
+        done += resident.data.len() as u64;
+        drop(resident);
         drop(tensor);
         report(on_progress, done, total).await;
     }
@@ -206,9 +212,11 @@ pub struct WebModel {
 #[wasm_bindgen]
 impl WebModel {
     /// Reads a model file (GGUF, safetensors, ...) from `bytes` and uploads it to the GPU.
-    /// `on_progress(done, total)` is called per tensor (bytes).
+    /// GGUF and safetensors are streamed: only the header and one tensor at a time are copied
+    /// into wasm memory; other formats are copied whole. `on_progress(done, total)` is called
+    /// per tensor (bytes).
     pub async fn load(
-        bytes: Vec<u8>,
+        bytes: Uint8Array,
         name: String,
         vocab: Option<Vec<u8>>,
         max_binding_bytes: Option<f64>,
@@ -377,7 +385,66 @@ fn busy() -> JsValue {
     JsError::new("the model is busy with another call (await it first)").into()
 }
 
-/// Parses model file bytes into the canonical model (any format `rwkv_core::formats` reads).
-fn read_model(bytes: Vec<u8>, name: &str) -> Result<Model> {
-    rwkv_core::formats::load_bytes(bytes, name, &rwkv_core::formats::LoadOptions::default())
+/// A model file held by JS, outside wasm memory, read a window at a time.
+struct JsBytes {
+    array: Uint8Array,
+    name: String,
+}
+
+// SAFETY: `ByteSource` is `Send + Sync` so that `Model` is, for native threads. A JS object is
+// tied to the thread that made it, but a wasm32 build without the `atomics` feature has exactly
+// one thread, so no other thread can ever touch it. With threads (atomics) these impls would be
+// unsound, so they do not exist there, and such a build fails to compile instead.
+#[cfg(not(target_feature = "atomics"))]
+unsafe impl Send for JsBytes {}
+#[cfg(not(target_feature = "atomics"))]
+unsafe impl Sync for JsBytes {}
+
+impl ByteSource for JsBytes {
+    fn len(&self) -> u64 {
+        self.array.length().into()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = self.array.length();
+        let range = u32::try_from(offset).ok().and_then(|start| {
+            let end = start.checked_add(u32::try_from(buf.len()).ok()?)?;
+            (end <= len).then_some(start..end)
+        });
+        let Some(range) = range else {
+            return Err(Error::format(
+                &self.name,
+                format!(
+                    "read of {} bytes at offset {offset} is outside the {len}-byte file",
+                    buf.len()
+                ),
+            ));
+        };
+        let part = self.array.subarray(range.start, range.end);
+        // The array can shrink under us (a transferred ArrayBuffer reads as empty); copy_to
+        // would panic on a length mismatch.
+        if part.length() as usize != buf.len() {
+            return Err(Error::format(
+                &self.name,
+                "the file's bytes changed while it was being read",
+            ));
+        }
+        part.copy_to(buf);
+        Ok(())
+    }
+}
+
+/// Parses a model file held by JS into the canonical model: GGUF and safetensors through
+/// `load_source` (tensors stay in the JS array until uploaded), other formats copied into wasm
+/// memory whole for `load_bytes`.
+fn read_model(bytes: Uint8Array, name: &str) -> Result<Model> {
+    let source = Arc::new(JsBytes {
+        array: bytes,
+        name: name.to_string(),
+    });
+    let opts = LoadOptions::default();
+    match formats::detect_source(source.as_ref(), name)? {
+        Format::Gguf | Format::Safetensors => formats::load_source(source, name, &opts),
+        Format::Pth | Format::RwkvCpp => formats::load_bytes(source.array.to_vec(), name, &opts),
+    }
 }

@@ -237,7 +237,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
         .tensors
         .iter()
         .filter(|(n, _)| n.as_str() != "emb.weight")
-        .map(|(_, t)| t.data.as_slice().len() as u64)
+        .map(|(_, t)| t.data.len() as u64)
         .sum();
     Ok(BenchReport {
         model: args.model.clone(),

@@ -124,8 +124,11 @@ impl Engine {
         let mut done = 0u64;
         for (id, name) in builder.weights().iter().enumerate() {
             let t = model.tensor(name)?;
-            backend.upload_weight(id, name, t)?;
-            done += t.data.as_slice().len() as u64;
+            // A tensor streamed from a byte source is fetched here and dropped after its upload,
+            // so one tensor at a time is in memory; mapped and owned ones are used in place.
+            let t = t.resident()?;
+            backend.upload_weight(id, name, &t)?;
+            done += t.data.len() as u64;
             if let Some(p) = progress {
                 p(done, total);
             }

@@ -172,3 +172,56 @@ fn bad_calls_are_errors() {
     assert!(e.new_session().is_err(), "only one slot was asked for");
     assert!(e.restore_state(&mut s, &[1.0, 2.0]).is_err());
 }
+
+/// A model file in memory read through the `ByteSource` interface (as the browser reads a JS
+/// array), so the engine gets tensors that are fetched only when uploaded.
+struct VecSource(Vec<u8>);
+
+impl rwkv_core::model::ByteSource for VecSource {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> rwkv_core::Result<()> {
+        let part = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.0.get(at..at.checked_add(buf.len())?))
+            .ok_or_else(|| rwkv_core::Error::invalid("read past the end"))?;
+        buf.copy_from_slice(part);
+        Ok(())
+    }
+}
+
+#[test]
+fn streamed_models_upload_and_run_like_in_memory_ones() {
+    use rwkv_core::formats::{self, Format, LoadOptions};
+    let dir = std::env::temp_dir().join(format!("rwkv-conf-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = synth::synth_model(SynthShape::Tiny, DType::F16, 5).expect("synth tiny");
+    let toks = prompt(20, 3);
+    let mut reference = Engine::from_model(&model, &options(BackendChoice::Cpu), None).unwrap();
+    let mut s = reference.new_session().unwrap();
+    let want = reference.feed_all(&mut s, &toks).unwrap();
+    for (format, ext) in [(Format::Gguf, "gguf"), (Format::Safetensors, "st")] {
+        let path = dir.join(format!("m.{ext}"));
+        formats::write(&model, &path, format).unwrap();
+        let source = std::sync::Arc::new(VecSource(std::fs::read(&path).unwrap()));
+        let streamed = formats::load_source(source, "m", &LoadOptions::default()).unwrap();
+        assert!(!streamed.tensors["head.weight"].data.is_resident());
+        for choice in backends() {
+            let mut e = Engine::from_model(&streamed, &options(choice), None).unwrap();
+            let mut s = e.new_session().unwrap();
+            let got = e.feed_all(&mut s, &toks).unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d <= tolerance(choice), "{format} {}: {d}", choice.name());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn options(backend: BackendChoice) -> EngineOptions {
+    EngineOptions {
+        backend,
+        quant: None,
+        max_sessions: 1,
+    }
+}

@@ -214,7 +214,7 @@ pub(crate) fn transpose(path: &Path, name: &str, t: &Tensor) -> Result<Tensor> {
             ),
         )
     })?;
-    let bytes = transpose_bytes(t.data.as_slice(), rows, cols, elem);
+    let bytes = transpose_bytes(&t.data.read()?, rows, cols, elem);
     make_tensor(
         path,
         name,

@@ -12,12 +12,14 @@ use std::sync::Arc;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{split_fused_mixes, RawTensor};
+use crate::formats::{from_source, ByteReader, CountingWriter, HeaderRead, SourceReader};
 use crate::formats::{
     make_tensor, map_file, mapped, plain_elem_bytes, plain_to_f32, write_atomic, write_err,
 };
-use crate::formats::{ByteReader, CountingWriter};
 use crate::model::v7;
-use crate::model::{FileBytes, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
+use crate::model::{
+    ByteSource, FileBytes, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes,
+};
 use crate::tokenizer::Vocab;
 
 /// Tensor data alignment when `general.alignment` is absent.
@@ -33,6 +35,14 @@ const MAX_TENSOR_NAME_BYTES: u64 = 1024;
 const MAX_DIMS: u32 = 4;
 /// Alignment above 1 GiB is certainly corrupt (and would make padding arithmetic absurd).
 const MAX_ALIGNMENT: u64 = 1 << 30;
+/// Largest header (metadata and tensor infos, everything before the data) read from a
+/// [`ByteSource`]. The biggest real ones, a 256k-token vocabulary with its merges, take a few
+/// tens of MB; parsed, a header takes several times its bytes of (wasm) memory, whose whole
+/// budget streaming exists to spare, so anything larger is refused as corrupt or hostile.
+pub const MAX_STREAMED_HEADER_BYTES: u64 = 256 << 20;
+/// Entries reserved up front for metadata and tensor infos; counts from the file only bound
+/// what the file can hold, and a small reserve keeps a bad count from allocating it all.
+const RESERVE_ENTRIES: usize = 4096;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -299,7 +309,14 @@ impl GgufTensorInfo {
     }
 }
 
-/// A parsed GGUF file: header, metadata, tensor infos, and the memory map they point into.
+/// Where a [`GgufFile`]'s tensor data lies.
+enum Backing {
+    Map(Arc<FileBytes>),
+    Source(Arc<dyn ByteSource>),
+}
+
+/// A parsed GGUF file: header, metadata, tensor infos, and the memory map (or byte source) they
+/// point into.
 pub struct GgufFile {
     pub path: PathBuf,
     pub version: u32,
@@ -308,7 +325,7 @@ pub struct GgufFile {
     pub data_start: u64,
     pub kv: Vec<(String, GgufValue)>,
     pub tensors: Vec<GgufTensorInfo>,
-    map: Arc<FileBytes>,
+    backing: Backing,
 }
 
 impl fmt::Debug for GgufFile {
@@ -329,6 +346,15 @@ impl GgufFile {
         parse(path, map)
     }
 
+    /// Parses the header of a GGUF read through `src` (at most [`MAX_STREAMED_HEADER_BYTES`],
+    /// in bounded reads); tensor data stays in the source.
+    pub fn open_source(path: &Path, src: Arc<dyn ByteSource>) -> Result<GgufFile> {
+        let mut r = SourceReader::new(path, src.as_ref(), MAX_STREAMED_HEADER_BYTES);
+        let file_len = r.file_len();
+        let header = parse_header(&mut r, file_len)?;
+        Ok(header.into_file(path, Backing::Source(src)))
+    }
+
     /// The value of metadata `key`.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
         self.kv.iter().find(|(k, _)| k == key).map(|(_, v)| v)
@@ -339,15 +365,22 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The bytes of `t` (a window of the map; ranges were checked at parse time).
+    /// The bytes of `t`: a window of the map or of the source (ranges were checked at parse
+    /// time, against a mapped file's length, which fits usize).
     pub fn tensor_data(&self, t: &GgufTensorInfo) -> TensorBytes {
-        let start = (self.data_start + t.offset) as usize;
-        mapped(&self.map, start..start + t.n_bytes as usize)
+        let start = self.data_start + t.offset;
+        match &self.backing {
+            Backing::Map(map) => mapped(map, start as usize..(start + t.n_bytes) as usize),
+            Backing::Source(src) => from_source(src, start..start + t.n_bytes),
+        }
     }
 
     /// The file's total size in bytes.
     pub fn file_len(&self) -> u64 {
-        self.map.len() as u64
+        match &self.backing {
+            Backing::Map(map) => map.len() as u64,
+            Backing::Source(src) => src.len(),
+        }
     }
 
     /// Reads the llama.cpp `rwkv7` tensors into the canonical model.
@@ -356,12 +389,12 @@ impl GgufFile {
     }
 }
 
-fn read_string(r: &mut ByteReader, max: u64, what: &str) -> Result<String> {
+fn read_string<R: HeaderRead>(r: &mut R, max: u64, what: &str) -> Result<String> {
     let n = r.u64(what)?;
     if n > max {
         return Err(r.err(format!("{what} is {n} bytes long, the limit is {max}")));
     }
-    let b = r.bytes(n, what)?;
+    let b = r.take(n, what)?;
     String::from_utf8(b.to_vec()).map_err(|_| r.err(format!("{what} is not valid UTF-8")))
 }
 
@@ -377,7 +410,7 @@ fn min_value_bytes(ty: u32) -> Option<u64> {
     })
 }
 
-fn read_value(r: &mut ByteReader, ty: u32, key: &str, depth: usize) -> Result<GgufValue> {
+fn read_value<R: HeaderRead>(r: &mut R, ty: u32, key: &str, depth: usize) -> Result<GgufValue> {
     let what = format!("value of '{key}'");
     Ok(match ty {
         0 => GgufValue::U8(r.u8(&what)?),
@@ -397,7 +430,7 @@ fn read_value(r: &mut ByteReader, ty: u32, key: &str, depth: usize) -> Result<Gg
     })
 }
 
-fn read_bool(r: &mut ByteReader, what: &str) -> Result<bool> {
+fn read_bool<R: HeaderRead>(r: &mut R, what: &str) -> Result<bool> {
     match r.u8(what)? {
         0 => Ok(false),
         1 => Ok(true),
@@ -406,13 +439,13 @@ fn read_bool(r: &mut ByteReader, what: &str) -> Result<bool> {
 }
 
 /// String values may come from tokenizers that wrote raw bytes; keep them readable.
-fn read_value_string(r: &mut ByteReader, what: &str) -> Result<String> {
+fn read_value_string<R: HeaderRead>(r: &mut R, what: &str) -> Result<String> {
     let n = r.u64(what)?;
-    let b = r.bytes(n, what)?;
+    let b = r.take(n, what)?;
     Ok(String::from_utf8_lossy(b).into_owned())
 }
 
-fn read_array(r: &mut ByteReader, key: &str, depth: usize) -> Result<GgufArray> {
+fn read_array<R: HeaderRead>(r: &mut R, key: &str, depth: usize) -> Result<GgufArray> {
     if depth > MAX_ARRAY_NESTING {
         return Err(r.err(format!(
             "'{key}' nests arrays deeper than {MAX_ARRAY_NESTING}"
@@ -423,10 +456,10 @@ fn read_array(r: &mut ByteReader, key: &str, depth: usize) -> Result<GgufArray> 
     let count = r.u64(&what)?;
     let min = min_value_bytes(ty)
         .ok_or_else(|| r.err(format!("'{key}' has unknown array element type {ty}")))?;
-    if count > r.remaining() as u64 / min {
+    if count > r.left() / min {
         return Err(r.err(format!(
             "array '{key}' claims {count} elements, more than the {} bytes left can hold",
-            r.remaining()
+            r.left()
         )));
     }
     let n = count as usize;
@@ -458,8 +491,38 @@ fn read_array(r: &mut ByteReader, key: &str, depth: usize) -> Result<GgufArray> 
 
 pub(crate) fn parse(path: &Path, map: Arc<FileBytes>) -> Result<GgufFile> {
     let mut r = ByteReader::new(path, &map);
-    let magic = r.bytes(4, "magic")?;
-    if magic != b"GGUF" {
+    let header = parse_header(&mut r, map.len() as u64)?;
+    Ok(header.into_file(path, Backing::Map(map)))
+}
+
+/// What [`parse_header`] reads: a [`GgufFile`] without its backing.
+struct Header {
+    version: u32,
+    alignment: u64,
+    data_start: u64,
+    kv: Vec<(String, GgufValue)>,
+    tensors: Vec<GgufTensorInfo>,
+}
+
+impl Header {
+    fn into_file(self, path: &Path, backing: Backing) -> GgufFile {
+        GgufFile {
+            path: path.to_path_buf(),
+            version: self.version,
+            alignment: self.alignment,
+            data_start: self.data_start,
+            kv: self.kv,
+            tensors: self.tensors,
+            backing,
+        }
+    }
+}
+
+/// Reads and validates everything before the tensor data, and checks every tensor's data lies
+/// inside the `file_len` bytes of the file without overlapping another.
+fn parse_header<R: HeaderRead>(r: &mut R, file_len: u64) -> Result<Header> {
+    let magic = r.array::<4>("magic")?;
+    if &magic != b"GGUF" {
         return Err(r.err(format!("not a GGUF file (magic {magic:02x?})")));
     }
     let version = r.u32("version")?;
@@ -474,17 +537,17 @@ pub(crate) fn parse(path: &Path, map: Arc<FileBytes>) -> Result<GgufFile> {
     let tensor_count = r.u64("tensor count")?;
     let kv_count = r.u64("metadata count")?;
     // A key-value pair takes at least 13 bytes (empty key, type, 1-byte value).
-    if kv_count > r.remaining() as u64 / 13 {
+    if kv_count > r.left() / 13 {
         return Err(r.err(format!(
             "metadata count {kv_count} is larger than the file can hold"
         )));
     }
-    let mut kv = Vec::with_capacity(kv_count as usize);
+    let mut kv = Vec::with_capacity((kv_count as usize).min(RESERVE_ENTRIES));
     let mut keys = HashSet::new();
     for _ in 0..kv_count {
-        let key = read_string(&mut r, MAX_KEY_BYTES, "metadata key")?;
+        let key = read_string(r, MAX_KEY_BYTES, "metadata key")?;
         let ty = r.u32("metadata value type")?;
-        let value = read_value(&mut r, ty, &key, 0)?;
+        let value = read_value(r, ty, &key, 0)?;
         if !keys.insert(key.clone()) {
             return Err(r.err(format!("metadata key '{key}' appears twice")));
         }
@@ -502,24 +565,23 @@ pub(crate) fn parse(path: &Path, map: Arc<FileBytes>) -> Result<GgufFile> {
         },
     };
     // A tensor info takes at least 32 bytes (empty name, 1 dim, type, offset).
-    if tensor_count > r.remaining() as u64 / 32 {
+    if tensor_count > r.left() / 32 {
         return Err(r.err(format!(
             "tensor count {tensor_count} is larger than the file can hold"
         )));
     }
-    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    let mut tensors = Vec::with_capacity((tensor_count as usize).min(RESERVE_ENTRIES));
     let mut names = HashSet::new();
     for _ in 0..tensor_count {
-        let name = read_string(&mut r, MAX_TENSOR_NAME_BYTES, "tensor name")?;
-        let info = read_tensor_info(&mut r, name, alignment)?;
+        let name = read_string(r, MAX_TENSOR_NAME_BYTES, "tensor name")?;
+        let info = read_tensor_info(r, name, alignment)?;
         if !names.insert(info.name.clone()) {
             return Err(r.err(format!("tensor '{}' appears twice", info.name)));
         }
         tensors.push(info);
     }
-    let info_end = r.pos() as u64;
+    let info_end = r.offset();
     let data_start = info_end.div_ceil(alignment) * alignment;
-    let file_len = map.len() as u64;
     for t in &tensors {
         let end = data_start
             .checked_add(t.offset)
@@ -544,18 +606,20 @@ pub(crate) fn parse(path: &Path, map: Arc<FileBytes>) -> Result<GgufFile> {
             )));
         }
     }
-    Ok(GgufFile {
-        path: path.to_path_buf(),
+    Ok(Header {
         version,
         alignment,
         data_start,
         kv,
         tensors,
-        map,
     })
 }
 
-fn read_tensor_info(r: &mut ByteReader, name: String, alignment: u64) -> Result<GgufTensorInfo> {
+fn read_tensor_info<R: HeaderRead>(
+    r: &mut R,
+    name: String,
+    alignment: u64,
+) -> Result<GgufTensorInfo> {
     let n_dims = r.u32("tensor dimension count")?;
     if n_dims == 0 || n_dims > MAX_DIMS {
         return Err(r.err(format!(
@@ -872,6 +936,12 @@ pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
     parse(path, map)?.to_model()
 }
 
+/// [`read_model`] through a byte source: the header is read, tensors stay in the source
+/// ([`TensorBytes::Source`]); `path` names it in errors.
+pub fn read_model_source(path: &Path, src: Arc<dyn ByteSource>) -> Result<Model> {
+    GgufFile::open_source(path, src)?.to_model()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writer.
 
@@ -975,18 +1045,18 @@ struct OutTensor<'a> {
     data: std::borrow::Cow<'a, [u8]>,
 }
 
-fn out_tensor<'a>(name: String, t: &'a Tensor, squeeze: bool) -> OutTensor<'a> {
+fn out_tensor<'a>(name: String, t: &'a Tensor, squeeze: bool) -> Result<OutTensor<'a>> {
     let dims = if squeeze {
         vec![t.n_elements() as u64]
     } else {
         t.shape.iter().rev().map(|&d| d as u64).collect()
     };
-    OutTensor {
+    Ok(OutTensor {
         name,
         dims,
         dtype: t.dtype,
-        data: std::borrow::Cow::Borrowed(t.data.as_slice()),
-    }
+        data: t.data.read()?,
+    })
 }
 
 /// The six mixes of block `i` fused into `[C,1,1,6]` (one dtype; mixed plain types become f32).
@@ -1011,13 +1081,14 @@ fn fused_mixes(path: &Path, model: &Model, i: usize) -> Result<OutTensor<'static
             first,
             parts
                 .iter()
-                .flat_map(|t| t.data.as_slice().iter().copied())
-                .collect(),
+                .map(|t| t.data.read())
+                .collect::<Result<Vec<_>>>()?
+                .concat(),
         )
     } else {
         let mut b = Vec::with_capacity(6 * c * 4);
         for t in &parts {
-            for v in plain_to_f32(t.dtype, t.data.as_slice()).unwrap_or_default() {
+            for v in plain_to_f32(t.dtype, &t.data.read()?).unwrap_or_default() {
                 b.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -1060,7 +1131,7 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
     }
     let mut out: Vec<OutTensor> = Vec::new();
     for (ours, canon) in GLOBAL_NAMES.iter().take(3) {
-        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false));
+        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false)?);
     }
     for i in 0..d.n_layer {
         out.push(fused_mixes(&model.source, model, i)?);
@@ -1080,11 +1151,11 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
                 format!("blk.{i}.{ours}"),
                 t,
                 is_vector(canon_suffix),
-            ));
+            )?);
         }
     }
     for (ours, canon) in GLOBAL_NAMES.iter().skip(3) {
-        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false));
+        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false)?);
     }
 
     let matrix_type = model.tensor("blocks.0.att.key.weight")?.dtype;

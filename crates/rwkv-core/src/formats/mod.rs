@@ -2,8 +2,10 @@
 //! Each reader validates every count, length and offset against the file before it allocates,
 //! and maps the file's own names and layouts onto the canonical [`Model`].
 //!
-//! Entry points: [`load`] (format detected from the first bytes), [`write`] (GGUF, safetensors,
-//! `.pth`; atomic), [`Format`], and [`gguf::GgufFile`] for reading GGUF metadata.
+//! Entry points: [`load`] (format detected from the first bytes), [`load_bytes`] (a file already
+//! in memory), [`load_source`] (GGUF and safetensors streamed from a [`ByteSource`]: only the
+//! header is read, tensors are fetched when used), [`write`] (GGUF, safetensors, `.pth`; atomic),
+//! [`Format`], and [`gguf::GgufFile`] for reading GGUF metadata.
 
 // The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
 #![allow(clippy::manual_is_multiple_of)]
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::model::FileBytes;
+use crate::model::{ByteSource, FileBytes};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -122,6 +124,14 @@ pub fn detect(path: &Path) -> Result<Format> {
     detect_bytes(path, &head[..got], len)
 }
 
+/// [`detect`] for a file read through `source`; `name` stands for it in errors.
+pub fn detect_source(source: &dyn ByteSource, name: &str) -> Result<Format> {
+    let mut head = [0u8; 9];
+    let n = usize::try_from(source.len()).map_or(head.len(), |len| len.min(head.len()));
+    source.read_at(0, &mut head[..n])?;
+    detect_bytes(Path::new(name), &head[..n], source.len())
+}
+
 fn detect_bytes(path: &Path, head: &[u8], file_len: u64) -> Result<Format> {
     if head.is_empty() {
         return Err(Error::format(path, "file is empty"));
@@ -194,6 +204,33 @@ pub fn load_bytes(bytes: Vec<u8>, name: &str, opts: &LoadOptions) -> Result<Mode
     Ok(model)
 }
 
+/// [`load`] for a file read through `source` (a browser's `Uint8Array` kept outside wasm memory,
+/// for one): GGUF and safetensors only. The header is read in bounded pieces; tensor data is
+/// left in the source ([`TensorBytes::Source`]) and fetched by whoever uses it, so a caller that
+/// uploads one tensor at a time (and drops it) holds about one tensor in memory, never the file.
+/// Tensors the readers rearrange (safetensors LoRA transposes) and those `opts.quant` converts
+/// are fetched here and kept in memory. `name` stands for the file in errors.
+pub fn load_source(source: Arc<dyn ByteSource>, name: &str, opts: &LoadOptions) -> Result<Model> {
+    let path = Path::new(name);
+    let format = detect_source(source.as_ref(), name)?;
+    let mut model = match format {
+        Format::Gguf => gguf::read_model_source(path, source)?,
+        Format::Safetensors => safetensors::read_model_source(path, source)?,
+        Format::Pth | Format::RwkvCpp => {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{format} files cannot be streamed (only GGUF and safetensors); load them with load_bytes"
+                ),
+            ))
+        }
+    };
+    model.format = format.name();
+    v7::validate(&model)?;
+    finish_tensors(&mut model, opts)?;
+    Ok(model)
+}
+
 /// Applies `opts.quant` to the large matrices and reports progress over all tensor bytes.
 fn finish_tensors(model: &mut Model, opts: &LoadOptions) -> Result<()> {
     let total = model.total_bytes();
@@ -206,7 +243,7 @@ fn finish_tensors(model: &mut Model, opts: &LoadOptions) -> Result<()> {
     report(0);
     let source = model.source.clone();
     for (name, tensor) in model.tensors.iter_mut() {
-        let n_bytes = tensor.data.as_slice().len() as u64;
+        let n_bytes = tensor.data.len() as u64;
         if let Some(target) = opts.quant {
             if v7::is_large_matrix(name) && tensor.dtype != target {
                 *tensor = convert_tensor(&source, name, tensor, target)?;
@@ -256,7 +293,7 @@ fn convert_tensor_chunked(
     let chunk_rows = (chunk_values / cols.max(1)).clamp(1, rows.max(1));
     let mut bytes = Vec::with_capacity(target.row_bytes(cols).unwrap_or(0).saturating_mul(rows));
     let mut values = Vec::new();
-    let src = tensor.data.as_slice();
+    let src = tensor.data.read().map_err(|e| fail(e.to_string()))?;
     for first in (0..rows).step_by(chunk_rows) {
         let n = chunk_rows.min(rows - first);
         values.resize(n * cols, 0f32);
@@ -314,9 +351,22 @@ pub(crate) fn mapped(map: &Arc<FileBytes>, range: Range<usize>) -> TensorBytes {
     }
 }
 
-/// `len` bytes of `data` from `start`, keeping a map a map. The caller checks bounds.
+/// The window `range` of `src` as tensor bytes (the caller has checked the range).
+pub(crate) fn from_source(src: &Arc<dyn ByteSource>, range: Range<u64>) -> TensorBytes {
+    TensorBytes::Source {
+        src: Arc::clone(src),
+        range,
+    }
+}
+
+/// `len` bytes of `data` from `start`, keeping a map a map and a source a source. The caller
+/// checks bounds.
 pub(crate) fn sub_bytes(data: &TensorBytes, start: usize, len: usize) -> TensorBytes {
     match data {
+        TensorBytes::Source { src, range } => {
+            let s = range.start + start as u64;
+            from_source(src, s..s + len as u64)
+        }
         TensorBytes::Mapped { map, range } => {
             let s = range.start + start;
             TensorBytes::Mapped {
@@ -421,31 +471,144 @@ impl<'a> ByteReader<'a> {
             ))),
         }
     }
+}
+
+/// Bounds-checked little-endian reads of a file header, from bytes in memory ([`ByteReader`]) or
+/// streamed from a [`ByteSource`] ([`SourceReader`]), so one parser serves both.
+pub(crate) trait HeaderRead {
+    fn path(&self) -> &Path;
+    /// Offset of the next byte in the file.
+    fn offset(&self) -> u64;
+    /// Bytes still readable: the rest of the file, or less where the reader caps a header.
+    fn left(&self) -> u64;
+    /// The next `n` bytes (`n` straight from the file, so u64) or a truncation error.
+    fn take(&mut self, n: u64, what: &str) -> Result<&[u8]>;
+
+    fn err(&self, what: impl Into<String>) -> Error {
+        Error::format(self.path(), what)
+    }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let s = self.bytes(N as u64, what)?;
+        let s = self.take(N as u64, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
-
-    pub fn u8(&mut self, what: &str) -> Result<u8> {
+    fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.array::<1>(what)?[0])
     }
-    pub fn u16(&mut self, what: &str) -> Result<u16> {
+    fn u16(&mut self, what: &str) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
-    pub fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    pub fn i32(&mut self, what: &str) -> Result<i32> {
+    fn i32(&mut self, what: &str) -> Result<i32> {
         Ok(i32::from_le_bytes(self.array(what)?))
     }
-    pub fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: &str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
-    pub fn i64(&mut self, what: &str) -> Result<i64> {
+    fn i64(&mut self, what: &str) -> Result<i64> {
         Ok(i64::from_le_bytes(self.array(what)?))
+    }
+}
+
+impl HeaderRead for ByteReader<'_> {
+    fn path(&self) -> &Path {
+        self.path
+    }
+    fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+    fn left(&self) -> u64 {
+        self.remaining() as u64
+    }
+    fn take(&mut self, n: u64, what: &str) -> Result<&[u8]> {
+        self.bytes(n, what)
+    }
+}
+
+/// Bytes fetched from the source per refill of [`SourceReader`]'s window: small next to any
+/// tensor, large enough that a header of many small fields costs few reads.
+const SOURCE_WINDOW_BYTES: usize = 64 << 10;
+
+/// [`HeaderRead`] over a [`ByteSource`]: reads the header front to back through a window of
+/// about [`SOURCE_WINDOW_BYTES`], never past `header_cap` bytes from the start of the file.
+pub(crate) struct SourceReader<'a> {
+    path: &'a Path,
+    src: &'a dyn ByteSource,
+    /// End of the readable part: the file's length or `header_cap`, whichever is smaller.
+    end: u64,
+    header_cap: u64,
+    pos: u64,
+    /// Bytes `window_start..window_start + window.len()` of the source.
+    window: Vec<u8>,
+    window_start: u64,
+}
+
+impl<'a> SourceReader<'a> {
+    pub fn new(path: &'a Path, src: &'a dyn ByteSource, header_cap: u64) -> Self {
+        SourceReader {
+            path,
+            src,
+            end: src.len().min(header_cap),
+            header_cap,
+            pos: 0,
+            window: Vec::new(),
+            window_start: 0,
+        }
+    }
+
+    /// The source's total length (the header reader stops earlier).
+    pub fn file_len(&self) -> u64 {
+        self.src.len()
+    }
+}
+
+impl HeaderRead for SourceReader<'_> {
+    fn path(&self) -> &Path {
+        self.path
+    }
+    fn offset(&self) -> u64 {
+        self.pos
+    }
+    fn left(&self) -> u64 {
+        self.end - self.pos
+    }
+    fn take(&mut self, n: u64, what: &str) -> Result<&[u8]> {
+        let left = self.left();
+        if n > left {
+            let why = if self.end < self.src.len() {
+                format!("the header may take at most {} bytes", self.header_cap)
+            } else {
+                format!("only {left} left")
+            };
+            let pos = self.pos;
+            return Err(self.err(format!(
+                "truncated: {what} needs {n} bytes at offset {pos}, {why}"
+            )));
+        }
+        // n <= left <= header_cap, which fits usize (a cap of a few hundred MiB at most).
+        let n_us = n as usize;
+        let window_end = self.window_start + self.window.len() as u64;
+        if self.pos < self.window_start || self.pos + n > window_end {
+            // Keep the unread tail of the old window, read the rest of the new one.
+            let want = n_us.max(SOURCE_WINDOW_BYTES).min(left as usize);
+            let mut next = Vec::with_capacity(want);
+            if self.pos >= self.window_start && self.pos < window_end {
+                next.extend_from_slice(&self.window[(self.pos - self.window_start) as usize..]);
+            }
+            let have = next.len();
+            next.resize(want, 0);
+            self.src
+                .read_at(self.pos + have as u64, &mut next[have..])?;
+            self.window = next;
+            self.window_start = self.pos;
+        }
+        let at = (self.pos - self.window_start) as usize;
+        self.pos += n;
+        Ok(&self.window[at..at + n_us])
     }
 }
 

@@ -211,7 +211,7 @@ pub fn write_with(model: &Model, path: &Path, force_zip64: bool) -> Result<()> {
         z.add("archive/data.pkl", &pkl).map_err(&io)?;
         z.add("archive/byteorder", b"little").map_err(&io)?;
         for (i, (_, t)) in tensors.iter().enumerate() {
-            z.add(&format!("archive/data/{i}"), t.data.as_slice())
+            z.add(&format!("archive/data/{i}"), &t.data.read()?)
                 .map_err(&io)?;
         }
         z.add("archive/version", b"3\n").map_err(&io)?;

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::formats::canonical::{
     detect_version, model_from_official, unsupported_version, Layout, RawTensor,
 };
-use crate::formats::{map_file, mapped, ByteReader};
+use crate::formats::{map_file, mapped, ByteReader, HeaderRead};
 use crate::model::{FileBytes, Model, RwkvVersion};
 
 const MAGIC: u32 = 0x6767_6d66;

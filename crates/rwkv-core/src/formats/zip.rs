@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::formats::ByteReader;
+use crate::formats::{ByteReader, HeaderRead};
 
 const EOCD_SIG: u32 = 0x0605_4b50;
 const EOCD64_SIG: u32 = 0x0606_4b50;

@@ -8,6 +8,7 @@
 
 pub mod v7;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -112,8 +113,30 @@ impl std::ops::Deref for FileBytes {
     }
 }
 
-/// Bytes of a tensor: a window of a memory-mapped file (a large file is never held twice) or
-/// bytes made at load (transposed, split, converted or quantized tensors).
+/// Random access to the bytes of a model file that is not held whole in memory: a browser's
+/// `Uint8Array` outside wasm memory, a file read with `pread`, a network range request.
+/// [`crate::formats::load_source`] reads only the header through it; tensor data stays there
+/// ([`TensorBytes::Source`]) until [`TensorBytes::read`] fetches it.
+///
+/// `Send + Sync` so that a [`Model`] stays `Send + Sync` whatever its tensors are backed by.
+/// Sources over single-threaded objects (a JS value in wasm) assert it for themselves; see
+/// rwkv-web's `JsBytes`.
+pub trait ByteSource: Send + Sync {
+    /// Total bytes.
+    fn len(&self) -> u64;
+
+    /// Fills `buf` with the bytes at `offset..offset + buf.len()`; an error (never a short read)
+    /// when that range is not inside `0..len()`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bytes of a tensor: a window of a memory-mapped file (a large file is never held twice), bytes
+/// made at load (transposed, split, converted or quantized tensors), or a window of a
+/// [`ByteSource`] not yet fetched.
 #[derive(Clone)]
 pub enum TensorBytes {
     Mapped {
@@ -121,18 +144,82 @@ pub enum TensorBytes {
         range: Range<usize>,
     },
     Owned(Arc<Vec<u8>>),
+    /// Bytes `range` of `src`, fetched by [`TensorBytes::read`] each time they are needed.
+    Source {
+        src: Arc<dyn ByteSource>,
+        range: Range<u64>,
+    },
 }
 
 impl TensorBytes {
+    /// The bytes of a resident tensor (`Mapped` or `Owned`).
+    ///
+    /// # Panics
+    /// On `Source` bytes, which are not in memory: use [`TensorBytes::read`], or
+    /// [`Tensor::resident`] before handing a tensor to code that wants a slice (backends).
     pub fn as_slice(&self) -> &[u8] {
         match self {
             TensorBytes::Mapped { map, range } => &map[range.clone()],
             TensorBytes::Owned(v) => v,
+            TensorBytes::Source { range, .. } => panic!(
+                "TensorBytes::as_slice on source bytes {range:?}: call read() or Tensor::resident() first"
+            ),
         }
     }
+
+    /// The bytes: borrowed when resident (no copy), fetched from the source otherwise.
+    pub fn read(&self) -> Result<Cow<'_, [u8]>> {
+        match self {
+            TensorBytes::Mapped { .. } | TensorBytes::Owned(_) => {
+                Ok(Cow::Borrowed(self.as_slice()))
+            }
+            TensorBytes::Source { src, range } => {
+                let n = source_window_len(src.as_ref(), range)?;
+                // Checked against the source's length above, so this allocation is bounded by
+                // what the source really holds.
+                let mut buf = vec![0u8; n];
+                src.read_at(range.start, &mut buf)?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// Byte count (without fetching anything).
+    pub fn len(&self) -> usize {
+        match self {
+            TensorBytes::Mapped { range, .. } => range.len(),
+            TensorBytes::Owned(v) => v.len(),
+            // Never matches a real tensor's size when it does not fit: Tensor::new refuses it.
+            TensorBytes::Source { range, .. } => {
+                usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the bytes are in memory (`as_slice` works).
+    pub fn is_resident(&self) -> bool {
+        !matches!(self, TensorBytes::Source { .. })
+    }
+
     pub fn owned(v: Vec<u8>) -> Self {
         TensorBytes::Owned(Arc::new(v))
     }
+}
+
+/// Length of `range` of `src`, checked to lie inside the source and to fit in memory.
+fn source_window_len(src: &dyn ByteSource, range: &Range<u64>) -> Result<usize> {
+    let len = src.len();
+    if range.start > range.end || range.end > len {
+        return Err(Error::invalid(format!(
+            "tensor bytes {range:?} lie outside the {len}-byte source"
+        )));
+    }
+    usize::try_from(range.end - range.start)
+        .map_err(|_| Error::invalid(format!("tensor bytes {range:?} do not fit in memory")))
 }
 
 impl std::fmt::Debug for TensorBytes {
@@ -140,12 +227,13 @@ impl std::fmt::Debug for TensorBytes {
         match self {
             TensorBytes::Mapped { range, .. } => write!(f, "Mapped({range:?})"),
             TensorBytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            TensorBytes::Source { range, .. } => write!(f, "Source({range:?})"),
         }
     }
 }
 
 /// One stored tensor. `shape` is row-major with the innermost (contiguous) dimension last;
-/// `data.as_slice().len() == dtype.tensor_bytes(&shape)` always holds (checked at construction).
+/// `data.len() == dtype.tensor_bytes(&shape)` always holds (checked at construction).
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub dtype: DType,
@@ -161,7 +249,7 @@ impl Tensor {
                 "{dtype} tensor of shape {shape:?} is not whole blocks or too large"
             ))
         })?;
-        let got = data.as_slice().len();
+        let got = data.len();
         if want != got {
             return Err(Error::invalid(format!(
                 "{dtype} tensor of shape {shape:?} needs {want} bytes, has {got}"
@@ -190,8 +278,23 @@ impl Tensor {
     /// be read row by row.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.n_elements()];
-        crate::quant::dequantize(self.dtype, self.data.as_slice(), &mut out)?;
+        crate::quant::dequantize(self.dtype, &self.data.read()?, &mut out)?;
         Ok(out)
+    }
+
+    /// This tensor with its bytes in memory: itself (borrowed, nothing copied) when resident,
+    /// else a copy with the bytes fetched from its source. Backends take resident tensors; the
+    /// caller drops the copy after the upload so only one tensor is in memory at a time.
+    pub fn resident(&self) -> Result<Cow<'_, Tensor>> {
+        if self.data.is_resident() {
+            return Ok(Cow::Borrowed(self));
+        }
+        let bytes = self.data.read()?.into_owned();
+        Ok(Cow::Owned(Tensor::new(
+            self.dtype,
+            self.shape.clone(),
+            TensorBytes::owned(bytes),
+        )?))
     }
 }
 
@@ -227,9 +330,6 @@ impl Model {
 
     /// Bytes of all tensor data.
     pub fn total_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|t| t.data.as_slice().len() as u64)
-            .sum()
+        self.tensors.values().map(|t| t.data.len() as u64).sum()
     }
 }

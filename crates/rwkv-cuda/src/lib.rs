@@ -1362,7 +1362,9 @@ impl Backend for CudaBackend {
                 self.weights.len()
             )));
         }
-        let data = tensor.data.as_slice();
+        // Streamed tensors (TensorBytes::Source) are fetched here; in-memory ones are borrowed.
+        let data = tensor.data.read()?;
+        let data: &[u8] = &data;
         let w = match tensor.shape.len() {
             1 => {
                 let n = tensor.shape[0];

@@ -111,7 +111,9 @@ pub(crate) enum DeviceWeight {
 
 /// Stored values of a tensor as f32 (for vectors and for dtypes without a device format).
 pub(crate) fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
-    let bytes = t.data.as_slice();
+    // Streamed tensors (TensorBytes::Source) are fetched here; in-memory ones are borrowed.
+    let data = t.data.read()?;
+    let bytes: &[u8] = &data;
     match t.dtype {
         DType::F32 => Ok(bytes
             .chunks_exact(4)
@@ -139,8 +141,9 @@ pub(crate) fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
 pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceMatrix> {
     let (rows, cols) = t.rows_cols();
     let converted;
+    let stored = t.data.read()?;
     let (kind, bytes, dtype): (PackedKind, &[u8], DType) = match PackedKind::for_dtype(t.dtype) {
-        Some(k) => (k, t.data.as_slice(), t.dtype),
+        Some(k) => (k, &stored, t.dtype),
         None => {
             // Exact in f32 (every ggml quant value is d·q or d·q+m with an f16 d), 8x the memory.
             let values = to_f32(name, t)?;

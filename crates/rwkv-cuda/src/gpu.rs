@@ -284,7 +284,11 @@ impl Gpu {
                 }
             }
         }
+        // Tens of seconds on first use of a build: say so instead of looking hung.
+        eprintln!("rwkv-cuda: compiling kernels for {arch} with NVRTC (first run of this build; cached afterwards)");
+        let t0 = std::time::Instant::now();
         let image = compile(&src, &arch)?;
+        eprintln!("rwkv-cuda: kernels compiled in {:.1} s", t0.elapsed().as_secs_f64());
         self.load_image(&image)?;
         self.kernel_cache = "compiled now".into();
         if let Some(p) = path {

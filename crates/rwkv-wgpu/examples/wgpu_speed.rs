@@ -1,7 +1,8 @@
 //! Step speed of the WebGPU backend on a synthetic model (not a test: numbers for NOTES.md).
 //!
 //! `cargo run --release -p rwkv-wgpu --example wgpu_speed -- [shape] [dtype] [steps] [n_seq] [n_tok] [plain]`
-//! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16 and subgroups off; `profile` adds GPU
+//! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16, subgroups and cooperative
+//! matrices off (`RWKV_WGPU_COOP=0` only the latter); `profile` adds GPU
 //! time per op kind (timestamp queries) for one step.
 
 use std::time::Instant;
@@ -28,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if plain {
         options.allow_f16 = false;
         options.allow_subgroups = false;
+        options.allow_coop = false;
     }
     let mut backend = WgpuBackend::new(options)?;
     let builder = PlanBuilder::new(&model.desc);
@@ -58,13 +60,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = start.elapsed().as_secs_f64();
     let info = backend.info();
     println!(
-        "{} (f16 {}, subgroups {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
+        "{} (f16 {}, subgroups {}, coop {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
         info.device,
         backend.uses_f16(),
         backend.uses_subgroups(),
+        backend.uses_coop(),
         secs * 1e3 / steps as f64,
         (steps * n_seq * n_tok) as f64 / secs
     );
+    for f in backend.kernel_fallbacks() {
+        println!("kernel fallback: {f}");
+    }
     if profile {
         let times = backend.profile_step(plan, &tokens, &slots)?;
         let mut by_kind: Vec<(String, f64, usize)> = Vec::new();

@@ -41,6 +41,11 @@ pub struct WgpuOptions {
     pub allow_f16: bool,
     /// Use subgroup operations when the adapter has them.
     pub allow_subgroups: bool,
+    /// Use cooperative matrices (tensor cores, wgpu's experimental
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, native only) for products of many rows when the adapter
+    /// offers 16x16x16 f16 -> f32 tiles and subgroups of 32. The environment variable
+    /// `RWKV_WGPU_COOP=0` also turns them off.
+    pub allow_coop: bool,
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
@@ -54,6 +59,7 @@ impl Default for WgpuOptions {
             adapter: AdapterChoice::default(),
             allow_f16: true,
             allow_subgroups: true,
+            allow_coop: true,
             max_binding_bytes: None,
             wait_timeout: Duration::from_secs(120),
         }
@@ -72,6 +78,10 @@ pub struct AdapterReport {
     pub driver: String,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// Cooperative matrices usable by the kernels (see [`WgpuOptions::allow_coop`]).
+    pub cooperative_matrix: bool,
+    /// The adapter's cooperative-matrix configurations, e.g. "16x16x16 F16->F32".
+    pub cooperative_matrix_configs: Vec<String>,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
     pub max_buffer_size: u64,
@@ -98,6 +108,8 @@ fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
             .to_string(),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
+        cooperative_matrix: coop_capable(adapter),
+        cooperative_matrix_configs: coop_configs(adapter),
         subgroup_min_size: info.subgroup_min_size,
         subgroup_max_size: info.subgroup_max_size,
         max_buffer_size: limits.max_buffer_size,
@@ -107,6 +119,65 @@ fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
         features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+    }
+}
+
+/// The adapter's cooperative-matrix configurations as "MxNxK AB->CR".
+fn coop_configs(adapter: &wgpu::Adapter) -> Vec<String> {
+    if !adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return Vec::new();
+    }
+    adapter
+        .cooperative_matrix_properties()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}x{}x{} {:?}->{:?}",
+                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+            )
+        })
+        .collect()
+}
+
+/// Whether matmul_coop.wgsl can run on `adapter`: cooperative matrices with 16x16x16
+/// f16 x f16 -> f32 tiles, shader-f16, subgroups, and a subgroup size of exactly 32 (the kernel's
+/// 128 invocations must be 4 subgroups, each owning 2x2 output fragments). Never in the browser.
+fn coop_capable(adapter: &wgpu::Adapter) -> bool {
+    if cfg!(target_arch = "wasm32") {
+        return false;
+    }
+    let features = adapter.features();
+    let info = adapter.get_info();
+    features.contains(
+        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP,
+    ) && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+}
+
+/// `RWKV_WGPU_COOP=0` (or "off", "false") turns cooperative matrices off, for A/B measurements.
+fn coop_env_allows() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        !matches!(
+            std::env::var("RWKV_WGPU_COOP").as_deref(),
+            Ok("0") | Ok("off") | Ok("false")
+        )
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        false
     }
 }
 
@@ -132,6 +203,8 @@ pub(crate) struct Gpu {
     pub limits: wgpu::Limits,
     pub f16: bool,
     pub subgroups: bool,
+    /// Cooperative matrices (matmul_coop.wgsl) for products of many rows.
+    pub coop: bool,
     pub timestamps: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
@@ -193,6 +266,20 @@ impl Gpu {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
+        let coop =
+            options.allow_coop && f16 && subgroups && coop_env_allows() && coop_capable(&adapter);
+        let mut experimental_features = wgpu::ExperimentalFeatures::disabled();
+        if coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: wgpu gates experimental features behind this token because their
+            // validation may be incomplete (a bad shader could misbehave instead of being
+            // rejected). Only matmul_coop.wgsl uses cooperative matrices; its loads and stores
+            // address workgroup memory at fixed in-bounds offsets (every fragment lies inside
+            // its tile, checked by the naga test), and the device's storage accesses keep
+            // wgpu's usual bounds checks. It is never requested in the browser, and
+            // `allow_coop: false` / RWKV_WGPU_COOP=0 leave it off.
+            experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         // Pass-level timestamps, for WgpuBackend::profile_step only.
         let timestamps = have.contains(wgpu::Features::TIMESTAMP_QUERY);
         if timestamps {
@@ -205,6 +292,7 @@ impl Gpu {
                 label: Some("rwkv-wgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
+                experimental_features,
                 ..Default::default()
             })
             .await
@@ -239,6 +327,7 @@ impl Gpu {
             limits,
             f16,
             subgroups,
+            coop,
             timestamps,
             max_binding,
             wait_timeout: options.wait_timeout,

@@ -18,6 +18,7 @@ const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
+const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
@@ -46,6 +47,10 @@ pub(crate) enum Kernel {
     MatMul(PackedKind, u32, u32),
     /// 256 invocations per workgroup, a tile of 64 output columns x 16·`tm` activation rows.
     MatMulTiled(PackedKind, u32),
+    /// Cooperative-matrix (tensor core) product: 128 invocations = 4 subgroups of 32, a tile of
+    /// 64 output columns x 64 activation rows, f16 operands, f32 accumulation. Same parameters
+    /// and grid as `MatMulTiled(_, 4)`, which replaces it when the device rejects the module.
+    MatMulCoop(PackedKind),
     /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z;
     /// this many products at once.
     MatVecQ4K(u32),
@@ -66,6 +71,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     let (body, decode, reduce) = match kernel {
         Kernel::MatMul(k, _, _) => (MATMUL, Some(k), true),
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
+        Kernel::MatMulCoop(k) => (MATMUL_COOP, Some(k), false),
         Kernel::MatVecQ4K(_) => (MATVEC_Q4K, None, true),
         Kernel::MatMulNarrow(k, _) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
@@ -75,10 +81,14 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
     };
+    let coop = matches!(kernel, Kernel::MatMulCoop(_));
     let native_f16 = f16 && decode == Some(PackedKind::F16);
     let mut s = String::new();
-    if native_f16 {
+    if native_f16 || coop {
         s.push_str("enable f16;\n");
+    }
+    if coop {
+        s.push_str("enable wgpu_cooperative_matrix;\n");
     }
     s.push_str(COMMON);
     let jobs = match kernel {
@@ -123,6 +133,19 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     }
     if let Kernel::MatMulTiled(_, tm) = kernel {
         s = s.replace("MM_TM", &tm.to_string());
+    }
+    if coop {
+        // The subgroup's index picks its fragments; it must be the same for the whole subgroup
+        // (cooperative operations are per subgroup). Without the builtin, 32 consecutive
+        // invocations are assumed to form a subgroup.
+        let (builtin, id) = if subgroups {
+            (", @builtin(subgroup_id) sg_id: u32", "sg_id")
+        } else {
+            ("", "lid / 32u")
+        };
+        s = s
+            .replace("COOP_SG_BUILTIN", builtin)
+            .replace("COOP_SG_ID", id);
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;
@@ -215,6 +238,16 @@ impl Kernels {
         let plain = source(kernel, false, false);
         let pipeline = match compile(gpu, kernel, &fast).await {
             Ok(p) => p,
+            // The tensor-core kernel is experimental in wgpu: a rejected module runs the tiled
+            // kernel with the same tile, parameters and grid instead.
+            Err(e) if matches!(kernel, Kernel::MatMulCoop(_)) => {
+                self.fallbacks.push(format!("{kernel:?}: {e}"));
+                let Kernel::MatMulCoop(k) = kernel else {
+                    return Err(e);
+                };
+                let tiled = source(Kernel::MatMulTiled(k, 4), gpu.subgroups, gpu.f16);
+                compile(gpu, Kernel::MatMulTiled(k, 4), &tiled).await?
+            }
             // A shader compiler that rejects a feature it advertised must not cost the device.
             Err(e) if fast != plain => {
                 self.fallbacks.push(format!("{kernel:?}: {e}"));
@@ -247,4 +280,83 @@ async fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePi
             })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [PackedKind; 6] = [
+        PackedKind::F32,
+        PackedKind::F16,
+        PackedKind::BF16,
+        PackedKind::Q8_0,
+        PackedKind::Q4K,
+        PackedKind::Q6K,
+    ];
+
+    /// Parses and validates `src` as naga (the WGSL compiler inside wgpu) would on a device with
+    /// cooperative matrices, shader-f16 and subgroups, then writes it as SPIR-V (what wgpu hands
+    /// a Vulkan driver) to catch constructs the back end cannot express.
+    fn validate(label: &str, src: &str) -> naga::Module {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+        let caps = naga::valid::Capabilities::COOPERATIVE_MATRIX
+            | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | naga::valid::Capabilities::SUBGROUP;
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+        validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+        validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        let info = match validator.validate(&module) {
+            Ok(info) => info,
+            Err(e) => panic!("{label}: {}", e.emit_to_string(src)),
+        };
+        let options = naga::back::spv::Options {
+            lang_version: (1, 3),
+            ..Default::default()
+        };
+        let spirv = naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+        assert!(
+            spirv.len() > 100,
+            "{label}: SPIR-V of {} words",
+            spirv.len()
+        );
+        module
+    }
+
+    #[test]
+    fn coop_kernel_parses_and_validates_for_every_dtype() {
+        for kind in KINDS {
+            for (subgroups, f16) in [(true, true), (false, true), (false, false)] {
+                let kernel = Kernel::MatMulCoop(kind);
+                let src = source(kernel, subgroups, f16);
+                assert!(src.starts_with("enable f16;\nenable wgpu_cooperative_matrix;\n"));
+                assert!(!src.contains("COOP_SG"), "unreplaced placeholder");
+                let module = validate(&format!("{kernel:?} sg {subgroups} f16 {f16}"), &src);
+                // Workgroup memory within what plan.rs checks against the device limit.
+                let bytes: u32 = module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                    .sum();
+                assert_eq!(bytes, crate::plan::COOP_WORKGROUP_BYTES, "{kernel:?}");
+                let ep = &module.entry_points[0];
+                assert_eq!(ep.workgroup_size, [128, 1, 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_kernel_still_validates() {
+        // The coop kernel's fallback on a device that rejects it.
+        for kind in KINDS {
+            for (subgroups, f16) in [(true, true), (false, false)] {
+                let kernel = Kernel::MatMulTiled(kind, 4);
+                validate(&format!("{kernel:?}"), &source(kernel, subgroups, f16));
+            }
+        }
+    }
 }

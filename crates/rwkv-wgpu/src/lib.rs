@@ -92,6 +92,15 @@ impl WgpuBackend {
     pub fn uses_subgroups(&self) -> bool {
         self.gpu.subgroups
     }
+    /// Kernels whose fast variant the device rejected, with the reason (they run a plain or
+    /// tiled variant instead): for diagnostics and A/B measurements.
+    pub fn kernel_fallbacks(&self) -> &[String] {
+        &self.kernels.fallbacks
+    }
+    /// Whether products of many rows run on cooperative matrices (tensor cores) on this device.
+    pub fn uses_coop(&self) -> bool {
+        self.gpu.coop
+    }
 
     /// Device buffers holding weight `id` (more than one when it was split to fit the binding
     /// limit; 0 for vectors or unknown ids). For diagnostics and tests.
@@ -282,6 +291,7 @@ impl WgpuBackend {
                 ),
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
+                ("cooperative_matrix".into(), g.coop.to_string()),
                 ("timestamps".into(), g.timestamps.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
                 (

@@ -60,15 +60,25 @@ fn logits_of(b: &mut WgpuBackend, p: &Plan, tokens: &[u32], slots: &[usize]) -> 
     out
 }
 
-/// Backends with their optional features, without them, and both with a 16 KiB binding cap.
+/// Options of the f32 kernels' tests: cooperative matrices (f16 operands, tested on their own
+/// by `matmul_coop_*`) off.
+fn f32_options() -> WgpuOptions {
+    WgpuOptions {
+        allow_coop: false,
+        ..Default::default()
+    }
+}
+
+/// Backends with their optional features (but not cooperative matrices), without them, and both
+/// with a 16 KiB binding cap.
 fn all_backends() -> Vec<(String, WgpuBackend)> {
-    let mut v = backends(WgpuOptions::default());
+    let mut v = backends(f32_options());
     if v.is_empty() {
         return v;
     }
     for (label, b) in backends(WgpuOptions {
         max_binding_bytes: Some(16 << 10),
-        ..Default::default()
+        ..f32_options()
     }) {
         v.push((format!("{label}, 16 KiB bindings"), b));
     }
@@ -118,7 +128,7 @@ fn matmul_tiled_every_dtype_with_bias_act_and_accumulate() {
 
 /// A backend like the one `label` names (features or plain, 16 KiB bindings or not).
 fn new_like(label: &str) -> WgpuBackend {
-    let mut options = WgpuOptions::default();
+    let mut options = f32_options();
     if label.contains("16 KiB") {
         options.max_binding_bytes = Some(16 << 10);
     }
@@ -137,9 +147,22 @@ fn matmul_case(
     n_tok: usize,
     col_sizes: impl Fn(bool) -> Vec<usize>,
 ) {
+    matmul_case_n(backends, n_tok, 150, col_sizes)
+}
+
+/// [`matmul_case`] with `n_out` output columns. On a backend using cooperative matrices (rows
+/// from 16) the products have f16 operands; the tolerance is then (see `coop_tolerance`)
+/// 2e-3 of the sum of |products| instead of 2e-6.
+fn matmul_case_n(
+    backends: Vec<(String, WgpuBackend)>,
+    n_tok: usize,
+    n_out: usize,
+    col_sizes: impl Fn(bool) -> Vec<usize>,
+) {
     let seed = seed();
-    let (vocab, n_out) = (11usize, 150usize);
+    let vocab = 11usize;
     for (label, mut b) in backends {
+        let coop = b.uses_coop() && n_tok >= 16;
         let capped = label.contains("16 KiB");
         for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
             let short = match dtype {
@@ -204,10 +227,21 @@ fn matmul_case(
                 b.alloc_states(1, 4).expect("states");
                 let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
                 let got = logits_of(&mut b, &p, &tokens, &[0]);
+                // A device that rejected the coop module runs the tiled kernel instead (under
+                // the coop name): that must not pass as a test of the coop kernel.
+                if coop {
+                    let fell_back: Vec<_> = b
+                        .kernel_fallbacks()
+                        .iter()
+                        .filter(|f| f.starts_with("MatMulCoop"))
+                        .collect();
+                    assert!(fell_back.is_empty(), "{label}: {fell_back:?}");
+                }
                 // The kernel that ran: per-row (narrow for short rows) or tiled by row count.
                 let id = b.compile(&p).expect("compile");
                 if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
                     let want_kernel = match (n_tok >= 8, cols <= 128) {
+                        _ if coop => "MatMulCoop(",
                         (true, _) => "MatMulTiled(",
                         (false, _) if dtype == DType::Q4K => "MatVecQ4K",
                         (false, true) => "MatMulNarrow(",
@@ -239,15 +273,22 @@ fn matmul_case(
                 for &t in &tokens {
                     let x = &table[t as usize * cols..][..cols];
                     for o in 0..n_out {
-                        let (mut s1, mut s2, mut mag) = (0f64, 0f64, 0f64);
+                        let (mut s1, mut s2, mut mag, mut operands) = (0f64, 0f64, 0f64, 0f64);
                         for k in 0..cols {
                             s1 += w[o * cols + k] as f64 * x[k] as f64;
                             s2 += w2[o * cols + k] as f64 * x[k] as f64;
                             mag += (w[o * cols + k] as f64 * x[k] as f64).abs()
                                 + (w2[o * cols + k] as f64 * x[k] as f64).abs();
+                            operands += (w[o * cols + k] as f64).abs()
+                                + (w2[o * cols + k] as f64).abs()
+                                + 2.0 * (x[k] as f64).abs();
                         }
                         want.push(Act::Sigmoid.apply((s1 + bias[o] as f64) as f32) + s2 as f32);
-                        tol.push(2e-6 * mag as f32 + 1e-5);
+                        tol.push(if coop {
+                            coop_tolerance(cols, mag, operands)
+                        } else {
+                            2e-6 * mag as f32 + 1e-5
+                        });
                     }
                 }
                 let (d, _) = max_abs_diff(&got, &want);
@@ -275,6 +316,39 @@ fn matmul_case(
                 }
             }
         }
+    }
+}
+
+/// Error bound of a cooperative-matrix product (f16 operands, f32 accumulation) of `cols` terms
+/// whose |products| sum to `mag` and |operands| to `operands`. Each operand is rounded to f16:
+/// WGSL allows either neighbour, so a relative error up to 2^-10 each and 2·2^-10 + 2^-20 <
+/// 1.96e-3 per product; f32 accumulation adds at most `cols`·2^-23 of `mag`; operands below
+/// f16's normal range (6.1e-5) are rounded to multiples of 2^-24 instead, at most 2^-24 times the
+/// other operand (below 10 in these tests, the largest Q4_K value): 6e-7 per unit of
+/// `operands`. The activation (sigmoid, slope <= 1/4) does not grow the error.
+fn coop_tolerance(cols: usize, mag: f64, operands: f64) -> f32 {
+    ((1.96e-3 + cols as f64 * 1.2e-7) * mag + 6e-7 * operands + 1e-5) as f32
+}
+
+#[test]
+fn matmul_coop_every_dtype_with_bias_act_and_accumulate() {
+    // The tensor-core kernel (matmul_coop.wgsl) where the device has cooperative matrices:
+    // 16 rows (one partial 64-row tile), 64 (one whole), 70 (a whole and a partial), 512 (8);
+    // 150 and 480 output columns (neither a multiple of the 64-column tile); 256 and 512
+    // columns, plus 40 (F32/F16/BF16: K not a multiple of 32, a zero-filled tail) and 96 (Q8_0).
+    let probe = backends(WgpuOptions::default());
+    let Some((label, b)) = probe.into_iter().next() else {
+        return;
+    };
+    if !b.uses_coop() {
+        println!("SKIPPED: {label} has no cooperative matrices (f16 x f16 -> f32, 16x16x16)");
+        return;
+    }
+    for (n_tok, n_out) in [(16, 150), (64, 480), (70, 150), (512, 480)] {
+        let fresh = WgpuBackend::new(WgpuOptions::default()).expect("backend");
+        matmul_case_n(vec![(label.clone(), fresh)], n_tok, n_out, |_| {
+            vec![256, 512]
+        });
     }
 }
 

@@ -58,15 +58,17 @@ pub fn backends(options: WgpuOptions) -> Vec<(String, WgpuBackend)> {
     let plain = WgpuOptions {
         allow_f16: false,
         allow_subgroups: false,
+        allow_coop: false,
         ..options.clone()
     };
     for (label, opts) in [("features", options), ("plain", plain)] {
         match WgpuBackend::new(opts) {
             Ok(b) => {
                 let label = format!(
-                    "{label} (f16 {}, subgroups {})",
+                    "{label} (f16 {}, subgroups {}, coop {})",
                     b.uses_f16(),
-                    b.uses_subgroups()
+                    b.uses_subgroups(),
+                    b.uses_coop()
                 );
                 out.push((label, b));
             }

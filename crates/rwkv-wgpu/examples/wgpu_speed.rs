@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p rwkv-wgpu --example wgpu_speed -- [shape] [dtype] [steps] [n_seq] [n_tok] [plain]`
 //! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16, subgroups and cooperative
-//! matrices off (`RWKV_WGPU_COOP=0` only the latter); `profile` adds GPU
+//! matrices off (`RWKV_WGPU_COOP=0` only the latter; `emulate` runs the
+//! cooperative-matrix kernel emulated where the device has none, slowly: a dry run); `profile` adds GPU
 //! time per op kind (timestamp queries) for one step.
 
 use std::time::Instant;
@@ -23,9 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_tok: usize = arg(4, "1").parse()?;
     let plain = args.iter().any(|a| a == "plain");
     let profile = args.iter().any(|a| a == "profile");
+    let emulate = args.iter().any(|a| a == "emulate");
 
     let model = synth_model(shape, dtype, 1)?;
-    let mut options = WgpuOptions::default();
+    let mut options = WgpuOptions {
+        emulate_coop: emulate,
+        ..Default::default()
+    };
     if plain {
         options.allow_f16 = false;
         options.allow_subgroups = false;

@@ -46,6 +46,10 @@ pub struct WgpuOptions {
     /// offers 16x16x16 f16 -> f32 tiles and subgroups of 32. The environment variable
     /// `RWKV_WGPU_COOP=0` also turns them off.
     pub allow_coop: bool,
+    /// Runs the cooperative-matrix kernel with its tensor-core operations emulated in plain WGSL
+    /// (slow; needs shader-f16 only), so tests exercise that path on any device. Not for use.
+    #[doc(hidden)]
+    pub emulate_coop: bool,
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
@@ -60,6 +64,7 @@ impl Default for WgpuOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_coop: true,
+            emulate_coop: false,
             max_binding_bytes: None,
             wait_timeout: Duration::from_secs(120),
         }
@@ -205,6 +210,8 @@ pub(crate) struct Gpu {
     pub subgroups: bool,
     /// Cooperative matrices (matmul_coop.wgsl) for products of many rows.
     pub coop: bool,
+    /// ... emulated in plain WGSL (`WgpuOptions::emulate_coop`).
+    pub coop_emulated: bool,
     pub timestamps: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
@@ -268,6 +275,7 @@ impl Gpu {
         }
         let coop =
             options.allow_coop && f16 && subgroups && coop_env_allows() && coop_capable(&adapter);
+        let coop_emulated = !coop && options.emulate_coop && f16;
         let mut experimental_features = wgpu::ExperimentalFeatures::disabled();
         if coop {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -327,7 +335,8 @@ impl Gpu {
             limits,
             f16,
             subgroups,
-            coop,
+            coop: coop || coop_emulated,
+            coop_emulated,
             timestamps,
             max_binding,
             wait_timeout: options.wait_timeout,

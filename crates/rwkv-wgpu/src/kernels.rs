@@ -19,6 +19,7 @@ const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
+const COOP_EMULATED: &str = include_str!("../shaders/coop_emulated.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
@@ -156,6 +157,33 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     s
 }
 
+/// `MatMulCoop(kind)` with its cooperative-matrix operations replaced by plain WGSL
+/// (coop_emulated.wgsl): the same tiles, decoding, f16 rounding and output code, runnable on any
+/// device with shader-f16, so tests cover everything around the tensor-core calls.
+pub(crate) fn coop_emulated_source(kind: PackedKind) -> String {
+    let real = source(Kernel::MatMulCoop(kind), false, true);
+    let rewrites = [
+        ("enable wgpu_cooperative_matrix;\n", ""),
+        ("coop_mat16x16<f32, C>()", "array<f32, 8>()"),
+        ("coopLoadT<coop_mat16x16<f16, A>>(&x_tile[", "("),
+        ("coopLoad<coop_mat16x16<f16, B>>(&w_tile[", "("),
+        ("], AS)", ")"),
+        ("coopMultiplyAdd(", "emu_mma("),
+        ("coopStoreT(", "emu_store("),
+        (", &c_tile[", ", "),
+        ("], CS)", ")"),
+        (
+            "    let sg = lid / 32u;",
+            "    emu_lane = lid % 32u;\n    let sg = lid / 32u;",
+        ),
+    ];
+    let mut s = real;
+    for (from, to) in rewrites {
+        s = s.replace(from, to);
+    }
+    s + COOP_EMULATED
+}
+
 /// Rewrites a matrix kernel for `jobs` weight bindings: `wq` stays binding 1 (job 0), jobs 1.. get
 /// bindings 4.., and every `wq[i]` becomes `wload(i)`, which reads the current job's binding.
 fn with_job_bindings(src: &str, jobs: u32) -> String {
@@ -234,7 +262,10 @@ impl Kernels {
         if let Some(p) = self.pipelines.get(&kernel) {
             return Ok(p.clone());
         }
-        let fast = source(kernel, gpu.subgroups, gpu.f16);
+        let fast = match kernel {
+            Kernel::MatMulCoop(kind) if gpu.coop_emulated => coop_emulated_source(kind),
+            _ => source(kernel, gpu.subgroups, gpu.f16),
+        };
         let plain = source(kernel, false, false);
         let pipeline = match compile(gpu, kernel, &fast).await {
             Ok(p) => p,
@@ -346,6 +377,30 @@ mod tests {
                 let ep = &module.entry_points[0];
                 assert_eq!(ep.workgroup_size, [128, 1, 1]);
             }
+        }
+    }
+
+    #[test]
+    fn emulated_coop_kernel_validates_without_cooperative_matrices() {
+        for kind in KINDS {
+            let src = coop_emulated_source(kind);
+            let code: String = src
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect();
+            for gone in ["coop", "&x_tile", "&w_tile", "&c_tile", "COOP_SG"] {
+                assert!(
+                    !code.contains(gone),
+                    "{kind:?}: '{gone}' left in the emulation"
+                );
+            }
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{kind:?}: {}", e.emit_to_string(&src)));
+            let caps = naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{kind:?}: {}", e.emit_to_string(&src)));
         }
     }
 

@@ -74,7 +74,7 @@ fn tiny_models_match_the_cpu_backend() {
                 slots: vec![4, 1],
             },
         ];
-        for (label, mut gpu) in backends(WgpuOptions::default()) {
+        for (label, mut gpu) in with_emulated_coop(backends(WgpuOptions::default())) {
             // Prefill products of 16 rows run with f16 operands on cooperative matrices.
             let (logit_tol, state_tol) = if gpu.uses_coop() {
                 (COOP_TOL, COOP_TOL)

@@ -84,6 +84,24 @@ pub fn backends(options: WgpuOptions) -> Vec<(String, WgpuBackend)> {
     out
 }
 
+/// `list` plus, where its first backend has no cooperative matrices but has shader-f16, one
+/// that runs the cooperative-matrix kernel with those operations emulated in plain WGSL.
+pub fn with_emulated_coop(mut list: Vec<(String, WgpuBackend)>) -> Vec<(String, WgpuBackend)> {
+    let emulate = list
+        .first()
+        .is_some_and(|(_, b)| !b.uses_coop() && b.uses_f16());
+    if emulate {
+        let options = WgpuOptions {
+            emulate_coop: true,
+            ..Default::default()
+        };
+        if let Ok(b) = WgpuBackend::new(options) {
+            list.push(("coop emulated".to_string(), b));
+        }
+    }
+    list
+}
+
 pub fn f16_bits(v: f32) -> [u8; 2] {
     half::f16::from_f32(v).to_le_bytes()
 }

@@ -54,14 +54,17 @@ fn tiled_rows_per_invocation(gpu: &Gpu, rows: usize) -> Option<u32> {
 /// Activation rows from which matrix products use the cooperative-matrix kernel when the device
 /// has it (matmul_coop.wgsl, 64-row tiles): below, most of a tile would multiply zeros.
 const COOP_MIN_ROWS: usize = 16;
-/// Workgroup memory of matmul_coop.wgsl: two 64x40 f16 tiles and a 64x68 f32 staging tile.
-pub(crate) const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
+/// Workgroup memory of matmul_coop.wgsl: two pairs of 64x40 f16 tiles (double buffering) and a
+/// 32x68 f32 staging tile.
+pub(crate) const COOP_WORKGROUP_BYTES: u32 = 2 * 2 * 64 * 40 * 2 + 32 * 68 * 4;
 
-/// Whether a product of `rows` activation rows runs on cooperative matrices.
-fn use_coop(gpu: &Gpu, rows: usize) -> bool {
+/// Whether a product of `rows` activation rows of `cols` values runs on cooperative matrices
+/// (the kernel reads activations as vec4: rows must be whole vec4, as arena offsets are).
+fn use_coop(gpu: &Gpu, rows: usize, cols: usize) -> bool {
     let l = &gpu.limits;
     gpu.coop
         && rows >= COOP_MIN_ROWS
+        && cols.is_multiple_of(4)
         && l.max_compute_invocations_per_workgroup >= 128
         && l.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
 }
@@ -547,7 +550,7 @@ impl Compiled {
                         // Invocations per row: no more than the row has units (short rows of
                         // small models); the rest of the 64 take further rows.
                         let tpr = units.next_power_of_two().clamp(16, 64);
-                        let coop = use_coop(gpu, plan.rows_of(j.x));
+                        let coop = use_coop(gpu, plan.rows_of(j.x), m.cols);
                         let (kernel, rows_per_group, tiles) = match tiled_tm {
                             // Same tile of 64 x 64 and parameters as the tiled kernel at TM = 4.
                             _ if coop => (

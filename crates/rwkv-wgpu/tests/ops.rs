@@ -162,7 +162,6 @@ fn matmul_case_n(
     let seed = seed();
     let vocab = 11usize;
     for (label, mut b) in backends {
-        let coop = b.uses_coop() && n_tok >= 16;
         let capped = label.contains("16 KiB");
         for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
             let short = match dtype {
@@ -171,6 +170,7 @@ fn matmul_case_n(
                 _ => Some(40),
             };
             for cols in col_sizes(capped).into_iter().chain(short) {
+                let coop = b.uses_coop() && n_tok >= 16 && cols % 4 == 0;
                 let mut rng =
                     Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64 ^ (n_tok as u64) << 20);
                 let table = rng.vec(vocab * cols, -1.0, 1.0);

@@ -974,7 +974,6 @@ fn job_table(jobs: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn push_matmul(
     gpu: &mut Gpu,
     launches: &mut Vec<Launch>,
@@ -1285,7 +1284,13 @@ fn sparse_mode() -> Option<Option<usize>> {
 /// Whether a MatMul job takes the zero-skipping product: batch 1, Q4_K, no bias or activation,
 /// and an input produced by a relu² product (the channel mix's value matrix), whose zeros are
 /// what it skips. The result does not depend on this choice beyond rounding.
-fn sparse_eligible(plan: &Plan, j: &MatJob, dtype: GpuDType, in_dim: usize, out_dim: usize) -> bool {
+fn sparse_eligible(
+    plan: &Plan,
+    j: &MatJob,
+    dtype: GpuDType,
+    in_dim: usize,
+    out_dim: usize,
+) -> bool {
     dtype == GpuDType::Q4K
         && in_dim % 256 == 0
         && out_dim % 8 == 0

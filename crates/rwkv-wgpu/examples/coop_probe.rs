@@ -178,5 +178,7 @@ async fn run() {
         .zip(&want)
         .map(|(g, w)| (g - w).abs())
         .fold(0f32, f32::max);
-    println!("16x16x16 f16 -> f32 tile: max |GPU - CPU| = {err:.3e} (f32 accumulation: ~1e-6 expected)");
+    println!(
+        "16x16x16 f16 -> f32 tile: max |GPU - CPU| = {err:.3e} (f32 accumulation: ~1e-6 expected)"
+    );
 }

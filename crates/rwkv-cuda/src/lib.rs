@@ -642,8 +642,9 @@ impl CudaBackend {
                         launches.push(Launch {
                             name: format!("wkv7_scan_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_scan_{head}"))?,
-                            grid: (h as u32, shape.n_seq as u32, 1),
-                            block: (4 * head as u32, 1, 1),
+                            // wkv7.cu's WKV_SCAN_ROWS rows of S per block.
+                            grid: (h as u32, shape.n_seq as u32, (head / 16).max(1) as u32),
+                            block: (64, 1, 1),
                             smem: 0,
                             args: vec![args.clone()],
                         });

@@ -44,53 +44,91 @@ __device__ __forceinline__ void store_row(float* S, const float (&st)[N]) {
     for (int q = 0; q < N; q += 4) *(float4*)(S + q) = make_float4(st[q], st[q + 1], st[q + 2], st[q + 3]);
 }
 
-// Block of max(N, 32) threads; threads p >= N only take part in reductions.
+// Decode (one token per sequence). Block of 4N threads: thread t < N computes the per-channel
+// quantities of channel t (k normalisation, modified k, kk*a, the v mix) into shared memory;
+// four consecutive lanes own row p = t/4 of S, N/4 columns each, so the two dot products per
+// row are chains of N/4 (two shuffles join the quarters) instead of N; the row's output is then
+// group-normed over the head's rows. (One thread per row, 64 columns in a chain: 5.9 us per
+// layer on 1.5B.) The staged vectors use the scan's bank-padded quarter layout.
 template <int N>
 __device__ void wkv7_fused(const WkvArgs& A) {
     pdl_trigger();
     pdl_wait();
-    __shared__ float sr[N], sw[N], sk[N], skk[N], sb[N];
+    constexpr int Q = N / 4;
+    constexpr int QP = Q + 4;
+    __shared__ __align__(16) float sh[5][4 * QP];  // r, w, k, -kk, kk*a
+    __shared__ float sv[N];
     __shared__ float red[32];
-    int h = blockIdx.x, s = blockIdx.y, p = threadIdx.x;
-    bool on = p < N;
-    int c = h * N + (on ? p : 0);
-    float* S = A.state + (long long)A.slots[s] * A.state_len + A.s_off + (long long)h * N * N + (long long)(on ? p : 0) * N;
-    float st[N];
-    if (on) load_row<N>(S, st);
-    float kkw = A.k_k[c], ka = A.k_a[c], rk = A.r_k[c], lw = A.ln_w[c], lb = A.ln_b[c];
-    for (int t = 0; t < A.n_tok; t++) {
-        long long idx = ((long long)s * A.n_tok + t) * A.C + c;
-        float r = A.r[idx], w = A.w[idx], k = A.k[idx], v = A.v[idx], a = A.a[idx], g = A.g[idx];
-        if (A.v_mix) {
-            v = v + (A.v_first[idx] - v) * A.v_mix[idx];
-        } else if (on) {
-            A.v_first[idx] = v;
+    int h = blockIdx.x, s = blockIdx.y, t = threadIdx.x;
+    int p = t >> 2, part = t & 3;
+    bool col = t < N;
+    int c = h * N + (col ? t : 0);
+    int crow = h * N + p;
+    float* S = A.state + (long long)A.slots[s] * A.state_len + A.s_off + (long long)h * N * N + (long long)p * N + part * Q;
+    float st[Q];
+    load_row<Q>(S, st);
+    float kkw = col ? A.k_k[c] : 0.0f, ka = col ? A.k_a[c] : 0.0f, rk = col ? A.r_k[c] : 0.0f;
+    float lw = A.ln_w[crow], lb = A.ln_b[crow];
+    int d = (t / Q) * QP + t % Q;  // column t's slot in the padded layout
+    for (int tok = 0; tok < A.n_tok; tok++) {
+        long long base = ((long long)s * A.n_tok + tok) * A.C;
+        float r = 0.0f, w = 0.0f, k = 0.0f, v = 0.0f, a = 0.0f;
+        if (col) {
+            long long idx = base + c;
+            r = A.r[idx];
+            w = A.w[idx];
+            k = A.k[idx];
+            v = A.v[idx];
+            a = A.a[idx];
+            if (A.v_mix) v = v + (A.v_first[idx] - v) * A.v_mix[idx];
+            else A.v_first[idx] = v;
         }
         float kk = k * kkw;
-        float nrm = sqrtf(block_sum(on ? kk * kk : 0.0f, red));
+        float nrm = sqrtf(block_sum(kk * kk, red));
         kk = kk / fmaxf(nrm, 1e-12f);
         k = k * (1.0f + (a - 1.0f) * ka);
-        if (on) { sr[p] = r; sw[p] = w; sk[p] = k; skk[p] = -kk; sb[p] = kk * a; }
-        __syncthreads();
-        float y = 0.0f;
-        if (on) {
-            float sa = 0.0f;
-#pragma unroll
-            for (int q = 0; q < N; q++) sa += st[q] * skk[q];
-#pragma unroll
-            for (int q = 0; q < N; q++) {
-                st[q] = st[q] * sw[q] + sa * sb[q] + v * sk[q];
-                y += st[q] * sr[q];
-            }
+        if (col) {
+            sh[0][d] = r;
+            sh[1][d] = w;
+            sh[2][d] = k;
+            sh[3][d] = -kk;
+            sh[4][d] = kk * a;
+            sv[t] = v;
         }
-        float mean = block_sum(on ? y : 0.0f, red) / (float)N;
+        float bonus = block_sum(r * k * rk, red);  // its barriers publish the stores above
+        float vp = sv[p];
+        float r_[Q], w_[Q], k_[Q], kk_[Q], b_[Q];
+#pragma unroll
+        for (int q = 0; q < Q; q += 4) {
+            int o = part * QP + q;
+            float4 x;
+            x = *(const float4*)&sh[3][o]; kk_[q] = x.x; kk_[q + 1] = x.y; kk_[q + 2] = x.z; kk_[q + 3] = x.w;
+            x = *(const float4*)&sh[1][o]; w_[q] = x.x; w_[q + 1] = x.y; w_[q + 2] = x.z; w_[q + 3] = x.w;
+            x = *(const float4*)&sh[4][o]; b_[q] = x.x; b_[q + 1] = x.y; b_[q + 2] = x.z; b_[q + 3] = x.w;
+            x = *(const float4*)&sh[2][o]; k_[q] = x.x; k_[q + 1] = x.y; k_[q + 2] = x.z; k_[q + 3] = x.w;
+            x = *(const float4*)&sh[0][o]; r_[q] = x.x; r_[q + 1] = x.y; r_[q + 2] = x.z; r_[q + 3] = x.w;
+        }
+        float sa = 0.0f;
+#pragma unroll
+        for (int q = 0; q < Q; q++) sa += st[q] * kk_[q];
+        sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+        sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+        float y = 0.0f;
+#pragma unroll
+        for (int q = 0; q < Q; q++) {
+            st[q] = st[q] * w_[q] + sa * b_[q] + vp * k_[q];
+            y += st[q] * r_[q];
+        }
+        y += __shfl_xor_sync(0xffffffffu, y, 1);
+        y += __shfl_xor_sync(0xffffffffu, y, 2);
+        // GroupNorm over the head's rows: one lane per row contributes.
+        float mean = block_sum(part == 0 ? y : 0.0f, red) / (float)N;
         float dv = y - mean;
-        float var = block_sum(on ? dv * dv : 0.0f, red) / (float)N;
-        float bonus = block_sum(on ? r * k * rk : 0.0f, red);
-        if (on) A.out[idx] = ((dv * rsqrtf(var + A.gn_eps)) * lw + lb + bonus * v) * g;
+        float var = block_sum(part == 0 ? dv * dv : 0.0f, red) / (float)N;
+        if (part == 0) A.out[base + crow] = ((dv * rsqrtf(var + A.gn_eps)) * lw + lb + bonus * vp) * A.g[base + crow];
         __syncthreads();
     }
-    if (on) store_row<N>(S, st);
+    store_row<Q>(S, st);
 }
 
 // Prefill, before the scan: per (head, row): v mix / v_first, -kk, kk*a, modified k, bonus.

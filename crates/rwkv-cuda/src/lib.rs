@@ -623,7 +623,8 @@ impl CudaBackend {
                             name: format!("wkv7_fused_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_fused_{head}"))?,
                             grid: (h as u32, shape.n_seq as u32, 1),
-                            block: (wide, 1, 1),
+                            // Four lanes per row of S (wkv7.cu).
+                            block: (4 * head as u32, 1, 1),
                             smem: 0,
                             args: vec![args],
                         });

@@ -20,6 +20,7 @@ const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
+const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
@@ -40,6 +41,15 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
     }
 }
 
+/// Float weights for `matvec_float.wgsl`: (values per vec4<u32>, its `mv_decode`).
+fn matvec_decode(kind: PackedKind) -> (u32, &'static str) {
+    match kind {
+        PackedKind::F16 => (8, include_str!("../shaders/mv_decode_f16.wgsl")),
+        PackedKind::BF16 => (8, include_str!("../shaders/mv_decode_bf16.wgsl")),
+        _ => (4, include_str!("../shaders/mv_decode_f32.wgsl")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     /// 64 invocations per workgroup, `tpr` of them per output row; `jobs` products at once.
@@ -49,6 +59,9 @@ pub(crate) enum Kernel {
     /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z;
     /// this many products at once.
     MatVecQ4K(u32),
+    /// Float (F32 / F16 / BF16) matrix-vector product: 256 invocations, a power of two of them
+    /// per output row (per job), 4 activation rows per z; `jobs` products.
+    MatVec(PackedKind, u32),
     /// One invocation per output row, for rows of at most NARROW_UNITS units; `jobs` products.
     MatMulNarrow(PackedKind, u32),
     Embed(PackedKind),
@@ -67,6 +80,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::MatMul(k, _, _) => (MATMUL, Some(k), true),
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
         Kernel::MatVecQ4K(_) => (MATVEC_Q4K, None, true),
+        Kernel::MatVec(_, _) => (MATVEC_FLOAT, None, false),
         Kernel::MatMulNarrow(k, _) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
@@ -82,7 +96,10 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     }
     s.push_str(COMMON);
     let jobs = match kernel {
-        Kernel::MatMul(_, _, j) | Kernel::MatMulNarrow(_, j) | Kernel::MatVecQ4K(j) => Some(j),
+        Kernel::MatMul(_, _, j)
+        | Kernel::MatMulNarrow(_, j)
+        | Kernel::MatVecQ4K(j)
+        | Kernel::MatVec(_, j) => Some(j),
         _ => None,
     };
     if let Some(j) = jobs {
@@ -98,7 +115,13 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     if let Some(k) = decode {
         s.push_str(decode_source(k, native_f16));
     }
-    s.push_str(body);
+    if let Kernel::MatVec(k, _) = kernel {
+        let (vals, decode) = matvec_decode(k);
+        s.push_str(decode);
+        s.push_str(&body.replace("MV_VALS", &vals.to_string()));
+    } else {
+        s.push_str(body);
+    }
     let (builtins, args) = if subgroups && reduce {
         (
             "@builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \

@@ -51,6 +51,33 @@ fn tiled_rows_per_invocation(gpu: &Gpu, rows: usize) -> Option<u32> {
         .find(|&tm| bytes(tm) <= l.max_compute_workgroup_storage_size)
 }
 
+/// Invocations of one float matrix-vector workgroup (WG in matvec_float.wgsl).
+const MATVEC_FLOAT_WG: usize = 256;
+
+/// Invocations per output row of the float matrix-vector kernel (matvec_float.wgsl) for rows of
+/// `cols` values, or `None` where it does not apply: other dtypes, columns not a multiple of 4
+/// (its vec4 activation loads), or a device below WebGPU's default workgroup size.
+/// One 16-byte weight word per invocation where the row allows (a power of two covering the
+/// row's words, at most the workgroup): LoRA up rows of 64..480 f16 values get 8..64 lanes.
+fn matvec_float_lanes(gpu: &Gpu, kind: PackedKind, cols: usize) -> Option<usize> {
+    let values_per_word = match kind {
+        PackedKind::F32 => 4,
+        PackedKind::F16 | PackedKind::BF16 => 8,
+        _ => return None,
+    };
+    if !cols.is_multiple_of(4)
+        || (gpu.limits.max_compute_invocations_per_workgroup as usize) < MATVEC_FLOAT_WG
+        || (gpu.limits.max_compute_workgroup_size_x as usize) < MATVEC_FLOAT_WG
+    {
+        return None;
+    }
+    Some(
+        cols.div_ceil(values_per_word)
+            .next_power_of_two()
+            .min(MATVEC_FLOAT_WG),
+    )
+}
+
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
 const MAX_JOBS: usize = 4;
 
@@ -60,6 +87,7 @@ fn with_jobs(kernel: Kernel, jobs: u32) -> Option<Kernel> {
         Kernel::MatMul(k, tpr, _) => Some(Kernel::MatMul(k, tpr, jobs)),
         Kernel::MatMulNarrow(k, _) => Some(Kernel::MatMulNarrow(k, jobs)),
         Kernel::MatVecQ4K(_) => Some(Kernel::MatVecQ4K(jobs)),
+        Kernel::MatVec(k, _) => Some(Kernel::MatVec(k, jobs)),
         _ => None,
     }
 }
@@ -532,19 +560,29 @@ impl Compiled {
                         // Invocations per row: no more than the row has units (short rows of
                         // small models); the rest of the 64 take further rows.
                         let tpr = units.next_power_of_two().clamp(16, 64);
-                        let (kernel, rows_per_group, tiles) = match tiled_tm {
-                            Some(tm) => (
+                        let matvec_lanes = matvec_float_lanes(gpu, m.kind, m.cols);
+                        // Word 11 of the parameters: units per row, or the float matrix-vector
+                        // kernel's invocations per row.
+                        let mut word11 = units;
+                        let (kernel, rows_per_group, tiles) = match (tiled_tm, matvec_lanes) {
+                            (Some(tm), _) => (
                                 Kernel::MatMulTiled(m.kind, tm),
                                 TILED_COLS,
                                 plan.rows_of(j.x).div_ceil(16 * tm as usize) as u64,
                             ),
                             // Q4_K rows are whole 256-value blocks; arena offsets are
                             // multiples of 4 values, as its vec4 activation loads need.
-                            None if m.kind == PackedKind::Q4K => {
+                            (None, _) if m.kind == PackedKind::Q4K => {
                                 (Kernel::MatVecQ4K(1), MATVEC_ROWS, plan.rows_of(j.x) as u64)
                             }
-                            None if narrow => (Kernel::MatMulNarrow(m.kind, 1), 64, tiles),
-                            None => (Kernel::MatMul(m.kind, tpr as u32, 1), 64 / tpr, tiles),
+                            (None, Some(lanes)) => {
+                                word11 = lanes;
+                                (Kernel::MatVec(m.kind, 1), MATVEC_FLOAT_WG / lanes, tiles)
+                            }
+                            (None, None) if narrow => (Kernel::MatMulNarrow(m.kind, 1), 64, tiles),
+                            (None, None) => {
+                                (Kernel::MatMul(m.kind, tpr as u32, 1), 64 / tpr, tiles)
+                            }
                         };
                         for ch in &m.chunks {
                             let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
@@ -568,7 +606,7 @@ impl Compiled {
                                         act_code(j.act),
                                         j.accumulate as u32,
                                         gx,
-                                        u32_of(units, "units")?,
+                                        u32_of(word11, "units")?,
                                     ]),
                                     binds: vec![
                                         Bind::Weight(ch.buffer.clone()),

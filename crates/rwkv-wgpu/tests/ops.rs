@@ -142,12 +142,13 @@ fn matmul_case(
     for (label, mut b) in backends {
         let capped = label.contains("16 KiB");
         for (di, dtype) in QUANT_DTYPES.into_iter().enumerate() {
-            let short = match dtype {
-                DType::Q8_0 => Some(96),
-                DType::Q4K | DType::Q6K => None,
-                _ => Some(40),
+            // Float rows of 42 columns (not a multiple of 4) keep the per-row kernels.
+            let short: &[usize] = match dtype {
+                DType::Q8_0 => &[96],
+                DType::Q4K | DType::Q6K => &[],
+                _ => &[40, 42],
             };
-            for cols in col_sizes(capped).into_iter().chain(short) {
+            for cols in col_sizes(capped).into_iter().chain(short.iter().copied()) {
                 let mut rng =
                     Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64 ^ (n_tok as u64) << 20);
                 let table = rng.vec(vocab * cols, -1.0, 1.0);
@@ -207,9 +208,11 @@ fn matmul_case(
                 // The kernel that ran: per-row (narrow for short rows) or tiled by row count.
                 let id = b.compile(&p).expect("compile");
                 if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
+                    let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
                     let want_kernel = match (n_tok >= 8, cols <= 128) {
                         (true, _) => "MatMulTiled(",
                         (false, _) if dtype == DType::Q4K => "MatVecQ4K",
+                        (false, _) if float && cols % 4 == 0 => "MatVec(",
                         (false, true) => "MatMulNarrow(",
                         (false, false) => "MatMul(",
                     };
@@ -272,6 +275,113 @@ fn matmul_case(
                         b.weight_buffers(0) > 1,
                         "{label} {dtype}: the table was not split"
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_up_projections_share_one_matvec_dispatch() {
+    // The four LoRA up-projections of an RWKV-7 layer ([C, rank], ranks 64, 96, 32 and 480
+    // here; C = 204 is not a multiple of 4, so output stores straddle vec4 words) in one MatMul
+    // op: the float matrix-vector kernel with 8..64 invocations per row, one dispatch for all
+    // four (asserted), each with its own bias / activation, at 1 and 6 activation rows (two
+    // tiles of 4), against f64.
+    let seed = seed();
+    let (vocab, c) = (13usize, 204usize);
+    let ranks = [64usize, 96, 32, 480];
+    let acts = [Act::Decay, Act::Sigmoid, Act::None, Act::Tanh];
+    for (label, mut b) in all_backends() {
+        for (di, dtype) in [DType::F16, DType::F32, DType::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rng = Rng::new(seed ^ 0x10_7a ^ (di as u64) << 8);
+            let mut weights = Vec::new();
+            let mut tables = Vec::new();
+            let mut mats = Vec::new();
+            let mut biases = Vec::new();
+            for (j, &rank) in ranks.iter().enumerate() {
+                let table = rng.vec(vocab * rank, -1.0, 1.0);
+                let w_bytes = random_blocks(&mut rng, dtype, c * rank);
+                let bias = rng.vec(c, -0.5, 0.5);
+                weights.push((format!("emb{j}"), f32_tensor(vec![vocab, rank], &table)));
+                weights.push((
+                    format!("up{j}"),
+                    tensor(dtype, vec![c, rank], w_bytes.clone()),
+                ));
+                weights.push((format!("bias{j}"), f32_tensor(vec![c], &bias)));
+                tables.push(table);
+                mats.push(dequant(dtype, &w_bytes));
+                biases.push(bias);
+            }
+            upload_all(&mut b, &weights);
+            let mut buffers: Vec<BufferDecl> = ranks
+                .iter()
+                .enumerate()
+                .map(|(j, &r)| buf(&format!("l{j}"), r, false))
+                .collect();
+            buffers.extend((0..4).map(|j| buf(&format!("out{j}"), c, false)));
+            let mut ops: Vec<Op> = (0..4)
+                .map(|j| Op::Embed {
+                    table: 3 * j,
+                    out: j,
+                })
+                .collect();
+            ops.push(Op::MatMul {
+                jobs: (0..4)
+                    .map(|j| MatJob {
+                        weight: 3 * j + 1,
+                        x: j,
+                        out: 4 + j,
+                        bias: Some(3 * j + 2),
+                        act: acts[j],
+                        accumulate: false,
+                    })
+                    .collect(),
+            });
+            b.alloc_states(1, 4).expect("states");
+            for n_tok in [1usize, 6] {
+                let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+                for j in 0..4 {
+                    let shape = StepShape { n_seq: 1, n_tok };
+                    let p = plan(shape, buffers.clone(), &weights, ops.clone(), 4 + j);
+                    let got = logits_of(&mut b, &p, &tokens, &[0]);
+                    let rank = ranks[j];
+                    let mut worst = 0f32;
+                    for (t, &tok) in tokens.iter().enumerate() {
+                        let x = &tables[j][tok as usize * rank..][..rank];
+                        for o in 0..c {
+                            let (mut sum, mut mag) = (biases[j][o] as f64, 0f64);
+                            for (k, &xv) in x.iter().enumerate() {
+                                let p = mats[j][o * rank + k] as f64 * xv as f64;
+                                sum += p;
+                                mag += p.abs();
+                            }
+                            let want = acts[j].apply(sum as f32);
+                            let d = (got[t * c + o] - want).abs();
+                            worst = worst.max(d);
+                            assert!(
+                                d <= 2e-6 * mag as f32 + 1e-5,
+                                "{label} {dtype} up {j} (rank {rank}), row {t}, out {o}: got {} \
+                                 want {want}",
+                                got[t * c + o]
+                            );
+                        }
+                    }
+                    println!("{label} {dtype} rank {rank}, {n_tok} rows: max abs diff {worst:.3e}");
+                    if j == 0 && !label.contains("16 KiB") {
+                        let id = b.compile(&p).expect("compile");
+                        if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
+                            let mm = &times[4];
+                            assert_eq!(
+                                (mm.kernel.as_str(), mm.dispatches),
+                                (format!("MatVec({dtype:?}, 4)").as_str(), 1),
+                                "{label}: the four ups did not share one dispatch"
+                            );
+                        }
+                    }
                 }
             }
         }

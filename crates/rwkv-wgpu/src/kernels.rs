@@ -24,6 +24,7 @@ const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
+const LN_SHIFT: &str = include_str!("../shaders/ln_shift.wgsl");
 const TOKEN_SHIFT: &str = include_str!("../shaders/token_shift.wgsl");
 const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
@@ -40,6 +41,16 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
         PackedKind::Q6K => include_str!("../shaders/decode_q6k.wgsl"),
     }
 }
+
+/// The token-shift register of `ln_shift.wgsl` (params 7 reg_off, 8 state_stride), or none.
+const SHIFT_STATE: &str = "@group(0) @binding(3) var<storage, read_write> state: array<vec4<f32>>;
+fn reg_at(seq: u32, i: u32) -> u32 { return (seq * prm(8u) + prm(7u)) / 4u + i; }
+fn reg_load(seq: u32, i: u32) -> vec4<f32> { return state[reg_at(seq, i)]; }
+fn reg_store(seq: u32, i: u32, v: vec4<f32>) { state[reg_at(seq, i)] = v; }
+";
+const NO_SHIFT_STATE: &str = "fn reg_load(seq: u32, i: u32) -> vec4<f32> { return vec4<f32>(0.0); }
+fn reg_store(seq: u32, i: u32, v: vec4<f32>) {}
+";
 
 /// Float weights for `matvec_float.wgsl`: (values per vec4<u32>, its `mv_decode`).
 fn matvec_decode(kind: PackedKind) -> (u32, &'static str) {
@@ -67,6 +78,12 @@ pub(crate) enum Kernel {
     Embed(PackedKind),
     LayerNorm,
     TokenShift,
+    /// LayerNorm and/or token shift of one row per workgroup of 256, `vec4s` vec4 values per
+    /// invocation in registers; `shift`: with the token-shift register (state binding).
+    LnShift {
+        vec4s: u32,
+        shift: bool,
+    },
     LastRows,
     Argmax,
     Wkv7 {
@@ -85,6 +102,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
         Kernel::TokenShift => (TOKEN_SHIFT, None, false),
+        Kernel::LnShift { .. } => (LN_SHIFT, None, true),
         Kernel::LastRows => (LAST_ROWS, None, false),
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
@@ -146,6 +164,12 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     }
     if let Kernel::MatMulTiled(_, tm) = kernel {
         s = s.replace("MM_TM", &tm.to_string());
+    }
+    if let Kernel::LnShift { vec4s, shift } = kernel {
+        s = s.replace("LN_VEC4", &vec4s.to_string()).replace(
+            "SHIFT_STATE_DECL",
+            if shift { SHIFT_STATE } else { NO_SHIFT_STATE },
+        );
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

@@ -78,6 +78,26 @@ fn matvec_float_lanes(gpu: &Gpu, kind: PackedKind, cols: usize) -> Option<usize>
     )
 }
 
+/// Most mixes of one ln_shift.wgsl dispatch (two parameter words each from word 12).
+const LN_SHIFT_MAX_MIXES: usize = (PARAM_WORDS - 12) / 2;
+/// Invocations of an ln_shift.wgsl workgroup (one row each).
+const LN_SHIFT_WG: usize = 256;
+/// Most vec4 values one ln_shift.wgsl invocation keeps in registers (rows up to 16384 wide).
+const LN_SHIFT_MAX_VEC4S: usize = 16;
+
+/// vec4 values per invocation of the one-row-per-workgroup LayerNorm / token-shift kernel
+/// (ln_shift.wgsl) for rows of `width`, or `None` where it does not apply (widths not a multiple
+/// of 4 or above 16384, states not a multiple of 4 values, a device below 256 invocations).
+fn ln_shift_vec4s(gpu: &Gpu, width: usize, state_len: usize) -> Option<u32> {
+    let vec4s = width.div_ceil(4 * LN_SHIFT_WG);
+    (width.is_multiple_of(4)
+        && state_len.is_multiple_of(4)
+        && vec4s <= LN_SHIFT_MAX_VEC4S
+        && gpu.limits.max_compute_invocations_per_workgroup as usize >= LN_SHIFT_WG
+        && gpu.limits.max_compute_workgroup_size_x as usize >= LN_SHIFT_WG)
+        .then_some(vec4s.max(1) as u32)
+}
+
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
 const MAX_JOBS: usize = 4;
 
@@ -460,8 +480,24 @@ impl Compiled {
         let n_tok = u32_of(shape.n_tok, "tokens")?;
         let state_u = u32_of(state_len, "state length")?;
 
+        // Token-shift register of `layer` (state offset within a sequence's state).
+        let reg_of = |layer: usize, kind: ShiftKind, width: usize| -> Result<u32> {
+            let reg = layer * layer_state + if kind == ShiftKind::Att { width } else { 0 };
+            if reg + width > layer_state * n_layer || layer_state == 0 {
+                return Err(backend_err(format!(
+                    "token shift of layer {layer} is outside the state"
+                )));
+            }
+            u32_of(reg, "state offset")
+        };
+
         let mut recs: Vec<Rec> = Vec::new();
+        // A TokenShift op already done by the LayerNorm dispatch before it.
+        let mut fused_shift: Option<usize> = None;
         for (op_index, op) in plan.ops.iter().enumerate() {
+            if fused_shift == Some(op_index) {
+                continue;
+            }
             match op {
                 Op::Embed { table, out } => {
                     let m = matrix(*table)?;
@@ -491,19 +527,75 @@ impl Compiled {
                     if r as u64 > max_dim {
                         return Err(backend_err(format!("{r} rows exceed the device's grid")));
                     }
+                    let width = plan.buffers[*x].width;
+                    let Some(vec4s) = ln_shift_vec4s(gpu, width, state_len) else {
+                        recs.push(Rec {
+                            op: op_index,
+                            kernel: Kernel::LayerNorm,
+                            params: params(&[
+                                self.off(*x)?,
+                                self.off(*out)?,
+                                u32_of(width, "width")?,
+                                vec_off(*w)?,
+                                vec_off(*b)?,
+                                eps.to_bits(),
+                            ]),
+                            binds: vec![Bind::Arena, Bind::Vecs],
+                            groups: [r as u32, 1, 1],
+                        });
+                        continue;
+                    };
+                    // The token shift of the normalized rows that follows, done by the same
+                    // workgroups when nothing aliases (see ln_shift.wgsl).
+                    let shift = match plan.ops.get(op_index + 1) {
+                        Some(Op::TokenShift {
+                            x: sx,
+                            layer,
+                            kind,
+                            mixes,
+                        }) if sx == out
+                            && x != out
+                            && r == rows
+                            && mixes.len() <= LN_SHIFT_MAX_MIXES
+                            && mixes.iter().all(|(_, o)| o != x && o != out) =>
+                        {
+                            fused_shift = Some(op_index + 1);
+                            Some((reg_of(*layer, *kind, width)?, mixes))
+                        }
+                        _ => None,
+                    };
+                    let (gx, gy) = grid(r as u64)?;
+                    let mut p = vec![
+                        self.off(*x)?,
+                        self.off(*out)?,
+                        u32_of(width, "width")?,
+                        vec_off(*w)?,
+                        vec_off(*b)?,
+                        eps.to_bits(),
+                        if shift.is_some() { n_tok } else { 1 },
+                        shift.as_ref().map_or(0, |s| s.0),
+                        state_u,
+                        shift.as_ref().map_or(0, |s| s.1.len() as u32),
+                        gx,
+                        u32_of(r, "rows")?,
+                    ];
+                    let mut binds = vec![Bind::Arena, Bind::Vecs];
+                    if let Some((_, mixes)) = shift {
+                        for (m, o) in mixes {
+                            p.push(vec_off(*m)?);
+                            p.push(self.off(*o)?);
+                        }
+                        binds.push(Bind::State);
+                    }
                     recs.push(Rec {
                         op: op_index,
-                        kernel: Kernel::LayerNorm,
-                        params: params(&[
-                            self.off(*x)?,
-                            self.off(*out)?,
-                            u32_of(plan.buffers[*x].width, "width")?,
-                            vec_off(*w)?,
-                            vec_off(*b)?,
-                            eps.to_bits(),
-                        ]),
-                        binds: vec![Bind::Arena, Bind::Vecs],
-                        groups: [r as u32, 1, 1],
+                        kernel: Kernel::LnShift {
+                            vec4s,
+                            shift: binds.len() == 3,
+                        },
+                        params: params(&p),
+                        binds,
+                        groups: [gx, gy, 1],
                     });
                 }
                 Op::TokenShift {
@@ -513,11 +605,41 @@ impl Compiled {
                     mixes,
                 } => {
                     let width = plan.buffers[*x].width;
-                    let reg = layer * layer_state + if *kind == ShiftKind::Att { width } else { 0 };
-                    if reg + width > layer_state * n_layer || layer_state == 0 {
-                        return Err(backend_err(format!(
-                            "token shift of layer {layer} is outside the state"
-                        )));
+                    let reg = reg_of(*layer, *kind, width)?;
+                    // The row-parallel kernel, unless an output is x itself (a later row
+                    // would read it after it was overwritten); then one invocation per channel
+                    // walks the tokens.
+                    let parallel = ln_shift_vec4s(gpu, width, state_len)
+                        .filter(|_| mixes.len() <= LN_SHIFT_MAX_MIXES)
+                        .filter(|_| mixes.iter().all(|(_, o)| o != x));
+                    if let Some(vec4s) = parallel {
+                        let (gx, gy) = grid(rows as u64)?;
+                        let mut p = vec![
+                            self.off(*x)?,
+                            NONE,
+                            u32_of(width, "width")?,
+                            NONE,
+                            NONE,
+                            0,
+                            n_tok,
+                            reg,
+                            state_u,
+                            mixes.len() as u32,
+                            gx,
+                            rows_u,
+                        ];
+                        for (m, o) in mixes {
+                            p.push(vec_off(*m)?);
+                            p.push(self.off(*o)?);
+                        }
+                        recs.push(Rec {
+                            op: op_index,
+                            kernel: Kernel::LnShift { vec4s, shift: true },
+                            params: params(&p),
+                            binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                            groups: [gx, gy, 1],
+                        });
+                        continue;
                     }
                     let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
                     let mut p = vec![
@@ -525,7 +647,7 @@ impl Compiled {
                         u32_of(width, "width")?,
                         n_seq,
                         n_tok,
-                        u32_of(reg, "state offset")?,
+                        reg,
                         state_u,
                         mixes.len() as u32,
                         gx,

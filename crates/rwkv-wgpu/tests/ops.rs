@@ -498,6 +498,148 @@ fn layer_norm_last_rows_and_argmax() {
     }
 }
 
+/// LayerNorm x -> xn followed by the token shift of xn: one row-per-workgroup dispatch (widths
+/// that are multiples of 4: 44, and 1100 = two vec4 per invocation with a partial second) or
+/// the separate kernels (42), prefill (2 sequences x 3 tokens: the register gets the last
+/// normalized row) and batched decode (3 x 1), every output buffer and the registers
+/// checked against f64.
+#[test]
+fn layer_norm_then_token_shift_fused() {
+    let seed = seed();
+    let vocab = 9usize;
+    // Without the 16 KiB cap: these activations do not fit it (binding splits are not at stake).
+    for (label, mut b) in backends(WgpuOptions::default()) {
+        for (c, n_mix, kind) in [
+            (1100usize, 6usize, ShiftKind::Att),
+            (44, 1, ShiftKind::Ffn),
+            (42, 2, ShiftKind::Att),
+        ] {
+            let mut rng = Rng::new(seed ^ c as u64);
+            let state_len = 2 * c + 8;
+            let reg = if kind == ShiftKind::Att { c } else { 0 };
+            let table = rng.vec(vocab * c, -2.0, 3.0);
+            let (w, bias) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.3, 0.3));
+            let mixes: Vec<Vec<f32>> = (0..n_mix).map(|_| rng.vec(c, 0.0, 1.0)).collect();
+            let mut weights = vec![
+                ("emb.weight".to_string(), f32_tensor(vec![vocab, c], &table)),
+                ("ln.weight".to_string(), f32_tensor(vec![c], &w)),
+                ("ln.bias".to_string(), f32_tensor(vec![c], &bias)),
+            ];
+            for (m, v) in mixes.iter().enumerate() {
+                weights.push((format!("mix{m}"), f32_tensor(vec![c], v)));
+            }
+            upload_all(&mut b, &weights);
+            let ops = vec![
+                Op::Embed { table: 0, out: 0 },
+                Op::LayerNorm {
+                    x: 0,
+                    w: 1,
+                    b: 2,
+                    out: 1,
+                    eps: 1e-5,
+                },
+                Op::TokenShift {
+                    x: 1,
+                    layer: 0,
+                    kind,
+                    mixes: (0..n_mix).map(|m| (3 + m, 2 + m)).collect(),
+                },
+            ];
+            let mut bufs = vec![buf("x", c, false), buf("xn", c, false)];
+            bufs.extend((0..n_mix).map(|m| buf(&format!("o{m}"), c, false)));
+            b.alloc_states(3, state_len).expect("states");
+            for (n_seq, n_tok) in [(2usize, 3usize), (3, 1)] {
+                let slots: Vec<usize> = (0..n_seq).map(|q| (q + 1) % 3).collect();
+                let tokens: Vec<u32> = (0..n_seq * n_tok)
+                    .map(|_| rng.below(vocab as u64) as u32)
+                    .collect();
+                let xn_ref: Vec<Vec<f32>> = tokens
+                    .iter()
+                    .map(|&t| {
+                        let x = &table[t as usize * c..][..c];
+                        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+                        let var =
+                            x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+                        (0..c)
+                            .map(|i| {
+                                ((x[i] as f64 - mean) / (var + 1e-5).sqrt() * w[i] as f64
+                                    + bias[i] as f64) as f32
+                            })
+                            .collect()
+                    })
+                    .collect();
+                // Every output buffer in turn, each run from the same initial states.
+                for out in 1..2 + n_mix {
+                    let init: Vec<Vec<f32>> =
+                        (0..3).map(|_| rng.vec(state_len, -1.0, 1.0)).collect();
+                    for (s, v) in init.iter().enumerate() {
+                        b.write_state(s, v).expect("write state");
+                    }
+                    let shape = StepShape { n_seq, n_tok };
+                    let p = plan(shape, bufs.clone(), &weights, ops.clone(), out);
+                    let got = logits_of(&mut b, &p, &tokens, &slots);
+                    for (q, &slot) in slots.iter().enumerate() {
+                        for t in 0..n_tok {
+                            let r = q * n_tok + t;
+                            let prev = if t == 0 {
+                                &init[slot][reg..reg + c]
+                            } else {
+                                &xn_ref[r - 1][..]
+                            };
+                            for i in 0..c {
+                                let xn = xn_ref[r][i];
+                                let want = if out == 1 {
+                                    xn
+                                } else {
+                                    xn + (prev[i] - xn) * mixes[out - 2][i]
+                                };
+                                let g = got[r * c + i];
+                                assert!(
+                                    (g - want).abs() < 2e-5,
+                                    "{label} c {c}, {n_seq}x{n_tok}, buffer {out}: seq {q} \
+                                     tok {t} ch {i}: {g} vs {want}"
+                                );
+                            }
+                        }
+                        let mut st = vec![0f32; state_len];
+                        b.read_state(slot, &mut st).expect("read state");
+                        let last = &xn_ref[q * n_tok + n_tok - 1];
+                        let (d, i) = max_abs_diff(&st[reg..reg + c], last);
+                        assert!(
+                            d < 2e-5,
+                            "{label} c {c}: register of slot {slot}: ch {i} {d}"
+                        );
+                        let other = if reg == 0 { c..2 * c } else { 0..c };
+                        assert_eq!(
+                            st[other.clone()],
+                            init[slot][other],
+                            "{label}: other register"
+                        );
+                    }
+                    if out == 1 {
+                        let id = b.compile(&p).expect("compile");
+                        if let Ok(times) = b.profile_step(id, &tokens, &slots) {
+                            let kernels: Vec<String> =
+                                times.iter().map(|t| t.kernel.clone()).collect();
+                            let fused = c % 4 == 0;
+                            assert_eq!(
+                                times.iter().any(|t| t.op == 2),
+                                !fused,
+                                "{label} c {c}: kernels {kernels:?}"
+                            );
+                            assert_eq!(
+                                times[1].kernel.starts_with("LnShift"),
+                                fused,
+                                "{label} c {c}: kernels {kernels:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn token_shift_uses_and_updates_the_slot_registers() {
     let seed = seed();

@@ -29,6 +29,7 @@ const TOKEN_SHIFT: &str = include_str!("../shaders/token_shift.wgsl");
 const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const WKV7: &str = include_str!("../shaders/wkv7.wgsl");
+const WKV7_SPLIT: &str = include_str!("../shaders/wkv7_split.wgsl");
 
 fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
     match kind {
@@ -89,6 +90,11 @@ pub(crate) enum Kernel {
     Wkv7 {
         head_size: u32,
     },
+    /// WKV with `lanes` invocations per state row (`wkv7_split.wgsl`), state bound as vec4.
+    Wkv7Split {
+        head_size: u32,
+        lanes: u32,
+    },
 }
 
 /// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
@@ -106,6 +112,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::LastRows => (LAST_ROWS, None, false),
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
+        Kernel::Wkv7Split { .. } => (WKV7_SPLIT, None, true),
     };
     let native_f16 = f16 && decode == Some(PackedKind::F16);
     let mut s = String::new();
@@ -170,6 +177,14 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
             "SHIFT_STATE_DECL",
             if shift { SHIFT_STATE } else { NO_SHIFT_STATE },
         );
+    }
+    if let Kernel::Wkv7Split { head_size, lanes } = kernel {
+        let wg = head_size * lanes;
+        s = s
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("WKV_LANES", &lanes.to_string())
+            .replace("WKV_WG", &wg.to_string())
+            .replace("HALF_POW2", &(wg.next_power_of_two() / 2).to_string());
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

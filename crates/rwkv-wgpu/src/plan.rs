@@ -98,6 +98,22 @@ fn ln_shift_vec4s(gpu: &Gpu, width: usize, state_len: usize) -> Option<u32> {
         .then_some(vec4s.max(1) as u32)
 }
 
+/// Invocations per state row of the split WKV kernel (wkv7_split.wgsl) for head size `n`: 4
+/// where the workgroup (4·N) fits WebGPU's default 256 (N ≤ 64), else 2 or 1; `None` (the
+/// one-invocation-per-row kernel) where its vec4 state access does not fit: N, the state
+/// length or the layer's S offset not multiples of 4, or N columns not split in vec4s.
+fn wkv_lanes(gpu: &Gpu, n: usize, state_len: usize, s_off: usize) -> Option<u32> {
+    if !n.is_multiple_of(4) || !state_len.is_multiple_of(4) || !s_off.is_multiple_of(4) {
+        return None;
+    }
+    let l = &gpu.limits;
+    let max = (l.max_compute_invocations_per_workgroup).min(l.max_compute_workgroup_size_x);
+    [4usize, 2, 1]
+        .into_iter()
+        .find(|&j| n.is_multiple_of(4 * j) && n * j <= 256 && n * j <= max as usize)
+        .map(|j| j as u32)
+}
+
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
 const MAX_JOBS: usize = 4;
 
@@ -788,11 +804,18 @@ impl Compiled {
                             "wkv of layer {layer} is outside the state"
                         )));
                     }
-                    recs.push(Rec {
-                        op: op_index,
-                        kernel: Kernel::Wkv7 {
+                    let kernel = match wkv_lanes(gpu, n, state_len, s_off) {
+                        Some(lanes) => Kernel::Wkv7Split {
+                            head_size: n as u32,
+                            lanes,
+                        },
+                        None => Kernel::Wkv7 {
                             head_size: n as u32,
                         },
+                    };
+                    recs.push(Rec {
+                        op: op_index,
+                        kernel,
                         params: params(&[
                             self.off(*r)?,
                             self.off(*w)?,

@@ -806,7 +806,10 @@ fn wkv7_two_layers_batched_against_reference() {
     let seed = seed();
     let (vocab, n_seq, n_tok, n_slots) = (5usize, 2usize, 3usize, 3usize);
     let eps = 64e-5f32;
-    for (c, n) in [(32usize, 16usize), (128, 64)] {
+    // Split kernel (wkv7_split.wgsl) with 4 lanes per state row (N = 16, 64), 2 (N = 8) and 1
+    // (N = 4); N = 6 is not a multiple of 4: the one-invocation-per-row kernel.
+    // (N = 12 differs from this reference by ~1 in both kernels: open, see NOTES.md.)
+    for (c, n) in [(32usize, 16usize), (128, 64), (24, 8), (16, 4), (18, 6)] {
         for (label, mut b) in backends(WgpuOptions::default()) {
             let mut rng = Rng::new(seed ^ c as u64);
             let ranges = [

@@ -288,7 +288,10 @@ impl Gpu {
         eprintln!("rwkv-cuda: compiling kernels for {arch} with NVRTC (first run of this build; cached afterwards)");
         let t0 = std::time::Instant::now();
         let image = compile(&src, &arch)?;
-        eprintln!("rwkv-cuda: kernels compiled in {:.1} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "rwkv-cuda: kernels compiled in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
         self.load_image(&image)?;
         self.kernel_cache = "compiled now".into();
         if let Some(p) = path {

@@ -623,7 +623,8 @@ impl CudaBackend {
                             name: format!("wkv7_fused_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_fused_{head}"))?,
                             grid: (h as u32, shape.n_seq as u32, 1),
-                            block: (wide, 1, 1),
+                            // Four lanes per row of S (wkv7.cu).
+                            block: (4 * head as u32, 1, 1),
                             smem: 0,
                             args: vec![args],
                         });
@@ -642,8 +643,9 @@ impl CudaBackend {
                         launches.push(Launch {
                             name: format!("wkv7_scan_{head}").to_string(),
                             func: gpu.func(&format!("wkv7_scan_{head}"))?,
-                            grid: (h as u32, shape.n_seq as u32, 1),
-                            block: (4 * head as u32, 1, 1),
+                            // wkv7.cu's WKV_SCAN_ROWS rows of S per block.
+                            grid: (h as u32, shape.n_seq as u32, (head / 16).max(1) as u32),
+                            block: (64, 1, 1),
                             smem: 0,
                             args: vec![args.clone()],
                         });
@@ -974,7 +976,6 @@ fn job_table(jobs: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn push_matmul(
     gpu: &mut Gpu,
     launches: &mut Vec<Launch>,
@@ -1285,7 +1286,13 @@ fn sparse_mode() -> Option<Option<usize>> {
 /// Whether a MatMul job takes the zero-skipping product: batch 1, Q4_K, no bias or activation,
 /// and an input produced by a relu² product (the channel mix's value matrix), whose zeros are
 /// what it skips. The result does not depend on this choice beyond rounding.
-fn sparse_eligible(plan: &Plan, j: &MatJob, dtype: GpuDType, in_dim: usize, out_dim: usize) -> bool {
+fn sparse_eligible(
+    plan: &Plan,
+    j: &MatJob,
+    dtype: GpuDType,
+    in_dim: usize,
+    out_dim: usize,
+) -> bool {
     dtype == GpuDType::Q4K
         && in_dim % 256 == 0
         && out_dim % 8 == 0

@@ -242,7 +242,12 @@ fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
 #[test]
 fn batch1_channel_mix_matches_reference() {
     let mut rng = Rng(0x5eed_0002);
-    for (c, f, acc) in [(256, 1024, true), (256, 1024, false), (96, 512, true), (1024, 4096, true)] {
+    for (c, f, acc) in [
+        (256, 1024, true),
+        (256, 1024, false),
+        (96, 512, true),
+        (1024, 4096, true),
+    ] {
         channel_mix_case(&mut rng, c, f, acc);
     }
 }

@@ -22,13 +22,16 @@ const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("../shaders/coop_emulated.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
+const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
+const LN_SHIFT: &str = include_str!("../shaders/ln_shift.wgsl");
 const TOKEN_SHIFT: &str = include_str!("../shaders/token_shift.wgsl");
 const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const WKV7: &str = include_str!("../shaders/wkv7.wgsl");
+const WKV7_SPLIT: &str = include_str!("../shaders/wkv7_split.wgsl");
 
 fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
     match kind {
@@ -39,6 +42,25 @@ fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
         PackedKind::Q8_0 => include_str!("../shaders/decode_q8_0.wgsl"),
         PackedKind::Q4K => include_str!("../shaders/decode_q4k.wgsl"),
         PackedKind::Q6K => include_str!("../shaders/decode_q6k.wgsl"),
+    }
+}
+
+/// The token-shift register of `ln_shift.wgsl` (params 7 reg_off, 8 state_stride), or none.
+const SHIFT_STATE: &str = "@group(0) @binding(3) var<storage, read_write> state: array<vec4<f32>>;
+fn reg_at(seq: u32, i: u32) -> u32 { return (seq * prm(8u) + prm(7u)) / 4u + i; }
+fn reg_load(seq: u32, i: u32) -> vec4<f32> { return state[reg_at(seq, i)]; }
+fn reg_store(seq: u32, i: u32, v: vec4<f32>) { state[reg_at(seq, i)] = v; }
+";
+const NO_SHIFT_STATE: &str = "fn reg_load(seq: u32, i: u32) -> vec4<f32> { return vec4<f32>(0.0); }
+fn reg_store(seq: u32, i: u32, v: vec4<f32>) {}
+";
+
+/// Float weights for `matvec_float.wgsl`: (values per vec4<u32>, its `mv_decode`).
+fn matvec_decode(kind: PackedKind) -> (u32, &'static str) {
+    match kind {
+        PackedKind::F16 => (8, include_str!("../shaders/mv_decode_f16.wgsl")),
+        PackedKind::BF16 => (8, include_str!("../shaders/mv_decode_bf16.wgsl")),
+        _ => (4, include_str!("../shaders/mv_decode_f32.wgsl")),
     }
 }
 
@@ -55,15 +77,29 @@ pub(crate) enum Kernel {
     /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z;
     /// this many products at once.
     MatVecQ4K(u32),
+    /// Float (F32 / F16 / BF16) matrix-vector product: 256 invocations, a power of two of them
+    /// per output row (per job), 4 activation rows per z; `jobs` products.
+    MatVec(PackedKind, u32),
     /// One invocation per output row, for rows of at most NARROW_UNITS units; `jobs` products.
     MatMulNarrow(PackedKind, u32),
     Embed(PackedKind),
     LayerNorm,
     TokenShift,
+    /// LayerNorm and/or token shift of one row per workgroup of 256, `vec4s` vec4 values per
+    /// invocation in registers; `shift`: with the token-shift register (state binding).
+    LnShift {
+        vec4s: u32,
+        shift: bool,
+    },
     LastRows,
     Argmax,
     Wkv7 {
         head_size: u32,
+    },
+    /// WKV with `lanes` invocations per state row (`wkv7_split.wgsl`), state bound as vec4.
+    Wkv7Split {
+        head_size: u32,
+        lanes: u32,
     },
 }
 
@@ -74,13 +110,16 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
         Kernel::MatMulCoop(k) => (MATMUL_COOP, Some(k), false),
         Kernel::MatVecQ4K(_) => (MATVEC_Q4K, None, true),
+        Kernel::MatVec(_, _) => (MATVEC_FLOAT, None, false),
         Kernel::MatMulNarrow(k, _) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
         Kernel::LayerNorm => (LAYER_NORM, None, true),
         Kernel::TokenShift => (TOKEN_SHIFT, None, false),
+        Kernel::LnShift { .. } => (LN_SHIFT, None, true),
         Kernel::LastRows => (LAST_ROWS, None, false),
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
+        Kernel::Wkv7Split { .. } => (WKV7_SPLIT, None, true),
     };
     let coop = matches!(kernel, Kernel::MatMulCoop(_));
     let native_f16 = f16 && decode == Some(PackedKind::F16);
@@ -93,7 +132,10 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     }
     s.push_str(COMMON);
     let jobs = match kernel {
-        Kernel::MatMul(_, _, j) | Kernel::MatMulNarrow(_, j) | Kernel::MatVecQ4K(j) => Some(j),
+        Kernel::MatMul(_, _, j)
+        | Kernel::MatMulNarrow(_, j)
+        | Kernel::MatVecQ4K(j)
+        | Kernel::MatVec(_, j) => Some(j),
         _ => None,
     };
     if let Some(j) = jobs {
@@ -109,7 +151,13 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     if let Some(k) = decode {
         s.push_str(decode_source(k, native_f16));
     }
-    s.push_str(body);
+    if let Kernel::MatVec(k, _) = kernel {
+        let (vals, decode) = matvec_decode(k);
+        s.push_str(decode);
+        s.push_str(&body.replace("MV_VALS", &vals.to_string()));
+    } else {
+        s.push_str(body);
+    }
     let (builtins, args) = if subgroups && reduce {
         (
             "@builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \
@@ -147,6 +195,20 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         s = s
             .replace("COOP_SG_BUILTIN", builtin)
             .replace("COOP_SG_ID", id);
+    }
+    if let Kernel::LnShift { vec4s, shift } = kernel {
+        s = s.replace("LN_VEC4", &vec4s.to_string()).replace(
+            "SHIFT_STATE_DECL",
+            if shift { SHIFT_STATE } else { NO_SHIFT_STATE },
+        );
+    }
+    if let Kernel::Wkv7Split { head_size, lanes } = kernel {
+        let wg = head_size * lanes;
+        s = s
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("WKV_LANES", &lanes.to_string())
+            .replace("WKV_WG", &wg.to_string())
+            .replace("HALF_POW2", &(wg.next_power_of_two() / 2).to_string());
     }
     if let Kernel::Wkv7 { head_size } = kernel {
         let half_pow2 = head_size.next_power_of_two() / 2;

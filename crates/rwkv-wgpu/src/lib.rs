@@ -35,7 +35,9 @@ pub fn probe() -> Vec<AdapterReport> {
     block_on(probe_async())
 }
 
-/// GPU time of one op of a profiled step ([`WgpuBackend::profile_step`]).
+/// GPU time of one op of a profiled step ([`WgpuBackend::profile_step`]). An op done by the
+/// dispatch of the op before it (a TokenShift fused into its LayerNorm: kernel `LnShift` with
+/// `shift: true`) has no entry; its time is in that op's.
 #[derive(Debug, Clone)]
 pub struct OpTime {
     /// Index in `Plan::ops`.
@@ -323,6 +325,9 @@ impl WgpuBackend {
                 )));
             }
             self.vec_host.extend_from_slice(&values);
+            // Every vector starts at a multiple of 4 values: kernels read them as vec4<f32>.
+            let padded = self.vec_host.len().next_multiple_of(4);
+            self.vec_host.resize(padded, 0.0);
             if self.vec_buffer.take().is_some() {
                 self.weights_generation += 1;
             }

@@ -66,7 +66,71 @@ fn use_coop(gpu: &Gpu, rows: usize, cols: usize) -> bool {
         && rows >= COOP_MIN_ROWS
         && cols.is_multiple_of(4)
         && l.max_compute_invocations_per_workgroup >= 128
+        && l.max_compute_workgroup_size_x >= 128
         && l.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+}
+
+/// Invocations of one float matrix-vector workgroup (WG in matvec_float.wgsl).
+const MATVEC_FLOAT_WG: usize = 256;
+
+/// Invocations per output row of the float matrix-vector kernel (matvec_float.wgsl) for rows of
+/// `cols` values, or `None` where it does not apply: other dtypes, columns not a multiple of 4
+/// (its vec4 activation loads), or a device below WebGPU's default workgroup size.
+/// One 16-byte weight word per invocation where the row allows (a power of two covering the
+/// row's words, at most the workgroup): LoRA up rows of 64..480 f16 values get 8..64 lanes.
+fn matvec_float_lanes(gpu: &Gpu, kind: PackedKind, cols: usize) -> Option<usize> {
+    let values_per_word = match kind {
+        PackedKind::F32 => 4,
+        PackedKind::F16 | PackedKind::BF16 => 8,
+        _ => return None,
+    };
+    if !cols.is_multiple_of(4)
+        || (gpu.limits.max_compute_invocations_per_workgroup as usize) < MATVEC_FLOAT_WG
+        || (gpu.limits.max_compute_workgroup_size_x as usize) < MATVEC_FLOAT_WG
+    {
+        return None;
+    }
+    Some(
+        cols.div_ceil(values_per_word)
+            .next_power_of_two()
+            .min(MATVEC_FLOAT_WG),
+    )
+}
+
+/// Most mixes of one ln_shift.wgsl dispatch (two parameter words each from word 12).
+const LN_SHIFT_MAX_MIXES: usize = (PARAM_WORDS - 12) / 2;
+/// Invocations of an ln_shift.wgsl workgroup (one row each).
+const LN_SHIFT_WG: usize = 256;
+/// Most vec4 values one ln_shift.wgsl invocation keeps in registers (rows up to 16384 wide).
+const LN_SHIFT_MAX_VEC4S: usize = 16;
+
+/// vec4 values per invocation of the one-row-per-workgroup LayerNorm / token-shift kernel
+/// (ln_shift.wgsl) for rows of `width`, or `None` where it does not apply (widths not a multiple
+/// of 4 or above 16384, states not a multiple of 4 values, a device below 256 invocations).
+fn ln_shift_vec4s(gpu: &Gpu, width: usize, state_len: usize) -> Option<u32> {
+    let vec4s = width.div_ceil(4 * LN_SHIFT_WG);
+    (width.is_multiple_of(4)
+        && state_len.is_multiple_of(4)
+        && vec4s <= LN_SHIFT_MAX_VEC4S
+        && gpu.limits.max_compute_invocations_per_workgroup as usize >= LN_SHIFT_WG
+        && gpu.limits.max_compute_workgroup_size_x as usize >= LN_SHIFT_WG)
+        .then_some(vec4s.max(1) as u32)
+}
+
+/// Invocations per state row of the split WKV kernel (wkv7_split.wgsl) for head size `n`: 4
+/// where the workgroup (4·N) fits WebGPU's default 256 (N ≤ 64), else 2 or 1; `None` (the
+/// one-invocation-per-row kernel) where its vec4 state access does not fit: N, the state
+/// length or the layer's S offset not multiples of 4, or N columns not split in vec4s.
+fn wkv_lanes(gpu: &Gpu, n: usize, state_len: usize, s_off: usize) -> Option<u32> {
+    if !n.is_multiple_of(4) || !state_len.is_multiple_of(4) || !s_off.is_multiple_of(4) {
+        return None;
+    }
+    let l = &gpu.limits;
+    let max = (l.max_compute_invocations_per_workgroup).min(l.max_compute_workgroup_size_x);
+    [4usize, 2, 1]
+        .into_iter()
+        .find(|&j| n.is_multiple_of(4 * j) && n * j <= 256 && n * j <= max as usize)
+        .map(|j| j as u32)
 }
 
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
@@ -78,6 +142,7 @@ fn with_jobs(kernel: Kernel, jobs: u32) -> Option<Kernel> {
         Kernel::MatMul(k, tpr, _) => Some(Kernel::MatMul(k, tpr, jobs)),
         Kernel::MatMulNarrow(k, _) => Some(Kernel::MatMulNarrow(k, jobs)),
         Kernel::MatVecQ4K(_) => Some(Kernel::MatVecQ4K(jobs)),
+        Kernel::MatVec(k, _) => Some(Kernel::MatVec(k, jobs)),
         _ => None,
     }
 }
@@ -450,8 +515,24 @@ impl Compiled {
         let n_tok = u32_of(shape.n_tok, "tokens")?;
         let state_u = u32_of(state_len, "state length")?;
 
+        // Token-shift register of `layer` (state offset within a sequence's state).
+        let reg_of = |layer: usize, kind: ShiftKind, width: usize| -> Result<u32> {
+            let reg = layer * layer_state + if kind == ShiftKind::Att { width } else { 0 };
+            if reg + width > layer_state * n_layer || layer_state == 0 {
+                return Err(backend_err(format!(
+                    "token shift of layer {layer} is outside the state"
+                )));
+            }
+            u32_of(reg, "state offset")
+        };
+
         let mut recs: Vec<Rec> = Vec::new();
+        // A TokenShift op already done by the LayerNorm dispatch before it.
+        let mut fused_shift: Option<usize> = None;
         for (op_index, op) in plan.ops.iter().enumerate() {
+            if fused_shift == Some(op_index) {
+                continue;
+            }
             match op {
                 Op::Embed { table, out } => {
                     let m = matrix(*table)?;
@@ -481,19 +562,75 @@ impl Compiled {
                     if r as u64 > max_dim {
                         return Err(backend_err(format!("{r} rows exceed the device's grid")));
                     }
+                    let width = plan.buffers[*x].width;
+                    let Some(vec4s) = ln_shift_vec4s(gpu, width, state_len) else {
+                        recs.push(Rec {
+                            op: op_index,
+                            kernel: Kernel::LayerNorm,
+                            params: params(&[
+                                self.off(*x)?,
+                                self.off(*out)?,
+                                u32_of(width, "width")?,
+                                vec_off(*w)?,
+                                vec_off(*b)?,
+                                eps.to_bits(),
+                            ]),
+                            binds: vec![Bind::Arena, Bind::Vecs],
+                            groups: [r as u32, 1, 1],
+                        });
+                        continue;
+                    };
+                    // The token shift of the normalized rows that follows, done by the same
+                    // workgroups when nothing aliases (see ln_shift.wgsl).
+                    let shift = match plan.ops.get(op_index + 1) {
+                        Some(Op::TokenShift {
+                            x: sx,
+                            layer,
+                            kind,
+                            mixes,
+                        }) if sx == out
+                            && x != out
+                            && r == rows
+                            && mixes.len() <= LN_SHIFT_MAX_MIXES
+                            && mixes.iter().all(|(_, o)| o != x && o != out) =>
+                        {
+                            fused_shift = Some(op_index + 1);
+                            Some((reg_of(*layer, *kind, width)?, mixes))
+                        }
+                        _ => None,
+                    };
+                    let (gx, gy) = grid(r as u64)?;
+                    let mut p = vec![
+                        self.off(*x)?,
+                        self.off(*out)?,
+                        u32_of(width, "width")?,
+                        vec_off(*w)?,
+                        vec_off(*b)?,
+                        eps.to_bits(),
+                        if shift.is_some() { n_tok } else { 1 },
+                        shift.as_ref().map_or(0, |s| s.0),
+                        state_u,
+                        shift.as_ref().map_or(0, |s| s.1.len() as u32),
+                        gx,
+                        u32_of(r, "rows")?,
+                    ];
+                    let mut binds = vec![Bind::Arena, Bind::Vecs];
+                    if let Some((_, mixes)) = shift {
+                        for (m, o) in mixes {
+                            p.push(vec_off(*m)?);
+                            p.push(self.off(*o)?);
+                        }
+                        binds.push(Bind::State);
+                    }
                     recs.push(Rec {
                         op: op_index,
-                        kernel: Kernel::LayerNorm,
-                        params: params(&[
-                            self.off(*x)?,
-                            self.off(*out)?,
-                            u32_of(plan.buffers[*x].width, "width")?,
-                            vec_off(*w)?,
-                            vec_off(*b)?,
-                            eps.to_bits(),
-                        ]),
-                        binds: vec![Bind::Arena, Bind::Vecs],
-                        groups: [r as u32, 1, 1],
+                        kernel: Kernel::LnShift {
+                            vec4s,
+                            shift: binds.len() == 3,
+                        },
+                        params: params(&p),
+                        binds,
+                        groups: [gx, gy, 1],
                     });
                 }
                 Op::TokenShift {
@@ -503,11 +640,41 @@ impl Compiled {
                     mixes,
                 } => {
                     let width = plan.buffers[*x].width;
-                    let reg = layer * layer_state + if *kind == ShiftKind::Att { width } else { 0 };
-                    if reg + width > layer_state * n_layer || layer_state == 0 {
-                        return Err(backend_err(format!(
-                            "token shift of layer {layer} is outside the state"
-                        )));
+                    let reg = reg_of(*layer, *kind, width)?;
+                    // The row-parallel kernel, unless an output is x itself (a later row
+                    // would read it after it was overwritten); then one invocation per channel
+                    // walks the tokens.
+                    let parallel = ln_shift_vec4s(gpu, width, state_len)
+                        .filter(|_| mixes.len() <= LN_SHIFT_MAX_MIXES)
+                        .filter(|_| mixes.iter().all(|(_, o)| o != x));
+                    if let Some(vec4s) = parallel {
+                        let (gx, gy) = grid(rows as u64)?;
+                        let mut p = vec![
+                            self.off(*x)?,
+                            NONE,
+                            u32_of(width, "width")?,
+                            NONE,
+                            NONE,
+                            0,
+                            n_tok,
+                            reg,
+                            state_u,
+                            mixes.len() as u32,
+                            gx,
+                            rows_u,
+                        ];
+                        for (m, o) in mixes {
+                            p.push(vec_off(*m)?);
+                            p.push(self.off(*o)?);
+                        }
+                        recs.push(Rec {
+                            op: op_index,
+                            kernel: Kernel::LnShift { vec4s, shift: true },
+                            params: params(&p),
+                            binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                            groups: [gx, gy, 1],
+                        });
+                        continue;
                     }
                     let (gx, gy) = grid(((shape.n_seq * width) as u64).div_ceil(64))?;
                     let mut p = vec![
@@ -515,7 +682,7 @@ impl Compiled {
                         u32_of(width, "width")?,
                         n_seq,
                         n_tok,
-                        u32_of(reg, "state offset")?,
+                        reg,
                         state_u,
                         mixes.len() as u32,
                         gx,
@@ -551,25 +718,35 @@ impl Compiled {
                         // small models); the rest of the 64 take further rows.
                         let tpr = units.next_power_of_two().clamp(16, 64);
                         let coop = use_coop(gpu, plan.rows_of(j.x), m.cols);
-                        let (kernel, rows_per_group, tiles) = match tiled_tm {
+                        let matvec_lanes = matvec_float_lanes(gpu, m.kind, m.cols);
+                        // Word 11 of the parameters: units per row, or the float matrix-vector
+                        // kernel's invocations per row.
+                        let mut word11 = units;
+                        let (kernel, rows_per_group, tiles) = match (tiled_tm, matvec_lanes) {
                             // Same tile of 64 x 64 and parameters as the tiled kernel at TM = 4.
                             _ if coop => (
                                 Kernel::MatMulCoop(m.kind),
                                 TILED_COLS,
                                 plan.rows_of(j.x).div_ceil(64) as u64,
                             ),
-                            Some(tm) => (
+                            (Some(tm), _) => (
                                 Kernel::MatMulTiled(m.kind, tm),
                                 TILED_COLS,
                                 plan.rows_of(j.x).div_ceil(16 * tm as usize) as u64,
                             ),
                             // Q4_K rows are whole 256-value blocks; arena offsets are
                             // multiples of 4 values, as its vec4 activation loads need.
-                            None if m.kind == PackedKind::Q4K => {
+                            (None, _) if m.kind == PackedKind::Q4K => {
                                 (Kernel::MatVecQ4K(1), MATVEC_ROWS, plan.rows_of(j.x) as u64)
                             }
-                            None if narrow => (Kernel::MatMulNarrow(m.kind, 1), 64, tiles),
-                            None => (Kernel::MatMul(m.kind, tpr as u32, 1), 64 / tpr, tiles),
+                            (None, Some(lanes)) => {
+                                word11 = lanes;
+                                (Kernel::MatVec(m.kind, 1), MATVEC_FLOAT_WG / lanes, tiles)
+                            }
+                            (None, None) if narrow => (Kernel::MatMulNarrow(m.kind, 1), 64, tiles),
+                            (None, None) => {
+                                (Kernel::MatMul(m.kind, tpr as u32, 1), 64 / tpr, tiles)
+                            }
                         };
                         for ch in &m.chunks {
                             let groups = (ch.rows as u64).div_ceil(rows_per_group as u64);
@@ -593,7 +770,7 @@ impl Compiled {
                                         act_code(j.act),
                                         j.accumulate as u32,
                                         gx,
-                                        u32_of(units, "units")?,
+                                        u32_of(word11, "units")?,
                                     ]),
                                     binds: vec![
                                         Bind::Weight(ch.buffer.clone()),
@@ -653,11 +830,18 @@ impl Compiled {
                             "wkv of layer {layer} is outside the state"
                         )));
                     }
-                    recs.push(Rec {
-                        op: op_index,
-                        kernel: Kernel::Wkv7 {
+                    let kernel = match wkv_lanes(gpu, n, state_len, s_off) {
+                        Some(lanes) => Kernel::Wkv7Split {
+                            head_size: n as u32,
+                            lanes,
+                        },
+                        None => Kernel::Wkv7 {
                             head_size: n as u32,
                         },
+                    };
+                    recs.push(Rec {
+                        op: op_index,
+                        kernel,
                         params: params(&[
                             self.off(*r)?,
                             self.off(*w)?,

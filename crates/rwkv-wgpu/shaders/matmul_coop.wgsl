@@ -6,23 +6,28 @@
 // The K loop steps by 32 values over double-buffered tiles: while the subgroups multiply the
 // current tiles, every invocation fills the other pair for the next step (one barrier per
 // step): it decodes one 16-value unit of W (row n, half h) to f16 and converts 4 vec4 of
-// activations (consecutive invocations read consecutive 16 bytes of a row). After the loop
-// the fragments go to an f32 staging tile (half of them at a time), from which all invocations
-// apply bias / activation / accumulation and write the output with bounds checks (rows and columns need not be
-// multiples of 64; K need not be a multiple of 32: the tail is zero-filled on both sides, but
-// must be a multiple of 4, and the activation offsets too, for the vec4 loads).
+// activations (consecutive invocations read consecutive 16 bytes of a row). After the loop the
+// fragments go to an f32 staging tile (half of them at a time), from which all invocations
+// apply bias / activation / accumulation and write the output with bounds checks (rows and
+// columns need not be multiples of 64; K need not be a multiple of 32, the tail is zero-filled
+// on both sides, but K and the activation offsets must be multiples of 4 for the vec4 loads).
 // Values are clamped to the f16 range before the conversion, so a huge activation or weight
 // saturates instead of turning into inf (and inf * 0 into NaN).
-// Workgroup memory: 2 x 2 x 64x40 f16 tiles + 32x68 f32 staging = 28.5 KiB (host checks the
-// limit; WebGPU's default is 16 KiB, Vulkan drivers offer 32 KiB or more). params: as matmul_tiled.wgsl (10 groups_x counts tiles of 64 output columns).
+// Workgroup memory: 2 x (64x40 + 32x72) f16 tiles + 32x68 f32 staging = 27.5 KiB (the host
+// checks the device limit; WebGPU's default is 16 KiB, Vulkan drivers offer 32 KiB or more).
+// params: as matmul_tiled.wgsl (10 groups_x counts tiles of 64 output columns).
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 32u;
-// Row strides of the f16 tiles: 40 values = 80 bytes, a multiple of 16 bytes (the alignment
-// cooperative loads want) that spreads 8 consecutive rows over distinct bank groups.
+// Row stride of the activation tile [m][k]: 40 values = 80 bytes, a multiple of 16 bytes (the
+// alignment cooperative loads want) that spreads 8 consecutive rows over distinct bank groups.
 const AS: u32 = 40u;
-// Values of one f16 tile (64 rows of AS); the second buffer of a pair starts here.
-const TILE: u32 = 2560u;
+// Values of one activation tile (64 rows of AS); the second buffer starts here.
+const X_TILE: u32 = 2560u;
+// Row stride of the weight tile [k][n]: 72 values = 144 bytes (16-byte multiple, skewed banks).
+const BS: u32 = 72u;
+// Values of one weight tile (32 rows of BS); the second buffer starts here.
+const W_TILE: u32 = 2304u;
 // Row stride of the f32 staging tile: 68 values = 272 bytes (16-byte multiple, skewed banks).
 const CS: u32 = 68u;
 const F16_MAX: f32 = 65504.0;
@@ -31,17 +36,19 @@ const F16_MAX: f32 = 65504.0;
 @group(0) @binding(2) var<storage, read_write> arena: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 
-// Activations [m][k] (row-major A), weights [n][k] (= B[k][n] column-major), two buffers each;
+// Activations [m][k] (row-major A), weights transposed to [k][n] (row-major B), two buffers
+// each: all three matrices use the row-major (`...T`) cooperative loads and stores, the
+// combination coop_probe checked on the H100;
 // half the output [m][n] (32 of its rows at a time).
 var<workgroup> x_tile: array<f16, 5120>;
-var<workgroup> w_tile: array<f16, 5120>;
+var<workgroup> w_tile: array<f16, 4608>;
 var<workgroup> c_tile: array<f32, 2176>;
 
 fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));
 }
 
-// Fills tile buffer `buf` (0 or TILE) with K values k0 .. k0 + 31 of weight rows col0 .. + 63
+// Fills tile buffer `buf` (0 or 1) with K values k0 .. k0 + 31 of weight rows col0 .. + 63
 // and activation rows r0 .. + 63, zeros outside the matrices.
 fn load_tiles(k0: u32, buf: u32, lid: u32, col0: u32, r0: u32) {
     let n_out = prm(0u);
@@ -60,9 +67,10 @@ fn load_tiles(k0: u32, buf: u32, lid: u32, col0: u32, r0: u32) {
             w[i] = 0.0;
         }
     }
-    let t = buf + n * AS + 16u * h;
+    // Column n of rows 16 h .. 16 h + 15 (a subgroup's stores of one row are consecutive).
+    let t = buf * W_TILE + 16u * h * BS + n;
     for (var i = 0u; i < 16u; i++) {
-        w_tile[t + i] = to_f16(w[i]);
+        w_tile[t + i * BS] = to_f16(w[i]);
     }
     // Activations: 4 at k0 + 4 (lid % 8) of rows lid / 8 + 16 j.
     let k4 = lid & 7u;
@@ -74,7 +82,7 @@ fn load_tiles(k0: u32, buf: u32, lid: u32, col0: u32, r0: u32) {
         if (r < n_rows && k < cols) {
             v = arena[(prm(4u) + r * cols + k) / 4u];
         }
-        let x = buf + m * AS + 4u * k4;
+        let x = buf * X_TILE + m * AS + 4u * k4;
         x_tile[x] = to_f16(v.x);
         x_tile[x + 1u] = to_f16(v.y);
         x_tile[x + 2u] = to_f16(v.z);
@@ -133,16 +141,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     load_tiles(0u, 0u, lid, col0, r0);
     workgroupBarrier();
     for (var s = 0u; s < steps; s++) {
-        let cur = (s & 1u) * TILE;
+        let cur = s & 1u;
+        let xc = cur * X_TILE;
+        let wc = cur * W_TILE;
         // The other buffer was last read in step s - 1, which ended with a barrier.
         if (s + 1u < steps) {
-            load_tiles((s + 1u) * BK, TILE - cur, lid, col0, r0);
+            load_tiles((s + 1u) * BK, 1u - cur, lid, col0, r0);
         }
         for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[cur + fm * AS + kk], AS);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[cur + (fm + 16u) * AS + kk], AS);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[cur + fn_ * AS + kk], AS);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[cur + (fn_ + 16u) * AS + kk], AS);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xc + fm * AS + kk], AS);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xc + (fm + 16u) * AS + kk], AS);
+            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&w_tile[wc + kk * BS + fn_], BS);
+            let b1 = coopLoadT<coop_mat16x16<f16, B>>(&w_tile[wc + kk * BS + fn_ + 16u], BS);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
             c10 = coopMultiplyAdd(a1, b0, c10);

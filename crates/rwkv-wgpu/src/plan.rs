@@ -54,9 +54,9 @@ fn tiled_rows_per_invocation(gpu: &Gpu, rows: usize) -> Option<u32> {
 /// Activation rows from which matrix products use the cooperative-matrix kernel when the device
 /// has it (matmul_coop.wgsl, 64-row tiles): below, most of a tile would multiply zeros.
 const COOP_MIN_ROWS: usize = 16;
-/// Workgroup memory of matmul_coop.wgsl: two pairs of 64x40 f16 tiles (double buffering) and a
-/// 32x68 f32 staging tile.
-pub(crate) const COOP_WORKGROUP_BYTES: u32 = 2 * 2 * 64 * 40 * 2 + 32 * 68 * 4;
+/// Workgroup memory of matmul_coop.wgsl: two pairs (double buffering) of f16 tiles, 64x40
+/// activations and 32x72 weights, and a 32x68 f32 staging tile.
+pub(crate) const COOP_WORKGROUP_BYTES: u32 = 2 * (64 * 40 + 32 * 72) * 2 + 32 * 68 * 4;
 
 /// Whether a product of `rows` activation rows of `cols` values runs on cooperative matrices
 /// (the kernel reads activations as vec4: rows must be whole vec4, as arena offsets are).

@@ -273,21 +273,9 @@ impl Gpu {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        let coop =
+        let mut coop =
             options.allow_coop && f16 && subgroups && coop_env_allows() && coop_capable(&adapter);
         let coop_emulated = !coop && options.emulate_coop && f16;
-        let mut experimental_features = wgpu::ExperimentalFeatures::disabled();
-        if coop {
-            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-            // SAFETY: wgpu gates experimental features behind this token because their
-            // validation may be incomplete (a bad shader could misbehave instead of being
-            // rejected). Only matmul_coop.wgsl uses cooperative matrices; its loads and stores
-            // address workgroup memory at fixed in-bounds offsets (every fragment lies inside
-            // its tile, checked by the naga test), and the device's storage accesses keep
-            // wgpu's usual bounds checks. It is never requested in the browser, and
-            // `allow_coop: false` / RWKV_WGPU_COOP=0 leave it off.
-            experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
-        }
         // Pass-level timestamps, for WgpuBackend::profile_step only.
         let timestamps = have.contains(wgpu::Features::TIMESTAMP_QUERY);
         if timestamps {
@@ -295,16 +283,44 @@ impl Gpu {
         }
         // Ask for everything the adapter offers: on native that lifts the 128 MiB binding default.
         let limits = adapter.limits();
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("rwkv-wgpu"),
-                required_features: features,
-                required_limits: limits.clone(),
-                experimental_features,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| backend_err(format!("{}: cannot open device: {e}", info.name)))?;
+        let descriptor = |features, experimental_features| wgpu::DeviceDescriptor {
+            label: Some("rwkv-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features,
+            ..Default::default()
+        };
+        let mut opened = Err(None);
+        if coop {
+            // SAFETY: wgpu gates experimental features behind this token because their
+            // validation may be incomplete (a bad shader could misbehave instead of being
+            // rejected). Only matmul_coop.wgsl uses cooperative matrices: its cooperative loads
+            // and stores address workgroup tiles at offsets inside them by construction (the
+            // tests run the same offsets through the emulated kernel), and its storage accesses
+            // keep wgpu's usual bounds checks. Never requested in the browser; `allow_coop:
+            // false` / RWKV_WGPU_COOP=0 leave it off.
+            let experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+            let with_coop = features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            opened = adapter
+                .request_device(&descriptor(with_coop, experimental))
+                .await
+                .map_err(Some);
+        }
+        if opened.is_err() {
+            // A device that will not open with the experimental feature opens without it.
+            coop = false;
+            opened = adapter
+                .request_device(&descriptor(
+                    features,
+                    wgpu::ExperimentalFeatures::disabled(),
+                ))
+                .await
+                .map_err(Some);
+        }
+        let (device, queue) = opened.map_err(|e| {
+            let e = e.map(|e| e.to_string()).unwrap_or_default();
+            backend_err(format!("{}: cannot open device: {e}", info.name))
+        })?;
         let lost = Arc::new(Mutex::new(None));
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {

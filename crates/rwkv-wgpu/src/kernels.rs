@@ -20,6 +20,7 @@ const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("../shaders/coop_emulated.wgsl");
+const DECODE_Q4K_VEC4: &str = include_str!("../shaders/decode_q4k_vec4.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
@@ -149,7 +150,12 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         });
     }
     if let Some(k) = decode {
-        s.push_str(decode_source(k, native_f16));
+        // The coop kernel reads Q4_K through vec4 loads (its weights bound as vec4, below).
+        s.push_str(if coop && k == PackedKind::Q4K {
+            DECODE_Q4K_VEC4
+        } else {
+            decode_source(k, native_f16)
+        });
     }
     if let Kernel::MatVec(k, _) = kernel {
         let (vals, decode) = matvec_decode(k);
@@ -171,6 +177,12 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         s = s.replace(
             "var<storage, read> wq: array<u32>;",
             "var<storage, read> wq: array<vec2<f16>>;",
+        );
+    }
+    if coop && decode == Some(PackedKind::Q4K) {
+        s = s.replace(
+            "var<storage, read> wq: array<u32>;",
+            "var<storage, read> wq: array<vec4<u32>>;",
         );
     }
     s = s.replace("SG_BUILTINS", builtins).replace("SG_ARGS", args);
@@ -428,6 +440,11 @@ mod tests {
                 let src = source(kernel, subgroups, f16);
                 assert!(src.starts_with("enable f16;\nenable wgpu_cooperative_matrix;\n"));
                 assert!(!src.contains("COOP_SG"), "unreplaced placeholder");
+                assert_eq!(
+                    src.contains("wq: array<vec4<u32>>"),
+                    kind == PackedKind::Q4K,
+                    "{kind:?}: Q4_K alone is read through vec4"
+                );
                 let module = validate(&format!("{kernel:?} sg {subgroups} f16 {f16}"), &src);
                 // Workgroup memory within what plan.rs checks against the device limit.
                 let bytes: u32 = module

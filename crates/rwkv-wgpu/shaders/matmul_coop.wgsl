@@ -54,9 +54,9 @@ fn load_tiles(k0: u32, buf: u32, lid: u32, col0: u32, r0: u32) {
     let n_out = prm(0u);
     let cols = prm(1u);
     let n_rows = prm(3u);
-    // Weights: row lid / 2, half lid % 2 of the 32 values.
-    let n = lid >> 1u;
-    let h = lid & 1u;
+    // Weights: row lid % 64, half lid / 64 of the 32 values.
+    let n = lid & 63u;
+    let h = lid >> 6u;
     let o = col0 + n;
     let unit = k0 / 16u + h;
     var w: array<f32, 16>;
@@ -67,7 +67,7 @@ fn load_tiles(k0: u32, buf: u32, lid: u32, col0: u32, r0: u32) {
             w[i] = 0.0;
         }
     }
-    // Column n of rows 16 h .. 16 h + 15 (a subgroup's stores of one row are consecutive).
+    // Column n of rows 16 h .. 16 h + 15: a subgroup stores 32 consecutive values of one row.
     let t = buf * W_TILE + 16u * h * BS + n;
     for (var i = 0u; i < 16u; i++) {
         w_tile[t + i * BS] = to_f16(w[i]);

@@ -1097,10 +1097,20 @@ impl Compiled {
         // contiguous both in its slot and in the chunk.
         let state_copies = || {
             slots.iter().enumerate().flat_map(move |(s, &slot)| {
-                built.work_states.iter().filter(|c| c.len > 0).map(move |c| {
-                    let bytes = c.len as u64 * 4;
-                    (&states[slot], c.first as u64 * 4, &c.buffer, s as u64 * bytes, bytes)
-                })
+                built
+                    .work_states
+                    .iter()
+                    .filter(|c| c.len > 0)
+                    .map(move |c| {
+                        let bytes = c.len as u64 * 4;
+                        (
+                            &states[slot],
+                            c.first as u64 * 4,
+                            &c.buffer,
+                            s as u64 * bytes,
+                            bytes,
+                        )
+                    })
             })
         };
         for (slot, slot_at, chunk, chunk_at, bytes) in state_copies() {

@@ -3,8 +3,9 @@
 //! All activation buffers of a plan live in one f32 "arena" buffer at fixed offsets, so every
 //! kernel needs one activation binding (WebGPU guarantees only 8 storage bindings per stage; WKV
 //! alone reads 8 activations and 5 vectors). The states of the step's sequences are copied from
-//! their slot buffers into a working state buffer at the start of the command buffer and back
-//! at its end, so kernels see them at `seq · state_len` and the bind groups never change.
+//! their slot buffers into working state buffers at the start of the command buffer and back
+//! at its end, so the bind groups never change. The working state is split by layers
+//! ([`StateChunk`]) so that no buffer exceeds the device's binding limit.
 //! Parameters of every dispatch are fixed at build time (one uniform slice each); only the token
 //! ids change per step.
 
@@ -106,11 +107,11 @@ const LN_SHIFT_MAX_VEC4S: usize = 16;
 
 /// vec4 values per invocation of the one-row-per-workgroup LayerNorm / token-shift kernel
 /// (ln_shift.wgsl) for rows of `width`, or `None` where it does not apply (widths not a multiple
-/// of 4 or above 16384, states not a multiple of 4 values, a device below 256 invocations).
-fn ln_shift_vec4s(gpu: &Gpu, width: usize, state_len: usize) -> Option<u32> {
+/// of 4 or above 16384, a device below 256 invocations). With a token shift, the register
+/// must also be whole vec4s ([`StateAt::vec4`]).
+fn ln_shift_vec4s(gpu: &Gpu, width: usize) -> Option<u32> {
     let vec4s = width.div_ceil(4 * LN_SHIFT_WG);
     (width.is_multiple_of(4)
-        && state_len.is_multiple_of(4)
         && vec4s <= LN_SHIFT_MAX_VEC4S
         && gpu.limits.max_compute_invocations_per_workgroup as usize >= LN_SHIFT_WG
         && gpu.limits.max_compute_workgroup_size_x as usize >= LN_SHIFT_WG)
@@ -120,9 +121,9 @@ fn ln_shift_vec4s(gpu: &Gpu, width: usize, state_len: usize) -> Option<u32> {
 /// Invocations per state row of the split WKV kernel (wkv7_split.wgsl) for head size `n`: 4
 /// where the workgroup (4·N) fits WebGPU's default 256 (N ≤ 64), else 2 or 1; `None` (the
 /// one-invocation-per-row kernel) where its vec4 state access does not fit: N, the state
-/// length or the layer's S offset not multiples of 4, or N columns not split in vec4s.
-fn wkv_lanes(gpu: &Gpu, n: usize, state_len: usize, s_off: usize) -> Option<u32> {
-    if !n.is_multiple_of(4) || !state_len.is_multiple_of(4) || !s_off.is_multiple_of(4) {
+/// stride or the layer's S offset not multiples of 4, or N columns not split in vec4s.
+fn wkv_lanes(gpu: &Gpu, n: usize, s: StateAt) -> Option<u32> {
+    if !n.is_multiple_of(4) || !s.vec4() {
         return None;
     }
     let l = &gpu.limits;
@@ -225,7 +226,7 @@ pub(crate) struct Built {
     pub state_len: usize,
     pub weights_generation: u64,
     pub tokens: wgpu::Buffer,
-    pub work_state: wgpu::Buffer,
+    work_states: Vec<StateChunk>,
     arena: wgpu::Buffer,
     _params: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
@@ -242,11 +243,38 @@ struct Dispatch {
     kernel: Kernel,
 }
 
+/// Part of the step's working state: consecutive layers `[n_seq, len]`, holding values
+/// `first..first + len` of each sequence's slot state. A single `[n_seq, state_len]` buffer
+/// would exceed WebGPU's per-buffer and per-binding limits for large models and batches (7.2B:
+/// 34.6 MB per sequence; browsers bind 128 MiB by default), so layers are grouped as many per
+/// chunk as fit the limit (all of them when they do: one copy per sequence and direction).
+struct StateChunk {
+    buffer: wgpu::Buffer,
+    first: usize,
+    len: usize,
+}
+
+/// Where a kernel finds a piece of a layer's state: working chunk, values per sequence in that
+/// chunk (the stride), offset within a sequence's part.
+#[derive(Clone, Copy)]
+struct StateAt {
+    chunk: usize,
+    stride: usize,
+    offset: usize,
+}
+
+impl StateAt {
+    /// Whether the piece can be read as vec4s (stride and offset whole vec4s).
+    fn vec4(self) -> bool {
+        self.stride.is_multiple_of(4) && self.offset.is_multiple_of(4)
+    }
+}
+
 #[derive(Clone)]
 enum Bind {
     Arena,
     Vecs,
-    State,
+    State(usize),
     Tokens,
     Weight(wgpu::Buffer),
 }
@@ -498,7 +526,29 @@ impl Compiled {
                     && per_layer / width > 2)
                     .then(|| per_layer / width - 2)
             });
-        let layer_state = state_len / n_layer.max(1);
+        let layer_state = state_len / n_layer;
+        // Working state chunks: as many consecutive layers per chunk as fit one binding for
+        // the step's sequences (values past n_layer · layer_state, if any, are never touched by
+        // a kernel and stay in the slots).
+        let layer_bytes = (shape.n_seq as u64) * (layer_state as u64) * 4;
+        if layer_bytes > gpu.max_binding {
+            return Err(backend_err(format!(
+                "{}: the state of one layer for {} sequences needs {layer_bytes} bytes, the \
+                 device binds at most {} per buffer; run fewer sequences per step",
+                gpu.info.name, shape.n_seq, gpu.max_binding
+            )));
+        }
+        let layers_per_chunk = match layer_bytes {
+            0 => n_layer,
+            b => ((gpu.max_binding / b) as usize).clamp(1, n_layer),
+        };
+        let chunk_spans: Vec<(usize, usize)> = (0..n_layer)
+            .step_by(layers_per_chunk)
+            .map(|l| {
+                let layers = layers_per_chunk.min(n_layer - l);
+                (l * layer_state, layers * layer_state)
+            })
+            .collect();
         let max_dim = gpu.limits.max_compute_workgroups_per_dimension.max(1) as u64;
         let grid = |total: u64| -> Result<(u32, u32)> {
             let x = total.clamp(1, max_dim);
@@ -513,17 +563,29 @@ impl Compiled {
         let rows_u = u32_of(rows, "rows")?;
         let n_seq = u32_of(shape.n_seq, "sequences")?;
         let n_tok = u32_of(shape.n_tok, "tokens")?;
-        let state_u = u32_of(state_len, "state length")?;
 
-        // Token-shift register of `layer` (state offset within a sequence's state).
-        let reg_of = |layer: usize, kind: ShiftKind, width: usize| -> Result<u32> {
-            let reg = layer * layer_state + if kind == ShiftKind::Att { width } else { 0 };
-            if reg + width > layer_state * n_layer || layer_state == 0 {
+        // `len` values at `offset` within the state of `layer`, in the working chunks.
+        let state_at = |layer: usize, offset: usize, len: usize, what: &str| -> Result<StateAt> {
+            if layer >= n_layer || offset + len > layer_state {
                 return Err(backend_err(format!(
-                    "token shift of layer {layer} is outside the state"
+                    "{what} of layer {layer} is outside the state"
                 )));
             }
-            u32_of(reg, "state offset")
+            let chunk = layer / layers_per_chunk;
+            let (first, stride) = chunk_spans[chunk];
+            let at = StateAt {
+                chunk,
+                stride,
+                offset: layer * layer_state + offset - first,
+            };
+            u32_of(at.stride, "state stride")?;
+            u32_of(at.offset, "state offset")?;
+            Ok(at)
+        };
+        // Token-shift register of `layer`.
+        let reg_of = |layer: usize, kind: ShiftKind, width: usize| -> Result<StateAt> {
+            let offset = if kind == ShiftKind::Att { width } else { 0 };
+            state_at(layer, offset, width, "token shift")
         };
 
         let mut recs: Vec<Rec> = Vec::new();
@@ -563,7 +625,7 @@ impl Compiled {
                         return Err(backend_err(format!("{r} rows exceed the device's grid")));
                     }
                     let width = plan.buffers[*x].width;
-                    let Some(vec4s) = ln_shift_vec4s(gpu, width, state_len) else {
+                    let Some(vec4s) = ln_shift_vec4s(gpu, width) else {
                         recs.push(Rec {
                             op: op_index,
                             kernel: Kernel::LayerNorm,
@@ -592,7 +654,8 @@ impl Compiled {
                             && x != out
                             && r == rows
                             && mixes.len() <= LN_SHIFT_MAX_MIXES
-                            && mixes.iter().all(|(_, o)| o != x && o != out) =>
+                            && mixes.iter().all(|(_, o)| o != x && o != out)
+                            && reg_of(*layer, *kind, width).is_ok_and(StateAt::vec4) =>
                         {
                             fused_shift = Some(op_index + 1);
                             Some((reg_of(*layer, *kind, width)?, mixes))
@@ -608,19 +671,19 @@ impl Compiled {
                         vec_off(*b)?,
                         eps.to_bits(),
                         if shift.is_some() { n_tok } else { 1 },
-                        shift.as_ref().map_or(0, |s| s.0),
-                        state_u,
+                        shift.as_ref().map_or(0, |s| s.0.offset as u32),
+                        shift.as_ref().map_or(0, |s| s.0.stride as u32),
                         shift.as_ref().map_or(0, |s| s.1.len() as u32),
                         gx,
                         u32_of(r, "rows")?,
                     ];
                     let mut binds = vec![Bind::Arena, Bind::Vecs];
-                    if let Some((_, mixes)) = shift {
+                    if let Some((reg, mixes)) = shift {
                         for (m, o) in mixes {
                             p.push(vec_off(*m)?);
                             p.push(self.off(*o)?);
                         }
-                        binds.push(Bind::State);
+                        binds.push(Bind::State(reg.chunk));
                     }
                     recs.push(Rec {
                         op: op_index,
@@ -644,7 +707,8 @@ impl Compiled {
                     // The row-parallel kernel, unless an output is x itself (a later row
                     // would read it after it was overwritten); then one invocation per channel
                     // walks the tokens.
-                    let parallel = ln_shift_vec4s(gpu, width, state_len)
+                    let parallel = ln_shift_vec4s(gpu, width)
+                        .filter(|_| reg.vec4())
                         .filter(|_| mixes.len() <= LN_SHIFT_MAX_MIXES)
                         .filter(|_| mixes.iter().all(|(_, o)| o != x));
                     if let Some(vec4s) = parallel {
@@ -657,8 +721,8 @@ impl Compiled {
                             NONE,
                             0,
                             n_tok,
-                            reg,
-                            state_u,
+                            reg.offset as u32,
+                            reg.stride as u32,
                             mixes.len() as u32,
                             gx,
                             rows_u,
@@ -671,7 +735,7 @@ impl Compiled {
                             op: op_index,
                             kernel: Kernel::LnShift { vec4s, shift: true },
                             params: params(&p),
-                            binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                            binds: vec![Bind::Arena, Bind::Vecs, Bind::State(reg.chunk)],
                             groups: [gx, gy, 1],
                         });
                         continue;
@@ -682,8 +746,8 @@ impl Compiled {
                         u32_of(width, "width")?,
                         n_seq,
                         n_tok,
-                        reg,
-                        state_u,
+                        reg.offset as u32,
+                        reg.stride as u32,
                         mixes.len() as u32,
                         gx,
                     ];
@@ -695,7 +759,7 @@ impl Compiled {
                         op: op_index,
                         kernel: Kernel::TokenShift,
                         params: params(&p),
-                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State(reg.chunk)],
                         groups: [gx, gy, 1],
                     });
                 }
@@ -824,13 +888,8 @@ impl Compiled {
                             "head size {n} exceeds the device's workgroup size"
                         )));
                     }
-                    let s_off = layer * layer_state + 2 * width;
-                    if s_off + width * n > state_len {
-                        return Err(backend_err(format!(
-                            "wkv of layer {layer} is outside the state"
-                        )));
-                    }
-                    let kernel = match wkv_lanes(gpu, n, state_len, s_off) {
+                    let s_at = state_at(*layer, 2 * width, width * n, "wkv")?;
+                    let kernel = match wkv_lanes(gpu, n, s_at) {
                         Some(lanes) => Kernel::Wkv7Split {
                             head_size: n as u32,
                             lanes,
@@ -857,8 +916,8 @@ impl Compiled {
                             self.off(*out)?,
                             u32_of(width, "width")?,
                             n_tok,
-                            u32_of(s_off, "state offset")?,
-                            state_u,
+                            s_at.offset as u32,
+                            s_at.stride as u32,
                             vec_off(*k_k)?,
                             vec_off(*k_a)?,
                             vec_off(*r_k)?,
@@ -866,7 +925,7 @@ impl Compiled {
                             vec_off(*ln_x_b)?,
                             gn_eps.to_bits(),
                         ]),
-                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State],
+                        binds: vec![Bind::Arena, Bind::Vecs, Bind::State(s_at.chunk)],
                         groups: [u32_of(width / n, "heads")?, n_seq, 1],
                     });
                 }
@@ -915,12 +974,21 @@ impl Compiled {
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
-        let state_bytes = (shape.n_seq as u64) * (state_len as u64) * 4;
         let built = gpu
             .scoped("building plan", || -> Result<Built> {
                 let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
                 let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
-                let work_state = gpu.buffer("step states", state_bytes, storage)?;
+                let work_states = chunk_spans
+                    .iter()
+                    .map(|&(first, len)| {
+                        let bytes = (shape.n_seq as u64) * (len as u64) * 4;
+                        Ok(StateChunk {
+                            buffer: gpu.buffer("step states", bytes, storage)?,
+                            first,
+                            len,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 let staging_len = (self.logits_len().max(logit_rows) as u64) * 4;
                 let staging = gpu.buffer(
                     "read-back",
@@ -954,7 +1022,7 @@ impl Compiled {
                         let buffer = match b {
                             Bind::Arena => &arena,
                             Bind::Vecs => vecs,
-                            Bind::State => &work_state,
+                            Bind::State(c) => &work_states[*c].buffer,
                             Bind::Tokens => &tokens,
                             Bind::Weight(w) => w,
                         };
@@ -983,7 +1051,7 @@ impl Compiled {
                     state_len,
                     weights_generation,
                     tokens,
-                    work_state,
+                    work_states,
                     arena,
                     _params: param_buf,
                     dispatches,
@@ -1020,20 +1088,33 @@ impl Compiled {
             .built
             .as_ref()
             .ok_or_else(|| backend_err("plan not built"))?;
-        let state_bytes = built.state_len as u64 * 4;
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("rwkv step"),
             });
-        for (s, &slot) in slots.iter().enumerate() {
-            enc.copy_buffer_to_buffer(
-                &states[slot],
-                0,
-                &built.work_state,
-                s as u64 * state_bytes,
-                state_bytes,
-            );
+        // One copy per (sequence, chunk) and direction: a sequence's part of a chunk is
+        // contiguous both in its slot and in the chunk.
+        let state_copies = || {
+            slots.iter().enumerate().flat_map(move |(s, &slot)| {
+                built
+                    .work_states
+                    .iter()
+                    .filter(|c| c.len > 0)
+                    .map(move |c| {
+                        let bytes = c.len as u64 * 4;
+                        (
+                            &states[slot],
+                            c.first as u64 * 4,
+                            &c.buffer,
+                            s as u64 * bytes,
+                            bytes,
+                        )
+                    })
+            })
+        };
+        for (slot, slot_at, chunk, chunk_at, bytes) in state_copies() {
+            enc.copy_buffer_to_buffer(slot, slot_at, chunk, chunk_at, bytes);
         }
         let run = |pass: &mut wgpu::ComputePass<'_>, d: &Dispatch| {
             pass.set_pipeline(&d.pipeline);
@@ -1069,14 +1150,8 @@ impl Compiled {
                 run(&mut pass, &built.argmax);
             }
         }
-        for (s, &slot) in slots.iter().enumerate() {
-            enc.copy_buffer_to_buffer(
-                &built.work_state,
-                s as u64 * state_bytes,
-                &states[slot],
-                0,
-                state_bytes,
-            );
+        for (slot, slot_at, chunk, chunk_at, bytes) in state_copies() {
+            enc.copy_buffer_to_buffer(chunk, chunk_at, slot, slot_at, bytes);
         }
         let len = match read {
             ReadBack::None => 0,

@@ -287,3 +287,109 @@ fn profile_step_times_every_op() {
         }
     }
 }
+
+/// A binding cap that makes one working state `[n_seq, state_len]` for 4 sequences impossible
+/// while one layer of 4 sequences fits: the step's state is split by layers. Batched decode
+/// over shuffled slots, a multi-token batch and a prefill match the CPU backend; states written
+/// and read back are exact; a batch whose single layer exceeds the cap is a clear error.
+#[test]
+fn working_state_split_by_layers_matches_the_cpu_backend() {
+    let seed = seed();
+    let n_slots = 5;
+    let model = synth_model(SynthShape::Tiny, DType::F16, seed).expect("synth");
+    let desc = model.desc.clone();
+    let builder = PlanBuilder::new(&desc);
+    let state_bytes = desc.state_len() * 4;
+    let layer_bytes = desc.layer_state_len() * 4;
+    // 5 layer states (2 layers): one slot and 2 sequences' whole states fit; 3 or 4
+    // sequences' do not, while one layer of 4 sequences does.
+    let cap = 5 * layer_bytes as u64;
+    assert!(desc.n_layer == 2 && 3 * state_bytes as u64 > cap && 4 * layer_bytes as u64 <= cap);
+    let options = WgpuOptions {
+        max_binding_bytes: Some(cap),
+        ..Default::default()
+    };
+    let steps = [
+        (StepShape { n_seq: 4, n_tok: 1 }, vec![3, 2, 0, 4]),
+        (StepShape { n_seq: 1, n_tok: 5 }, vec![2]),
+        (StepShape { n_seq: 4, n_tok: 1 }, vec![1, 4, 2, 3]),
+        (StepShape { n_seq: 3, n_tok: 2 }, vec![0, 3, 1]),
+        (StepShape { n_seq: 4, n_tok: 2 }, vec![4, 0, 3, 2]),
+    ];
+    for (label, mut gpu) in backends(options) {
+        let (logit_tol, state_tol) = if gpu.uses_coop() {
+            (COOP_TOL, COOP_TOL)
+        } else {
+            (LOGIT_TOL, STATE_TOL)
+        };
+        let mut cpu = CpuBackend::new();
+        load(&mut cpu, &model, &builder, n_slots);
+        load(&mut gpu, &model, &builder, n_slots);
+        let mut rng = Rng::new(seed ^ 0x51ab);
+        // Random starting states (O(1), as after a prefill), written to both and read back.
+        for s in 0..n_slots {
+            let v = rng.vec(desc.state_len(), -1.0, 1.0);
+            cpu.write_state(s, &v).expect("cpu write");
+            gpu.write_state(s, &v).expect("gpu write");
+            let mut back = vec![f32::NAN; desc.state_len()];
+            gpu.read_state(s, &mut back).expect("read back");
+            assert_eq!(back, v, "{label}: slot {s} state round trip");
+        }
+        for (si, (shape, slots)) in steps.iter().enumerate() {
+            let plan = builder.build(*shape, true);
+            let (pc, pg) = (
+                cpu.compile(&plan).expect("cpu compile"),
+                gpu.compile(&plan).expect("gpu compile"),
+            );
+            let tokens: Vec<u32> = (0..shape.rows())
+                .map(|_| rng.below(desc.vocab_size as u64) as u32)
+                .collect();
+            let n = shape.rows() * desc.vocab_size;
+            let (mut want, mut got) = (vec![0f32; n], vec![f32::NAN; n]);
+            cpu.execute(pc, &tokens, slots, StepOutput::Logits(&mut want))
+                .expect("cpu step");
+            gpu.execute(pg, &tokens, slots, StepOutput::Logits(&mut got))
+                .expect("gpu step");
+            let (d, i) = max_abs_diff(&got, &want);
+            assert!(
+                d <= logit_tol,
+                "{label} step {si} {shape:?}: logit {i}: gpu {} cpu {} (diff {d})",
+                got[i],
+                want[i]
+            );
+            for s in 0..n_slots {
+                let (mut a, mut b) = (vec![0f32; desc.state_len()], vec![0f32; desc.state_len()]);
+                cpu.read_state(s, &mut a).expect("cpu state");
+                gpu.read_state(s, &mut b).expect("gpu state");
+                let (d, i) = max_abs_diff(&b, &a);
+                assert!(
+                    d <= state_tol,
+                    "{label} step {si}: state of slot {s} value {i}: diff {d}"
+                );
+            }
+            println!("{label} step {si} {shape:?}: max |logit diff| {d:.3e}");
+        }
+        // Slots still write and read exactly after the split steps.
+        let v = rng.vec(desc.state_len(), -1.0, 1.0);
+        gpu.write_state(4, &v).expect("gpu write");
+        let mut back = vec![f32::NAN; desc.state_len()];
+        gpu.read_state(4, &mut back).expect("read back");
+        assert_eq!(back, v, "{label}: state round trip after the steps");
+        // One layer of 4 sequences does not fit a cap of 4 layer states less a word.
+        let small = WgpuOptions {
+            max_binding_bytes: Some(4 * layer_bytes as u64 - 4),
+            ..Default::default()
+        };
+        if let Some((_, mut tight)) = backends(small).into_iter().next() {
+            load(&mut tight, &model, &builder, 4);
+            let plan = builder.build(StepShape { n_seq: 4, n_tok: 1 }, false);
+            match tight.compile(&plan) {
+                Err(e) => assert!(
+                    e.to_string().contains("one layer for 4 sequences"),
+                    "{label}: unclear error: {e}"
+                ),
+                Ok(_) => panic!("{label}: 4 sequences x 1 layer over the cap compiled"),
+            }
+        }
+    }
+}

@@ -61,11 +61,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Byte 2g / 2g + 1 of the packed 8 scales (words 0..3 | 4..7) and mins.
         let hi_half = g >= 2u;
         let shift = 16u * (g & 1u);
+        // A guard instead of a break keeps the trip count constant, so the compiler can unroll
+        // the rows and issue their loads together.
         for (var i = 0u; i < ROWS; i++) {
-            let o = first + i;
-            if (o >= n_out) {
-                break;
-            }
+            let o = min(first + i, n_out - 1u);
             let base = o * row_vec4 + blk * 9u;
             let head = wq[base];
             let q = wq[base + 1u + t];
@@ -88,8 +87,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 + dot(lo_nibbles(q.z), xl2) + dot(lo_nibbles(q.w), xl3);
             let dot_hi = dot(hi_nibbles(q.x), xh0) + dot(hi_nibbles(q.y), xh1)
                 + dot(hi_nibbles(q.z), xh2) + dot(hi_nibbles(q.w), xh3);
-            acc[i] += dm.x * (sc_lo * dot_lo + sc_hi * dot_hi)
-                - dm.y * (mn_lo * sum_lo + mn_hi * sum_hi);
+            let part = dm.x * (sc_lo * dot_lo + sc_hi * dot_hi) - dm.y * (mn_lo * sum_lo + mn_hi * sum_hi);
+            acc[i] += select(0.0, part, first + i < n_out);
         }
     }
     let total = block_sum4(acc, lid, SG_ARGS);

@@ -44,6 +44,38 @@ __device__ __forceinline__ void store_row(float* S, const float (&st)[N]) {
     for (int q = 0; q < N; q += 4) *(float4*)(S + q) = make_float4(st[q], st[q + 1], st[q + 2], st[q + 3]);
 }
 
+// One token for a quarter of a state row (four consecutive lanes hold a row, Q columns each):
+//   S <- S diag(w) + (S.(-kk)) (kk a)^T + v k^T,   returns y = S.r for the whole row.
+// `vec` is the lane's quarter of the token's staged r, then w, k, -kk, kk*a, `stride` floats
+// apart (16-byte aligned); the quarters meet through two shuffles per dot product.
+template <int Q>
+__device__ __forceinline__ float wkv_row_step(float (&st)[Q], const float* vec, int stride, float v) {
+    float r_[Q], w_[Q], k_[Q], kk_[Q], b_[Q];
+#pragma unroll
+    for (int q = 0; q < Q; q += 4) {
+        float4 x;
+        x = *(const float4*)(vec + 3 * stride + q); kk_[q] = x.x; kk_[q + 1] = x.y; kk_[q + 2] = x.z; kk_[q + 3] = x.w;
+        x = *(const float4*)(vec + 1 * stride + q); w_[q] = x.x; w_[q + 1] = x.y; w_[q + 2] = x.z; w_[q + 3] = x.w;
+        x = *(const float4*)(vec + 4 * stride + q); b_[q] = x.x; b_[q + 1] = x.y; b_[q + 2] = x.z; b_[q + 3] = x.w;
+        x = *(const float4*)(vec + 2 * stride + q); k_[q] = x.x; k_[q + 1] = x.y; k_[q + 2] = x.z; k_[q + 3] = x.w;
+        x = *(const float4*)(vec + q); r_[q] = x.x; r_[q + 1] = x.y; r_[q + 2] = x.z; r_[q + 3] = x.w;
+    }
+    float sa = 0.0f;
+#pragma unroll
+    for (int q = 0; q < Q; q++) sa += st[q] * kk_[q];
+    sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+    sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+    float y = 0.0f;
+#pragma unroll
+    for (int q = 0; q < Q; q++) {
+        st[q] = st[q] * w_[q] + sa * b_[q] + v * k_[q];
+        y += st[q] * r_[q];
+    }
+    y += __shfl_xor_sync(0xffffffffu, y, 1);
+    y += __shfl_xor_sync(0xffffffffu, y, 2);
+    return y;
+}
+
 // Decode (one token per sequence). Block of 4N threads: thread t < N computes the per-channel
 // quantities of channel t (k normalisation, modified k, kk*a, the v mix) into shared memory;
 // four consecutive lanes own row p = t/4 of S, N/4 columns each, so the two dot products per
@@ -97,30 +129,7 @@ __device__ void wkv7_fused(const WkvArgs& A) {
         }
         float bonus = block_sum(r * k * rk, red);  // its barriers publish the stores above
         float vp = sv[p];
-        float r_[Q], w_[Q], k_[Q], kk_[Q], b_[Q];
-#pragma unroll
-        for (int q = 0; q < Q; q += 4) {
-            int o = part * QP + q;
-            float4 x;
-            x = *(const float4*)&sh[3][o]; kk_[q] = x.x; kk_[q + 1] = x.y; kk_[q + 2] = x.z; kk_[q + 3] = x.w;
-            x = *(const float4*)&sh[1][o]; w_[q] = x.x; w_[q + 1] = x.y; w_[q + 2] = x.z; w_[q + 3] = x.w;
-            x = *(const float4*)&sh[4][o]; b_[q] = x.x; b_[q + 1] = x.y; b_[q + 2] = x.z; b_[q + 3] = x.w;
-            x = *(const float4*)&sh[2][o]; k_[q] = x.x; k_[q + 1] = x.y; k_[q + 2] = x.z; k_[q + 3] = x.w;
-            x = *(const float4*)&sh[0][o]; r_[q] = x.x; r_[q + 1] = x.y; r_[q + 2] = x.z; r_[q + 3] = x.w;
-        }
-        float sa = 0.0f;
-#pragma unroll
-        for (int q = 0; q < Q; q++) sa += st[q] * kk_[q];
-        sa += __shfl_xor_sync(0xffffffffu, sa, 1);
-        sa += __shfl_xor_sync(0xffffffffu, sa, 2);
-        float y = 0.0f;
-#pragma unroll
-        for (int q = 0; q < Q; q++) {
-            st[q] = st[q] * w_[q] + sa * b_[q] + vp * k_[q];
-            y += st[q] * r_[q];
-        }
-        y += __shfl_xor_sync(0xffffffffu, y, 1);
-        y += __shfl_xor_sync(0xffffffffu, y, 2);
+        float y = wkv_row_step<Q>(st, &sh[0][part * QP], 4 * QP, vp);
         // GroupNorm over the head's rows: one lane per row contributes.
         float mean = block_sum(part == 0 ? y : 0.0f, red) / (float)N;
         float dv = y - mean;
@@ -214,30 +223,7 @@ __device__ void wkv7_scan(const WkvArgs& A) {
         for (int tt = 0; tt < nt; tt++) {
             long long idx = ((long long)s * A.n_tok + t0 + tt) * A.C + h * N + p;
             float v = shv[tt][t >> 2];
-            float r_[Q], w_[Q], k_[Q], kk_[Q], b_[Q];
-#pragma unroll
-            for (int q = 0; q < Q; q += 4) {
-                int o = part * QP + q;
-                float4 x;
-                x = *(const float4*)&sh[3][tt][o]; kk_[q] = x.x; kk_[q + 1] = x.y; kk_[q + 2] = x.z; kk_[q + 3] = x.w;
-                x = *(const float4*)&sh[1][tt][o]; w_[q] = x.x; w_[q + 1] = x.y; w_[q + 2] = x.z; w_[q + 3] = x.w;
-                x = *(const float4*)&sh[4][tt][o]; b_[q] = x.x; b_[q + 1] = x.y; b_[q + 2] = x.z; b_[q + 3] = x.w;
-                x = *(const float4*)&sh[2][tt][o]; k_[q] = x.x; k_[q + 1] = x.y; k_[q + 2] = x.z; k_[q + 3] = x.w;
-                x = *(const float4*)&sh[0][tt][o]; r_[q] = x.x; r_[q + 1] = x.y; r_[q + 2] = x.z; r_[q + 3] = x.w;
-            }
-            float sa = 0.0f;
-#pragma unroll
-            for (int q = 0; q < Q; q++) sa += st[q] * kk_[q];
-            sa += __shfl_xor_sync(0xffffffffu, sa, 1);
-            sa += __shfl_xor_sync(0xffffffffu, sa, 2);
-            float y = 0.0f;
-#pragma unroll
-            for (int q = 0; q < Q; q++) {
-                st[q] = st[q] * w_[q] + sa * b_[q] + v * k_[q];
-                y += st[q] * r_[q];
-            }
-            y += __shfl_xor_sync(0xffffffffu, y, 1);
-            y += __shfl_xor_sync(0xffffffffu, y, 2);
+            float y = wkv_row_step<Q>(st, &sh[0][tt][part * QP], T * TOK, v);
             if (part == 0) A.out[idx] = y;
         }
     }

@@ -256,6 +256,21 @@ impl CudaBackend {
         }
     }
 
+    /// Device address of state `slot`, after checking the slot and a host buffer of `len` values.
+    fn slot_ptr(&self, what: &str, slot: usize, len: usize) -> Result<u64> {
+        let st = self
+            .states
+            .as_ref()
+            .ok_or_else(|| err(format!("{what}: no states allocated")))?;
+        if slot >= self.n_slots || len != self.state_len {
+            return Err(err(format!(
+                "{what}: slot {slot} of {} or length {len} != {}",
+                self.n_slots, self.state_len
+            )));
+        }
+        Ok(st.ptr + (slot * self.state_len * 4) as u64)
+    }
+
     /// Builds the column layouts (sparse.cu) of the matrices whose batch-1 products in `plan`
     /// can skip zero inputs. Skipped, and the row layout used, when the device lacks the memory.
     fn ensure_sparse(&mut self, plan: &Plan) -> Result<()> {
@@ -1593,38 +1608,14 @@ impl Backend for CudaBackend {
 
     fn read_state(&mut self, slot: usize, out: &mut [f32]) -> Result<()> {
         self.gpu.bind()?;
-        let st = self
-            .states
-            .as_ref()
-            .ok_or_else(|| err("read_state: no states allocated"))?;
-        if slot >= self.n_slots || out.len() != self.state_len {
-            return Err(err(format!(
-                "read_state: slot {slot} of {} or length {} != {}",
-                self.n_slots,
-                out.len(),
-                self.state_len
-            )));
-        }
-        self.gpu
-            .dtoh(out, st.ptr + (slot * self.state_len * 4) as u64)
+        let ptr = self.slot_ptr("read_state", slot, out.len())?;
+        self.gpu.dtoh(out, ptr)
     }
 
     fn write_state(&mut self, slot: usize, values: &[f32]) -> Result<()> {
         self.gpu.bind()?;
-        let st = self
-            .states
-            .as_ref()
-            .ok_or_else(|| err("write_state: no states allocated"))?;
-        if slot >= self.n_slots || values.len() != self.state_len {
-            return Err(err(format!(
-                "write_state: slot {slot} of {} or length {} != {}",
-                self.n_slots,
-                values.len(),
-                self.state_len
-            )));
-        }
-        self.gpu
-            .htod(st.ptr + (slot * self.state_len * 4) as u64, values)?;
+        let ptr = self.slot_ptr("write_state", slot, values.len())?;
+        self.gpu.htod(ptr, values)?;
         self.gpu.sync()
     }
 }

@@ -82,7 +82,8 @@ if ! node web/test/drive.mjs "$chromium" "http://127.0.0.1:$port/test/index.html
     exit 1
 fi
 
-# The demo page: a synthetic model, 8 streamed tokens, a tok/s figure.
+# The demo page: a synthetic model, 8 streamed tokens, a tok/s figure. Greedy (temperature 0):
+# with the page's default sampling, a run could draw end-of-text first and stream nothing.
 DRIVE_EXPR=$(cat <<'JS'
 (async () => {
   const $ = (id) => document.getElementById(id);
@@ -95,6 +96,7 @@ DRIVE_EXPR=$(cat <<'JS'
     await sleep(100);
   }
   $('max-tokens').value = '8';
+  $('temperature').value = '0';
   $('generate').click();
   await sleep(100);
   while ($('generate').disabled) await sleep(100);

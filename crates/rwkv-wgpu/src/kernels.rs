@@ -173,15 +173,22 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::ToF16 => return format!("enable f16;\n{COMMON}{TO_F16}"),
         Kernel::DequantF16(k) => {
             let native_f16 = f16 && k == PackedKind::F16;
-            let mut s = format!(
-                "enable f16;\n{COMMON}{}{}",
-                decode_source(k, native_f16),
-                DEQUANT_F16
-            );
-            if native_f16 {
+            // Q4_K through vec4 loads (2 per unit instead of 7), as in matmul_coop.wgsl.
+            let decode = if k == PackedKind::Q4K {
+                DECODE_Q4K_VEC4
+            } else {
+                decode_source(k, native_f16)
+            };
+            let mut s = format!("enable f16;\n{COMMON}{decode}{DEQUANT_F16}");
+            let array = match k {
+                PackedKind::Q4K => Some("array<vec4<u32>>"),
+                _ if native_f16 => Some("array<vec2<f16>>"),
+                _ => None,
+            };
+            if let Some(array) = array {
                 s = s.replace(
                     "var<storage, read> wq: array<u32>;",
-                    "var<storage, read> wq: array<vec2<f16>>;",
+                    &format!("var<storage, read> wq: {array};"),
                 );
             }
             return s;

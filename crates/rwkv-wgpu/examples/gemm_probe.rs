@@ -18,6 +18,8 @@ struct Config {
     fm: u32,
     fn_: u32,
     smem: bool,
+    /// B staged too (else its fragments come straight from storage).
+    smem_b: bool,
 }
 
 impl Config {
@@ -29,7 +31,8 @@ impl Config {
             sgn: v[1],
             fm: v[2],
             fn_: v[3],
-            smem: smem == "1",
+            smem: smem != "0",
+            smem_b: smem == "1",
         })
     }
     fn bm(&self) -> u32 {
@@ -62,7 +65,7 @@ impl Config {
             };
         }
         for j in 0..self.fn_ {
-            step += &if self.smem {
+            step += &if self.smem_b {
                 format!("            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&bt[cur * B_TILE + kk * BS + fn_ + {}u], BS);\n", 16 * j)
             } else {
                 format!("            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&b[(s * BK + kk) * n + n0 + fn_ + {}u], n);\n", 16 * j)
@@ -78,6 +81,7 @@ impl Config {
             .replace("SGN_u", &format!("{}u", self.sgn))
             .replace("FM_u", &format!("{}u", self.fm))
             .replace("FN_u", &format!("{}u", self.fn_))
+            .replace("SMEM_B", if self.smem_b { "1u" } else { "0u" })
             .replace("SMEM", if self.smem { "1u" } else { "0u" })
             .replace("ACC_DECLS", &decls)
             .replace("STEP_CODE", &step)
@@ -247,8 +251,10 @@ async fn run() {
             ];
             // The staged variant uses only the vec4 views; the direct one also has the fill
             // function (unused, but part of the module's layout).
-            let views: &[(u32, &wgpu::Buffer)] = if cfg.smem {
+            let views: &[(u32, &wgpu::Buffer)] = if cfg.smem && cfg.smem_b {
                 &[(4, &ba), (5, &bb)]
+            } else if cfg.smem {
+                &[(2, &bb), (4, &ba), (5, &bb)]
             } else {
                 &[(1, &ba), (2, &bb), (4, &ba), (5, &bb)]
             };
@@ -312,11 +318,12 @@ async fn run() {
                 worst = worst.max((got[(i * n + j) as usize] - want).abs());
             }
             println!(
-                "{m}x{k}x{n} tile {}x{} wg {} smem {}: {:.3} ms, {tflops:.1} TFLOP/s, max sampled |diff| {worst:.2e}",
+                "{m}x{k}x{n} tile {}x{} wg {} smem {} (b {}): {:.3} ms, {tflops:.1} TFLOP/s, max sampled |diff| {worst:.2e}",
                 cfg.bm(),
                 cfg.bn(),
                 cfg.sgm * cfg.sgn * 32,
                 cfg.smem,
+                cfg.smem_b,
                 secs * 1e3
             );
         }

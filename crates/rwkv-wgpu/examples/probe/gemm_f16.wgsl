@@ -2,7 +2,7 @@
 // matrices, A [M][K] and B [K][N] f16 in storage, C [M][N] f32. SGM x SGN subgroups of 32, each
 // owning FM x FN fragments of 16x16; tile BM x BN, K steps of 32. SMEM = 1: operands staged in
 // double-buffered workgroup tiles (filled with 8-byte loads); SMEM = 0: fragments loaded
-// straight from storage. Dimensions must be multiples of the tile (a probe: no bounds checks).
+// straight from storage; SMEM_B = 0 with SMEM = 1: A staged, B straight from storage. Dimensions must be multiples of the tile (a probe: no bounds checks).
 enable f16;
 enable wgpu_cooperative_matrix;
 const SGM: u32 = SGM_u;
@@ -43,8 +43,8 @@ fn fill(k0: u32, buf: u32, lid: u32, m0: u32, n0: u32) {
         at[t + 2u] = v.z;
         at[t + 3u] = v.w;
     }
-    // B: 32 rows x BN/4 vec4.
-    for (var i = 0u; i < BK * BN / 4u / WG; i++) {
+    // B: 32 rows x BN/4 vec4 (unless B fragments come straight from storage).
+    for (var i = 0u; i < select(0u, BK * BN / 4u / WG, SMEM_B == 1u); i++) {
         let idx = lid + i * WG;
         let row = idx / (BN / 4u);
         let c4 = idx % (BN / 4u);

@@ -33,6 +33,9 @@ const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const WKV7: &str = include_str!("../shaders/wkv7.wgsl");
 const WKV7_SPLIT: &str = include_str!("../shaders/wkv7_split.wgsl");
+const WKV7_PREP: &str = include_str!("../shaders/wkv7_prep.wgsl");
+const WKV7_SCAN: &str = include_str!("../shaders/wkv7_scan.wgsl");
+const WKV7_POST: &str = include_str!("../shaders/wkv7_post.wgsl");
 
 fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
     match kind {
@@ -102,6 +105,21 @@ pub(crate) enum Kernel {
         head_size: u32,
         lanes: u32,
     },
+    /// Prefill WKV, pass 1 (`wkv7_prep.wgsl`): per (head, row), the state-independent vectors
+    /// into scratch rows of the arena.
+    Wkv7Prep {
+        head_size: u32,
+    },
+    /// Prefill WKV, pass 2 (`wkv7_scan.wgsl`): one invocation per state row, tokens in chunks
+    /// of `chunk` through workgroup memory, no barrier inside a chunk.
+    Wkv7Scan {
+        head_size: u32,
+        chunk: u32,
+    },
+    /// Prefill WKV, pass 3 (`wkv7_post.wgsl`): per (head, row), GroupNorm, bonus and gate.
+    Wkv7Post {
+        head_size: u32,
+    },
 }
 
 /// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
@@ -121,6 +139,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
         Kernel::Wkv7Split { .. } => (WKV7_SPLIT, None, true),
+        Kernel::Wkv7Prep { .. } => (WKV7_PREP, None, true),
+        Kernel::Wkv7Scan { .. } => (WKV7_SCAN, None, false),
+        Kernel::Wkv7Post { .. } => (WKV7_POST, None, true),
     };
     let coop = matches!(kernel, Kernel::MatMulCoop(_));
     let native_f16 = f16 && decode == Some(PackedKind::F16);
@@ -164,11 +185,14 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     } else {
         s.push_str(body);
     }
+    // The number of subgroups is computed from the subgroup size: lavapipe (Mesa 22.3) reports
+    // `num_subgroups` rounded down when the workgroup is not a whole number of subgroups
+    // (12 invocations in subgroups of 8: 1), so the last partial sum was dropped (WKV at N = 12).
     let (builtins, args) = if subgroups && reduce {
         (
             "@builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \
-             @builtin(num_subgroups) n_sg: u32",
-            "sg_lane, sg_id, n_sg",
+             @builtin(subgroup_size) sg_size: u32",
+            "sg_lane, sg_id, (WG + sg_size - 1u) / sg_size",
         )
     } else {
         ("", "0u, 0u, 1u")
@@ -222,7 +246,15 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
             .replace("WKV_WG", &wg.to_string())
             .replace("HALF_POW2", &(wg.next_power_of_two() / 2).to_string());
     }
-    if let Kernel::Wkv7 { head_size } = kernel {
+    if let Kernel::Wkv7Scan { head_size, chunk } = kernel {
+        s = s
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("SCAN_CHUNK", &chunk.to_string());
+    }
+    if let Kernel::Wkv7 { head_size }
+    | Kernel::Wkv7Prep { head_size }
+    | Kernel::Wkv7Post { head_size } = kernel
+    {
         let half_pow2 = head_size.next_power_of_two() / 2;
         s = s
             .replace("HEAD_SIZE", &head_size.to_string())
@@ -481,6 +513,39 @@ mod tests {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{kind:?}: {}", e.emit_to_string(&src)));
+        }
+    }
+
+    #[test]
+    fn prefill_wkv_kernels_validate() {
+        for head_size in [4u32, 8, 16, 64] {
+            for chunk in [4u32, 8] {
+                let kernel = Kernel::Wkv7Scan { head_size, chunk };
+                let src = source(kernel, true, true);
+                let module = validate(&format!("{kernel:?}"), &src);
+                let bytes: u32 = module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                    .sum();
+                assert_eq!(
+                    bytes,
+                    crate::plan::wkv_scan_workgroup_bytes(head_size, chunk),
+                    "{kernel:?}"
+                );
+                assert_eq!(module.entry_points[0].workgroup_size, [head_size, 1, 1]);
+            }
+            for kernel in [
+                Kernel::Wkv7Prep { head_size },
+                Kernel::Wkv7Post { head_size },
+            ] {
+                for subgroups in [true, false] {
+                    let src = source(kernel, subgroups, false);
+                    let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
+                    assert_eq!(module.entry_points[0].workgroup_size, [head_size, 1, 1]);
+                }
+            }
         }
     }
 

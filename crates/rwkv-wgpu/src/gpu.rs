@@ -50,6 +50,11 @@ pub struct WgpuOptions {
     /// (slow; needs shader-f16 only), so tests exercise that path on any device. Not for use.
     #[doc(hidden)]
     pub emulate_coop: bool,
+    /// Invocations per state row of the prefill WKV scan (1, 2 or 4; `None`: the default, see
+    /// `plan::wkv_scan_geometry`), for tests and A/B measurements; the environment variable
+    /// `RWKV_WGPU_WKV_LANES` sets it too. Ignored where that many lanes do not fit.
+    #[doc(hidden)]
+    pub wkv_scan_lanes: Option<u32>,
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
@@ -65,6 +70,7 @@ impl Default for WgpuOptions {
             allow_subgroups: true,
             allow_coop: true,
             emulate_coop: false,
+            wkv_scan_lanes: None,
             max_binding_bytes: None,
             wait_timeout: Duration::from_secs(120),
         }
@@ -186,6 +192,22 @@ fn coop_env_allows() -> bool {
     }
 }
 
+/// `RWKV_WGPU_WKV_LANES=1|2|4`: lanes per state row of the prefill WKV scan, for A/B runs.
+fn wkv_lanes_env() -> Option<u32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var("RWKV_WGPU_WKV_LANES")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        None
+    }
+}
+
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
@@ -213,6 +235,8 @@ pub(crate) struct Gpu {
     /// ... emulated in plain WGSL (`WgpuOptions::emulate_coop`).
     pub coop_emulated: bool,
     pub timestamps: bool,
+    /// Lanes per state row asked for the prefill WKV scan (`WgpuOptions::wkv_scan_lanes`).
+    pub wkv_scan_lanes: Option<u32>,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
     // The browser has no blocking wait.
@@ -354,6 +378,7 @@ impl Gpu {
             coop: coop || coop_emulated,
             coop_emulated,
             timestamps,
+            wkv_scan_lanes: options.wkv_scan_lanes.or_else(wkv_lanes_env),
             max_binding,
             wait_timeout: options.wait_timeout,
             lost,

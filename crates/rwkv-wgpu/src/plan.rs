@@ -134,34 +134,64 @@ fn wkv_lanes(gpu: &Gpu, n: usize, s: StateAt) -> Option<u32> {
         .map(|j| j as u32)
 }
 
-/// Largest head size of the prefill WKV scan (wkv7_scan.wgsl): an invocation keeps a state row
-/// (N/4 vec4) and the next chunk's loads (6·T/4 vec4) in registers; at N = 64, T = 8 that is
-/// 112 registers, more would spill on some GPUs. Larger heads keep the token-loop kernels.
+/// Largest head size of the prefill WKV scan (wkv7_scan.wgsl): an invocation of the
+/// one-lane variant keeps a state row (N/4 vec4) and the next chunk's loads (6·T/4 vec4) in
+/// registers; at N = 64, T = 8 that is 112 registers, more would spill on some GPUs. Larger
+/// heads keep the token-loop kernels.
 const WKV_SCAN_MAX_HEAD: usize = 64;
 
-/// Tokens per chunk of the prefill WKV scan for head size `n`, or `None` where it does not
-/// apply (see [`WKV_SCAN_MAX_HEAD`]; vec4 state and arena access: N, the state stride and
-/// the layer's S offset multiples of 4; workgroup of N invocations). A chunk holds six vectors
-/// per token in workgroup memory (6·T·N floats: 12 KiB at N = 64, T = 8, under WebGPU's
-/// default 16 KiB); T a multiple of 4 (each invocation loads T/4 vec4 of each array).
-fn wkv_scan_chunk(gpu: &Gpu, n: usize, s: StateAt) -> Option<u32> {
+/// Workgroups of the scan (heads x sequences) up to which it uses 4 lanes per state row where
+/// subgroups allow: with few workgroups each row's chain of ~5·N dependent-ish instructions
+/// per token is the step's critical path, and 4 lanes split it (one H100 SM per workgroup at
+/// 7.2B batch 1: 2 warps of 1 lane vs 8 warps of 4). With many workgroups the GPU is full
+/// either way and 1 lane saves the shuffles.
+const WKV_SCAN_LANES_MAX_GROUPS: usize = 256;
+
+/// (tokens per chunk, lanes per state row) of the prefill WKV scan for head size `n` and
+/// `groups` workgroups, or `None` where it does not apply (see [`WKV_SCAN_MAX_HEAD`]; vec4
+/// state and arena access: N, the state stride and the layer's S offset multiples of 4; a
+/// workgroup of N·lanes invocations). A chunk holds six vectors per token in workgroup memory
+/// (6·T·N floats: 12 KiB at N = 64, T = 8, under WebGPU's default 16 KiB); T a multiple of 4.
+/// Lanes > 1 need N a multiple of 4·lanes and, with subgroups, subgroups of at least `lanes`
+/// that divide the workgroup (the lanes of a row are consecutive lanes of one subgroup).
+fn wkv_scan_geometry(gpu: &Gpu, n: usize, s: StateAt, groups: usize) -> Option<(u32, u32)> {
     let l = &gpu.limits;
-    if !n.is_multiple_of(4)
-        || n > WKV_SCAN_MAX_HEAD
-        || !s.vec4()
-        || n > l.max_compute_invocations_per_workgroup as usize
-        || n > l.max_compute_workgroup_size_x as usize
-    {
+    let max_wg = l
+        .max_compute_invocations_per_workgroup
+        .min(l.max_compute_workgroup_size_x) as usize;
+    if !n.is_multiple_of(4) || n > WKV_SCAN_MAX_HEAD || !s.vec4() || n > max_wg {
         return None;
     }
+    let fits = |lanes: usize| {
+        let wg = n * lanes;
+        let (min_sg, max_sg) = (
+            gpu.info.subgroup_min_size as usize,
+            gpu.info.subgroup_max_size as usize,
+        );
+        lanes == 1
+            || (n.is_multiple_of(4 * lanes)
+                && wg <= max_wg
+                && (!gpu.subgroups
+                    || (min_sg >= lanes && max_sg >= min_sg && wg.is_multiple_of(max_sg))))
+    };
+    let lanes = match gpu.wkv_scan_lanes {
+        Some(j @ (1 | 2 | 4)) if fits(j as usize) => j as usize,
+        _ if gpu.subgroups && groups <= WKV_SCAN_LANES_MAX_GROUPS && fits(4) => 4,
+        _ => 1,
+    };
     [8u32, 4]
         .into_iter()
-        .find(|&t| wkv_scan_workgroup_bytes(n as u32, t) <= l.max_compute_workgroup_storage_size)
+        .find(|&t| {
+            wkv_scan_workgroup_bytes(n as u32, t, lanes as u32)
+                <= l.max_compute_workgroup_storage_size
+        })
+        .map(|t| (t, lanes as u32))
 }
 
-/// Workgroup memory of wkv7_scan.wgsl: six arrays of `chunk` tokens x N floats.
-pub(crate) fn wkv_scan_workgroup_bytes(head_size: u32, chunk: u32) -> u32 {
-    6 * chunk * head_size * 4
+/// Workgroup memory of wkv7_scan.wgsl: six arrays of `chunk` tokens x N floats, and the lane
+/// sums of its variant without subgroups (the fallback of a device that rejects subgroups).
+pub(crate) fn wkv_scan_workgroup_bytes(head_size: u32, chunk: u32, lanes: u32) -> u32 {
+    6 * chunk * head_size * 4 + if lanes > 1 { 4 * head_size * lanes } else { 0 }
 }
 
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
@@ -997,11 +1027,12 @@ impl Compiled {
                                 && (rows as u64) <= max_dim
                                 && ((width / n) as u64) <= max_dim =>
                         {
-                            wkv_scan_chunk(gpu, n, s_at).map(|chunk| (scratch, chunk))
+                            wkv_scan_geometry(gpu, n, s_at, (width / n) * shape.n_seq)
+                                .map(|geometry| (scratch, geometry))
                         }
                         _ => None,
                     };
-                    if let Some((scratch, chunk)) = scan {
+                    if let Some((scratch, (chunk, lanes))) = scan {
                         let at = |i: usize| u32_of(scratch.offset + i * scratch.stride, "offset");
                         words.resize(24, 0);
                         words.extend([
@@ -1021,7 +1052,11 @@ impl Compiled {
                                 [heads, rows_u, 1],
                             ),
                             (
-                                Kernel::Wkv7Scan { head_size, chunk },
+                                Kernel::Wkv7Scan {
+                                    head_size,
+                                    chunk,
+                                    lanes,
+                                },
                                 vec![Bind::Arena, Bind::State(s_at.chunk)],
                                 [heads, n_seq, 1],
                             ),

@@ -1125,28 +1125,44 @@ fn wkv7_two_layers_batched_against_reference() {
 }
 
 /// The prefill kernels across chunk boundaries (8 tokens per chunk: 2, 3, 17, 40 tokens),
-/// N = 16, 64 and 12, 2 sequences, two layers; decode (1 token) keeps the split kernel (4
-/// lanes per row at N = 16, 64; 1 at N = 12); with a binding cap too small for the prefill's
-/// scratch rows, prefill runs the split kernel's token loop.
+/// N = 16, 64 and 12, 2 sequences, two layers, with 1, 2 and 4 lanes per state row (shuffles
+/// where the device has subgroups, workgroup memory in the backend without: forced through
+/// `wkv_scan_lanes`); decode (1 token) keeps the split kernel (4 lanes per row at N = 16, 64; 1
+/// at N = 12); with a binding cap too small for the prefill's scratch rows, prefill runs the
+/// split kernel's token loop.
 #[test]
 fn wkv7_prefill_scan_across_chunks_against_reference() {
     let seed = seed();
-    for (c, n) in [(32usize, 16usize), (128, 64), (36, 12)] {
-        for (label, mut b) in backends(WgpuOptions::default()) {
-            let mut rng = Rng::new(seed ^ (c as u64 * 7919));
-            let case = WkvCase::new(&mut rng, c, n);
-            case.upload(&mut b);
-            for n_tok in [2usize, 3, 17, 40] {
-                let (kernels, _) = case.check(&label, &mut b, &mut rng, 2, n_tok);
-                assert_wkv_kernels(
-                    &format!("{label} N={n} {n_tok} tokens"),
-                    &kernels,
-                    &WKV_PREFILL,
-                );
-            }
-            for n_seq in [1usize, 2] {
-                let (kernels, _) = case.check(&label, &mut b, &mut rng, n_seq, 1);
-                assert_wkv_kernels(&format!("{label} N={n} decode"), &kernels, &["Wkv7Split"]);
+    for lanes in [None, Some(2u32), Some(4)] {
+        let options = WgpuOptions {
+            wkv_scan_lanes: lanes,
+            ..Default::default()
+        };
+        for (c, n) in [(32usize, 16usize), (128, 64), (36, 12)] {
+            for (label, mut b) in backends(options.clone()) {
+                let mut rng = Rng::new(seed ^ (c as u64 * 7919));
+                let case = WkvCase::new(&mut rng, c, n);
+                case.upload(&mut b);
+                for n_tok in [2usize, 3, 17, 40] {
+                    let what = format!("{label} N={n} {n_tok} tokens, lanes {lanes:?}");
+                    let (kernels, _) = case.check(&what, &mut b, &mut rng, 2, n_tok);
+                    assert_wkv_kernels(&what, &kernels, &WKV_PREFILL);
+                    // Without subgroups the lanes asked for are used wherever N allows them.
+                    let want = match lanes {
+                        Some(j) if n % (4 * j as usize) == 0 => j,
+                        _ => 1,
+                    };
+                    if !b.uses_subgroups() {
+                        assert!(
+                            kernels[1].contains(&format!("lanes: {want} ")),
+                            "{what}: {kernels:?}"
+                        );
+                    }
+                }
+                for n_seq in [1usize, 2] {
+                    let (kernels, _) = case.check(&label, &mut b, &mut rng, n_seq, 1);
+                    assert_wkv_kernels(&format!("{label} N={n} decode"), &kernels, &["Wkv7Split"]);
+                }
             }
         }
     }

@@ -65,11 +65,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = start.elapsed().as_secs_f64();
     let info = backend.info();
     println!(
-        "{} (f16 {}, subgroups {}, coop {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
+        "{} (f16 {}, subgroups {}, coop {}, index checks {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
         info.device,
         backend.uses_f16(),
         backend.uses_subgroups(),
         backend.uses_coop(),
+        backend.uses_index_checks(),
         secs * 1e3 / steps as f64,
         (steps * n_seq * n_tok) as f64 / secs
     );
@@ -77,7 +78,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("kernel fallback: {f}");
     }
     if profile {
-        let times = backend.profile_step(plan, &tokens, &slots)?;
+        // `kernels`: one line per kernel of an op (e.g. the conversions of a product apart).
+        let times = if args.iter().any(|a| a == "kernels") {
+            backend.profile_dispatches(plan, &tokens, &slots)?
+        } else {
+            backend.profile_step(plan, &tokens, &slots)?
+        };
         let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
         // Per kernel of ops with several (prefill WKV: prep / scan / post).
         let mut parts: Vec<(String, f64, usize)> = Vec::new();

@@ -58,6 +58,10 @@ pub struct WgpuOptions {
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
+    /// Keep wgpu's index clamping in every kernel access even where the platform bounds-checks
+    /// buffer accesses itself (see [`index_checks_needed`]). The environment variable
+    /// `RWKV_WGPU_INDEX_CHECKS=1` does the same.
+    pub index_checks: bool,
     /// How long to wait for one step or read-back before reporting the device as hung.
     pub wait_timeout: Duration,
 }
@@ -72,6 +76,7 @@ impl Default for WgpuOptions {
             emulate_coop: false,
             wkv_scan_lanes: None,
             max_binding_bytes: None,
+            index_checks: false,
             wait_timeout: Duration::from_secs(120),
         }
     }
@@ -208,6 +213,49 @@ fn wkv_lanes_env() -> Option<u32> {
     }
 }
 
+/// Whether the kernels must keep wgpu's runtime checks (index clamping and loop bounding) on
+/// `backend`.
+///
+/// wgpu clamps every index into workgroup and private arrays in generated code (and storage
+/// indices where the driver does not check them), and adds a counter to every loop so that no
+/// loop can run forever. On the H100 a cooperative-matrix product ran at 34 TFLOP/s with them and
+/// 115 without (examples/gemm_probe.rs); the loop counters also keep the driver from unrolling,
+/// which sends small private arrays to local memory. The checks are dropped only where (a) the
+/// platform itself keeps buffer accesses inside their bindings: Vulkan (wgpu enables robust
+/// buffer access) and D3D12 (bounds-checked buffer views); never in the browser or on Metal/GL;
+/// and (b) the kernels are ours: their workgroup and private array indices are built from the
+/// invocation index and compile-time constants, and every loop counts a u32 up to a bound
+/// from host-validated parameters (sizes far below u32::MAX, so the step cannot wrap).
+pub(crate) fn index_checks_needed(backend: wgpu::Backend, options: &WgpuOptions) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let forced = matches!(
+            std::env::var("RWKV_WGPU_INDEX_CHECKS").as_deref(),
+            Ok("1") | Ok("on") | Ok("true")
+        );
+        forced
+            || options.index_checks
+            || !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (backend, options);
+        true
+    }
+}
+
+/// `RWKV_WGPU_DIV_CHECKS=0` compiles the kernels without wgpu's division guards.
+fn div_checks_wanted() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        !matches!(std::env::var("RWKV_WGPU_DIV_CHECKS").as_deref(), Ok("0"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        true
+    }
+}
+
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
@@ -237,6 +285,12 @@ pub(crate) struct Gpu {
     pub timestamps: bool,
     /// Lanes per state row asked for the prefill WKV scan (`WgpuOptions::wkv_scan_lanes`).
     pub wkv_scan_lanes: Option<u32>,
+    /// Kernels compiled with wgpu's index clamping and loop bounding (see
+    /// [`index_checks_needed`]).
+    pub index_checks: bool,
+    /// Division-by-zero guards in kernels compiled without the other checks
+    /// (`RWKV_WGPU_DIV_CHECKS=0` drops them, for A/B measurements).
+    pub div_checks: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
     // The browser has no blocking wait.
@@ -368,6 +422,7 @@ impl Gpu {
         // Whole words, and at most 4 GiB so byte sizes of bound ranges stay small (the kernels
         // index 32-bit words with u32).
         max_binding = max_binding.min(u32::MAX as u64) & !3;
+        let index_checks = index_checks_needed(info.backend, options);
         Ok(Gpu {
             device,
             queue,
@@ -379,6 +434,8 @@ impl Gpu {
             coop_emulated,
             timestamps,
             wkv_scan_lanes: options.wkv_scan_lanes.or_else(wkv_lanes_env),
+            index_checks,
+            div_checks: div_checks_wanted(),
             max_binding,
             wait_timeout: options.wait_timeout,
             lost,

@@ -36,6 +36,55 @@ const WKV7_SPLIT: &str = include_str!("../shaders/wkv7_split.wgsl");
 const WKV7_PREP: &str = include_str!("../shaders/wkv7_prep.wgsl");
 const WKV7_SCAN: &str = include_str!("../shaders/wkv7_scan.wgsl");
 const WKV7_POST: &str = include_str!("../shaders/wkv7_post.wgsl");
+const GEMM_F16: &str = include_str!("../shaders/gemm_f16.wgsl");
+const GEMM_OUT_DIRECT: &str = include_str!("../shaders/gemm_out_direct.wgsl");
+const GEMM_OUT_SPLIT: &str = include_str!("../shaders/gemm_out_split.wgsl");
+const SPLIT_REDUCE: &str = include_str!("../shaders/split_reduce.wgsl");
+const TO_F16: &str = include_str!("../shaders/to_f16.wgsl");
+const DEQUANT_F16: &str = include_str!("../shaders/dequant_f16.wgsl");
+
+/// Tile of gemm_f16.wgsl: SGM x SGN subgroups of 32, each owning FM x FN fragments of 16x16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct GemmTile {
+    pub sgm: u32,
+    pub sgn: u32,
+    pub fm: u32,
+    pub fn_: u32,
+}
+
+impl GemmTile {
+    /// 128 x 128 with 8 subgroups: 115 TFLOP/s on the H100 (examples/gemm_probe.rs; 64 x 64
+    /// with 4 subgroups: 18), for devices with 48 KiB of workgroup memory.
+    pub const LARGE: GemmTile = GemmTile {
+        sgm: 2,
+        sgn: 4,
+        fm: 4,
+        fn_: 2,
+    };
+    /// 64 x 64 with 4 subgroups, for 24 KiB (lavapipe has 32 KiB, WebGPU's default is 16).
+    pub const SMALL: GemmTile = GemmTile {
+        sgm: 2,
+        sgn: 2,
+        fm: 2,
+        fn_: 2,
+    };
+    /// Activation rows of a tile.
+    pub fn rows(self) -> u32 {
+        16 * self.sgm * self.fm
+    }
+    /// Output columns of a tile.
+    pub fn cols(self) -> u32 {
+        16 * self.sgn * self.fn_
+    }
+    pub fn invocations(self) -> u32 {
+        32 * self.sgm * self.sgn
+    }
+    /// Workgroup memory of gemm_f16.wgsl: two f16 tiles of each operand (rows of 40 and
+    /// cols + 8 halves) and a 16 x 20 f32 staging tile per subgroup.
+    pub fn workgroup_bytes(self) -> u32 {
+        2 * self.rows() * 40 * 2 + 2 * 32 * (self.cols() + 8) * 2 + self.sgm * self.sgn * 320 * 4
+    }
+}
 
 fn decode_source(kind: PackedKind, f16: bool) -> &'static str {
     match kind {
@@ -148,10 +197,50 @@ pub(crate) enum Kernel {
     Wkv7Post {
         head_size: u32,
     },
+    /// Cooperative-matrix product of f16 scratch operands (gemm_f16.wgsl); `split`: partial
+    /// sums over K ranges (grid z), finished by `SplitReduce`.
+    GemmF16 {
+        tile: GemmTile,
+        split: bool,
+    },
+    /// Sum of a split product's partials, bias, activation, write (split_reduce.wgsl).
+    SplitReduce,
+    /// Activations to padded f16 (to_f16.wgsl).
+    ToF16,
+    /// One chunk's rows of a weight to padded, transposed f16 (dequant_f16.wgsl).
+    DequantF16(PackedKind),
 }
 
 /// Module source of `kernel` for a device with (or without) subgroups / shader-f16.
 pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
+    match kernel {
+        Kernel::GemmF16 { tile, split } => return gemm_source(tile, split, subgroups),
+        Kernel::SplitReduce => return format!("{COMMON}{SPLIT_REDUCE}"),
+        Kernel::ToF16 => return format!("enable f16;\n{COMMON}{TO_F16}"),
+        Kernel::DequantF16(k) => {
+            let native_f16 = f16 && k == PackedKind::F16;
+            // Q4_K through vec4 loads (2 per unit instead of 7), as in matmul_coop.wgsl.
+            let decode = if k == PackedKind::Q4K {
+                DECODE_Q4K_VEC4
+            } else {
+                decode_source(k, native_f16)
+            };
+            let mut s = format!("enable f16;\n{COMMON}{decode}{DEQUANT_F16}");
+            let array = match k {
+                PackedKind::Q4K => Some("array<vec4<u32>>"),
+                _ if native_f16 => Some("array<vec2<f16>>"),
+                _ => None,
+            };
+            if let Some(array) = array {
+                s = s.replace(
+                    "var<storage, read> wq: array<u32>;",
+                    &format!("var<storage, read> wq: {array};"),
+                );
+            }
+            return s;
+        }
+        _ => {}
+    }
     let (body, decode, reduce) = match kernel {
         Kernel::MatMul(k, _, _) => (MATMUL, Some(k), true),
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
@@ -170,6 +259,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::Wkv7Prep { .. } => (WKV7_PREP, None, true),
         Kernel::Wkv7Scan { .. } => (WKV7_SCAN, None, false),
         Kernel::Wkv7Post { .. } => (WKV7_POST, None, true),
+        Kernel::GemmF16 { .. } | Kernel::SplitReduce | Kernel::ToF16 | Kernel::DequantF16(_) => {
+            unreachable!("returned above")
+        }
     };
     let coop = matches!(kernel, Kernel::MatMulCoop(_));
     let native_f16 = f16 && decode == Some(PackedKind::F16);
@@ -310,11 +402,76 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     s
 }
 
+/// gemm_f16.wgsl for `tile`, with the fragment code generated (naga 30 cannot index arrays of
+/// cooperative matrices, so every fragment is a named variable).
+fn gemm_source(tile: GemmTile, split: bool, subgroups: bool) -> String {
+    let mut decls = String::new();
+    let mut step = String::new();
+    let mut store = String::new();
+    for i in 0..tile.fm {
+        step += &format!(
+            "            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xc + (fm + {}u) * AS + kk], AS);\n",
+            16 * i
+        );
+    }
+    for j in 0..tile.fn_ {
+        step += &format!(
+            "            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&w_tile[wc + kk * BS + fn_ + {}u], BS);\n",
+            16 * j
+        );
+    }
+    for i in 0..tile.fm {
+        for j in 0..tile.fn_ {
+            decls += &format!("    var c{i}{j} = coop_mat16x16<f32, C>();\n");
+            step += &format!("            c{i}{j} = coopMultiplyAdd(a{i}, b{j}, c{i}{j});\n");
+            // Barriers around the staging tile: every subgroup stages one fragment at a time.
+            store += &format!(
+                "    coopStoreT(c{i}{j}, &c_tile[st], CS);\n    workgroupBarrier();\n    \
+                 write_fragment(st, lane, r0 + fm + {}u, n0 + fn_ + {}u, z);\n    \
+                 workgroupBarrier();\n",
+                16 * i,
+                16 * j
+            );
+        }
+    }
+    let (sg_builtin, sg_id, lane_builtin, lane) = if subgroups {
+        (
+            ", @builtin(subgroup_id) sg_id: u32",
+            "sg_id",
+            ", @builtin(subgroup_invocation_id) sg_lane: u32",
+            "sg_lane",
+        )
+    } else {
+        ("", "lid / 32u", "", "lid % 32u")
+    };
+    let body = GEMM_F16
+        .replace("GEMM_SGM", &tile.sgm.to_string())
+        .replace("GEMM_SGN", &tile.sgn.to_string())
+        .replace("GEMM_FM", &tile.fm.to_string())
+        .replace("GEMM_FN", &tile.fn_.to_string())
+        .replace(
+            "GEMM_OUTPUT",
+            if split {
+                GEMM_OUT_SPLIT
+            } else {
+                GEMM_OUT_DIRECT
+            },
+        )
+        .replace("ACC_DECLS", &decls)
+        .replace("STEP_CODE", &step)
+        .replace("STORE_CODE", &store)
+        .replace("COOP_SG_BUILTIN", sg_builtin)
+        .replace("COOP_LANE_BUILTIN", lane_builtin)
+        .replace("COOP_SG_ID", sg_id)
+        .replace("COOP_LANE", lane);
+    format!("enable f16;\nenable wgpu_cooperative_matrix;\n{COMMON}{body}")
+}
+
 /// `MatMulCoop(kind)` with its cooperative-matrix operations replaced by plain WGSL
 /// (coop_emulated.wgsl): the same tiles, decoding, f16 rounding and output code, runnable on any
 /// device with shader-f16, so tests cover everything around the tensor-core calls.
-pub(crate) fn coop_emulated_source(kind: PackedKind) -> String {
-    let real = source(Kernel::MatMulCoop(kind), false, true);
+pub(crate) fn coop_emulated_source(kernel: Kernel) -> String {
+    let real = source(kernel, false, true);
     let rewrites = [
         ("enable wgpu_cooperative_matrix;\n", ""),
         ("coop_mat16x16<f32, C>()", "array<f32, 8>()"),
@@ -417,7 +574,9 @@ impl Kernels {
             return Ok(p.clone());
         }
         let fast = match kernel {
-            Kernel::MatMulCoop(kind) if gpu.coop_emulated => coop_emulated_source(kind),
+            Kernel::MatMulCoop(_) | Kernel::GemmF16 { .. } if gpu.coop_emulated => {
+                coop_emulated_source(kernel)
+            }
             _ => source(kernel, gpu.subgroups, gpu.f16),
         };
         let plain = source(kernel, false, false);
@@ -448,12 +607,28 @@ impl Kernels {
 async fn compile(gpu: &Gpu, kernel: Kernel, src: &str) -> Result<wgpu::ComputePipeline> {
     let label = format!("{kernel:?}");
     gpu.scoped(&format!("compiling kernel {label}"), || {
-        let module = gpu
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+        let descriptor = wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        let module = if gpu.index_checks {
+            gpu.device.create_shader_module(descriptor)
+        } else {
+            // SAFETY: only this crate's kernels get here, on a platform that bounds-checks
+            // buffer accesses itself, and their loops all end (`gpu::index_checks_needed` gives
+            // the reasoning). Division guards stay on unless RWKV_WGPU_DIV_CHECKS=0.
+            unsafe {
+                gpu.device.create_shader_module_trusted(
+                    descriptor,
+                    wgpu::ShaderRuntimeChecks {
+                        bounds_checks: false,
+                        force_loop_bounding: false,
+                        int_div_checks: gpu.div_checks,
+                        ..wgpu::ShaderRuntimeChecks::checked()
+                    },
+                )
+            }
+        };
         gpu.device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&label),
@@ -541,7 +716,12 @@ mod tests {
 
     #[test]
     fn emulated_coop_kernel_validates_without_cooperative_matrices() {
-        for kind in KINDS {
+        let kernels = KINDS.iter().map(|&k| Kernel::MatMulCoop(k)).chain(
+            [GemmTile::LARGE, GemmTile::SMALL]
+                .into_iter()
+                .flat_map(|tile| [false, true].map(|split| Kernel::GemmF16 { tile, split })),
+        );
+        for kind in kernels {
             let src = coop_emulated_source(kind);
             let code: String = src
                 .lines()
@@ -561,6 +741,50 @@ mod tests {
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{kind:?}: {}", e.emit_to_string(&src)));
         }
+    }
+
+    /// Workgroup memory of a validated module.
+    fn workgroup_bytes(module: &naga::Module) -> u32 {
+        module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+            .sum()
+    }
+
+    #[test]
+    fn f16_product_kernels_validate() {
+        for tile in [GemmTile::LARGE, GemmTile::SMALL] {
+            for split in [false, true] {
+                for subgroups in [true, false] {
+                    let kernel = Kernel::GemmF16 { tile, split };
+                    let src = source(kernel, subgroups, true);
+                    for placeholder in ["COOP_", "GEMM_", "_CODE", "ACC_DECLS"] {
+                        assert!(!src.contains(placeholder), "{kernel:?}: {placeholder} left");
+                    }
+                    let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
+                    assert_eq!(
+                        workgroup_bytes(&module),
+                        tile.workgroup_bytes(),
+                        "{kernel:?}"
+                    );
+                    let ep = &module.entry_points[0];
+                    assert_eq!(ep.workgroup_size, [tile.invocations(), 1, 1]);
+                }
+            }
+        }
+        for kind in KINDS {
+            for f16 in [true, false] {
+                let kernel = Kernel::DequantF16(kind);
+                validate(
+                    &format!("{kernel:?} f16 {f16}"),
+                    &source(kernel, false, f16),
+                );
+            }
+        }
+        validate("ToF16", &source(Kernel::ToF16, false, true));
+        validate("SplitReduce", &source(Kernel::SplitReduce, false, false));
     }
 
     #[test]

@@ -42,9 +42,9 @@ pub fn probe() -> Vec<AdapterReport> {
 pub struct OpTime {
     /// Index in `Plan::ops`.
     pub op: usize,
-    /// The kernel of its first dispatch, e.g. `MatMul(Q4K, 64)`, followed by ` + ` and each
-    /// other kernel of the op where its dispatches differ (prefill WKV: `Wkv7Prep { .. } +
-    /// Wkv7Scan { .. } + Wkv7Post { .. }`).
+    /// Its kernels, each once in order of first dispatch, joined by " + ", e.g.
+    /// `MatMul(Q4K, 64)`, `ToF16 + DequantF16(Q4K) + GemmF16 { .. }` or (prefill WKV)
+    /// `Wkv7Prep { .. } + Wkv7Scan { .. } + Wkv7Post { .. }`.
     pub kernel: String,
     /// Dispatches of the op (jobs x chunks for matrix products).
     pub dispatches: usize,
@@ -102,6 +102,10 @@ impl WgpuBackend {
     /// tiled variant instead): for diagnostics and A/B measurements.
     pub fn kernel_fallbacks(&self) -> &[String] {
         &self.kernels.fallbacks
+    }
+    /// Whether kernels keep wgpu's per-access index clamping (see [`WgpuOptions::index_checks`]).
+    pub fn uses_index_checks(&self) -> bool {
+        self.gpu.index_checks
     }
     /// Whether products of many rows run on cooperative matrices (tensor cores) on this device.
     pub fn uses_coop(&self) -> bool {
@@ -213,6 +217,27 @@ impl WgpuBackend {
         tokens: &[u32],
         slots: &[usize],
     ) -> Result<Vec<OpTime>> {
+        self.profile_async(plan, tokens, slots, true).await
+    }
+
+    /// [`WgpuBackend::profile_step_async`] with one entry per dispatch (`dispatches` = 1), for
+    /// the time of each kernel of an op.
+    pub async fn profile_dispatches_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        self.profile_async(plan, tokens, slots, false).await
+    }
+
+    async fn profile_async(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        per_op: bool,
+    ) -> Result<Vec<OpTime>> {
         if !self.gpu.timestamps {
             return Err(backend_err(
                 "profiling needs the adapter's TIMESTAMP_QUERY feature",
@@ -270,7 +295,7 @@ impl WgpuBackend {
             let us = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * ns_per_tick / 1e3;
             let name = format!("{kernel:?}");
             match out.last_mut() {
-                Some(last) if last.op == *op => {
+                Some(last) if per_op && last.op == *op => {
                     last.micros += us;
                     last.dispatches += 1;
                     match last.parts.iter_mut().find(|(k, _)| *k == name) {
@@ -291,6 +316,17 @@ impl WgpuBackend {
             }
         }
         Ok(out)
+    }
+
+    /// [`WgpuBackend::profile_dispatches_async`], blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_dispatches(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+    ) -> Result<Vec<OpTime>> {
+        block_on(self.profile_dispatches_async(plan, tokens, slots))
     }
 
     /// [`WgpuBackend::profile_step_async`], blocking.
@@ -322,6 +358,7 @@ impl WgpuBackend {
                 ("shader_f16".into(), g.f16.to_string()),
                 ("subgroups".into(), g.subgroups.to_string()),
                 ("cooperative_matrix".into(), g.coop.to_string()),
+                ("index_checks".into(), g.index_checks.to_string()),
                 ("timestamps".into(), g.timestamps.to_string()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
                 (

@@ -13,7 +13,7 @@ use rwkv_core::backend::{Act, BufId, Op, Plan, ShiftKind, WeightId};
 use rwkv_core::Result;
 
 use crate::gpu::{backend_err, Gpu};
-use crate::kernels::{Kernel, Kernels};
+use crate::kernels::{GemmTile, Kernel, Kernels};
 use crate::weights::{DeviceMatrix, DeviceWeight, PackedKind, UNIT};
 
 /// Bytes between the parameter blocks of two dispatches (the largest uniform offset alignment
@@ -69,6 +69,51 @@ fn use_coop(gpu: &Gpu, rows: usize, cols: usize) -> bool {
         && l.max_compute_invocations_per_workgroup >= 128
         && l.max_compute_workgroup_size_x >= 128
         && l.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+}
+
+/// Activation rows from which products run on f16 scratch copies of their operands
+/// (to_f16.wgsl, dequant_f16.wgsl, gemm_f16.wgsl) when the device has cooperative matrices:
+/// converting the weights costs one extra write and read of 2 bytes per weight, repaid once a
+/// tile of rows reuses them (below, matmul_coop.wgsl decodes weights inside its tiles).
+const GEMM_MIN_ROWS: usize = 32;
+/// Largest transposed f16 weight slice (bytes): a 7.2B FFN matrix (4096 x 16384) is 128 MiB;
+/// larger matrices (the head, if all logits are wanted) are converted and multiplied in
+/// slices of rows.
+const W16_CAP_BYTES: u64 = 128 << 20;
+/// Fewer workgroups than this in a product split its K range (LoRA down-projections: 64..160
+/// output columns over 2048..4096 inputs would otherwise run on a handful of SMs).
+const GEMM_MIN_TILES: usize = 128;
+/// Smallest K range of one split (8 steps of 32).
+const GEMM_MIN_SPLIT_K: usize = 256;
+
+/// `RWKV_WGPU_GEMM=0` (or "off", "false") keeps matmul_coop.wgsl for every product, for A/B
+/// measurements.
+fn gemm_env_allows() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        !matches!(
+            std::env::var("RWKV_WGPU_GEMM").as_deref(),
+            Ok("0") | Ok("off") | Ok("false")
+        )
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        true
+    }
+}
+
+/// Tile of gemm_f16.wgsl this device can run (the larger where it fits), if it has
+/// cooperative matrices.
+fn gemm_tile(gpu: &Gpu) -> Option<GemmTile> {
+    let l = &gpu.limits;
+    if !gpu.coop || !gemm_env_allows() {
+        return None;
+    }
+    [GemmTile::LARGE, GemmTile::SMALL].into_iter().find(|t| {
+        l.max_compute_invocations_per_workgroup >= t.invocations()
+            && l.max_compute_workgroup_size_x >= t.invocations()
+            && l.max_compute_workgroup_storage_size >= t.workgroup_bytes()
+    })
 }
 
 /// Invocations of one float matrix-vector workgroup (WG in matvec_float.wgsl).
@@ -305,6 +350,8 @@ pub(crate) struct Built {
     _params: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
     argmax: Dispatch,
+    /// f16 operands and partial sums of the gemm_f16.wgsl products (kept alive with the plan).
+    _scratch: [wgpu::Buffer; 3],
     staging: wgpu::Buffer,
 }
 
@@ -351,6 +398,10 @@ enum Bind {
     State(usize),
     Tokens,
     Weight(wgpu::Buffer),
+    /// f16 scratch copies of a product's activations / weights, and split partial sums.
+    X16,
+    W16,
+    Part,
 }
 
 struct Rec {
@@ -690,6 +741,23 @@ impl Compiled {
             state_at(layer, offset, width, "token shift")
         };
 
+        // Products on f16 scratch operands: the tile, if the device compiles the kernel (it is
+        // built on wgpu's experimental cooperative matrices).
+        let gemm = match gemm_tile(gpu) {
+            Some(tile) => match kernels
+                .get(gpu, Kernel::GemmF16 { tile, split: false })
+                .await
+            {
+                Ok(_) => Some(tile),
+                Err(e) => {
+                    kernels.fallbacks.push(format!("GemmF16: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        // Bytes of the scratch buffers (the largest any product of the plan needs).
+        let (mut x16_bytes, mut w16_bytes, mut part_bytes) = (0u64, 0u64, 0u64);
         let mut recs: Vec<Rec> = Vec::new();
         // A TokenShift op already done by the LayerNorm dispatch before it.
         let mut fused_shift: Option<usize> = None;
@@ -870,6 +938,171 @@ impl Compiled {
                     let mut singles: Vec<(Rec, u64)> = Vec::new();
                     for j in jobs {
                         let m = matrix(j.weight)?;
+                        let x_rows = plan.rows_of(j.x);
+                        let tile = gemm.filter(|_| x_rows >= GEMM_MIN_ROWS && m.cols % 4 == 0);
+                        if let Some(tile) = tile {
+                            let (bm, bn) = (tile.rows() as usize, tile.cols() as usize);
+                            let k32 = m.cols.div_ceil(32) * 32;
+                            let rows_pad = x_rows.div_ceil(bm) * bm;
+                            let x_bytes = (rows_pad as u64) * (k32 as u64) * 2;
+                            let w_cap = gpu.max_binding.min(W16_CAP_BYTES);
+                            let slice_rows = (w_cap / (k32 as u64 * 2)) as usize / bn * bn;
+                            if x_bytes <= gpu.max_binding && slice_rows >= bn {
+                                x16_bytes = x16_bytes.max(x_bytes);
+                                let n_rows = u32_of(x_rows, "rows")?;
+                                let k32_u = u32_of(k32, "columns")?;
+                                let (gx, gy) = grid((x_bytes / 8).div_ceil(256))?;
+                                recs.push(Rec {
+                                    op: op_index,
+                                    kernel: Kernel::ToF16,
+                                    params: params(&[
+                                        self.off(j.x)?,
+                                        u32_of(m.cols, "cols")?,
+                                        n_rows,
+                                        k32_u,
+                                        u32_of(rows_pad, "rows")?,
+                                        gx,
+                                    ]),
+                                    binds: vec![Bind::Arena, Bind::X16],
+                                    groups: [gx, gy, 1],
+                                });
+                                for ch in &m.chunks {
+                                    let mut n0 = 0;
+                                    while n0 < ch.rows {
+                                        let ns = slice_rows.min(ch.rows - n0);
+                                        let n_pad = ns.div_ceil(bn) * bn;
+                                        let w_bytes = (k32 as u64) * (n_pad as u64) * 2;
+                                        w16_bytes = w16_bytes.max(w_bytes);
+                                        // dequant_f16.wgsl: tiles of 64 rows x 32 values.
+                                        let (gx, gy) = grid(((n_pad / 64) * (k32 / 32)) as u64)?;
+                                        let ns_u = u32_of(ns, "rows")?;
+                                        let n_pad_u = u32_of(n_pad, "rows")?;
+                                        recs.push(Rec {
+                                            op: op_index,
+                                            kernel: Kernel::DequantF16(m.kind),
+                                            params: params(&[
+                                                ns_u,
+                                                u32_of(n0, "row")?,
+                                                u32_of(m.row_words, "row words")?,
+                                                n_pad_u,
+                                                k32_u,
+                                                u32_of(m.cols.div_ceil(UNIT), "units")?,
+                                                gx,
+                                            ]),
+                                            binds: vec![Bind::Weight(ch.buffer.clone()), Bind::W16],
+                                            groups: [gx, gy, 1],
+                                        });
+                                        // Split K where the tiles alone would leave the GPU
+                                        // mostly idle, if the partial sums fit one binding.
+                                        let tiles = (n_pad / bn) * (rows_pad / bm);
+                                        let mut splits = 1;
+                                        if tiles < GEMM_MIN_TILES {
+                                            splits = GEMM_MIN_TILES
+                                                .div_ceil(tiles)
+                                                .min(k32 / GEMM_MIN_SPLIT_K)
+                                                .max(1);
+                                        }
+                                        let k_split = k32.div_ceil(splits).div_ceil(32) * 32;
+                                        splits = k32.div_ceil(k_split);
+                                        let p_bytes = (splits * x_rows * ns) as u64 * 4;
+                                        if p_bytes > gpu.max_binding {
+                                            splits = 1;
+                                        }
+                                        let out_off = u32_of(
+                                            self.offsets[j.out] + ch.row_begin + n0,
+                                            "offset",
+                                        )?;
+                                        let bias = match j.bias {
+                                            Some(b) => {
+                                                vec_off(b)? + u32_of(ch.row_begin + n0, "row")?
+                                            }
+                                            None => NONE,
+                                        };
+                                        let out_width = u32_of(m.rows, "out width")?;
+                                        let col_tiles = u32_of(n_pad / bn, "tiles")?;
+                                        let row_tiles = u32_of(rows_pad / bm, "tiles")?;
+                                        if col_tiles as u64 > max_dim || row_tiles as u64 > max_dim
+                                        {
+                                            return Err(backend_err(format!(
+                                                "{x_rows} x {ns} product exceeds the device's grid"
+                                            )));
+                                        }
+                                        if splits == 1 {
+                                            recs.push(Rec {
+                                                op: op_index,
+                                                kernel: Kernel::GemmF16 { tile, split: false },
+                                                params: params(&[
+                                                    n_rows,
+                                                    ns_u,
+                                                    k32_u,
+                                                    n_pad_u,
+                                                    out_off,
+                                                    out_width,
+                                                    bias,
+                                                    act_code(j.act),
+                                                    j.accumulate as u32,
+                                                    col_tiles,
+                                                    k32_u,
+                                                ]),
+                                                binds: vec![
+                                                    Bind::X16,
+                                                    Bind::Arena,
+                                                    Bind::Vecs,
+                                                    Bind::W16,
+                                                ],
+                                                groups: [col_tiles, row_tiles, 1],
+                                            });
+                                        } else {
+                                            part_bytes = part_bytes.max(p_bytes);
+                                            recs.push(Rec {
+                                                op: op_index,
+                                                kernel: Kernel::GemmF16 { tile, split: true },
+                                                params: params(&[
+                                                    n_rows,
+                                                    ns_u,
+                                                    k32_u,
+                                                    n_pad_u,
+                                                    0,
+                                                    0,
+                                                    NONE,
+                                                    0,
+                                                    0,
+                                                    col_tiles,
+                                                    u32_of(k_split, "columns")?,
+                                                ]),
+                                                binds: vec![Bind::X16, Bind::Part, Bind::W16],
+                                                groups: [
+                                                    col_tiles,
+                                                    row_tiles,
+                                                    u32_of(splits, "splits")?,
+                                                ],
+                                            });
+                                            let (gx, gy) =
+                                                grid(((x_rows * ns) as u64).div_ceil(256))?;
+                                            recs.push(Rec {
+                                                op: op_index,
+                                                kernel: Kernel::SplitReduce,
+                                                params: params(&[
+                                                    n_rows,
+                                                    ns_u,
+                                                    u32_of(splits, "splits")?,
+                                                    out_off,
+                                                    out_width,
+                                                    bias,
+                                                    act_code(j.act),
+                                                    j.accumulate as u32,
+                                                    gx,
+                                                ]),
+                                                binds: vec![Bind::Part, Bind::Arena, Bind::Vecs],
+                                                groups: [gx, gy, 1],
+                                            });
+                                        }
+                                        n0 += ns;
+                                    }
+                                }
+                                continue;
+                            }
+                        }
                         let units = m.cols.div_ceil(UNIT);
                         let tiles = plan.rows_of(j.x).div_ceil(MATMUL_TILE) as u64;
                         let n_rows = u32_of(plan.rows_of(j.x), "rows")?;
@@ -1142,6 +1375,11 @@ impl Compiled {
             .scoped("building plan", || -> Result<Built> {
                 let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
                 let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
+                // f16 operands of the products on gemm_f16.wgsl (none in plans without them).
+                let scratch = |label, bytes: u64| gpu.buffer(label, bytes.max(16), storage);
+                let x16 = scratch("f16 activations", x16_bytes)?;
+                let w16 = scratch("f16 weights", w16_bytes)?;
+                let part = scratch("partial sums", part_bytes)?;
                 let work_states = chunk_spans
                     .iter()
                     .map(|&(first, len)| {
@@ -1189,6 +1427,9 @@ impl Compiled {
                             Bind::State(c) => &work_states[*c].buffer,
                             Bind::Tokens => &tokens,
                             Bind::Weight(w) => w,
+                            Bind::X16 => &x16,
+                            Bind::W16 => &w16,
+                            Bind::Part => &part,
                         };
                         entries.push(wgpu::BindGroupEntry {
                             binding: j as u32 + 1,
@@ -1212,6 +1453,7 @@ impl Compiled {
                     .pop()
                     .ok_or_else(|| backend_err("no argmax dispatch"))?;
                 Ok(Built {
+                    _scratch: [x16, w16, part],
                     state_len,
                     weights_generation,
                     tokens,

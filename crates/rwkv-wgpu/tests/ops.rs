@@ -172,6 +172,8 @@ fn matmul_case_n(
             };
             for cols in col_sizes(capped).into_iter().chain(short.iter().copied()) {
                 let coop = b.uses_coop() && n_tok >= 16 && cols % 4 == 0;
+                // From 32 rows: f16 scratch operands and gemm_f16.wgsl.
+                let gemm = coop && n_tok >= 32;
                 let mut rng =
                     Rng::new(seed ^ (di as u64 * 7919) ^ cols as u64 ^ (n_tok as u64) << 20);
                 let table = rng.vec(vocab * cols, -1.0, 1.0);
@@ -234,7 +236,7 @@ fn matmul_case_n(
                     let fell_back: Vec<_> = b
                         .kernel_fallbacks()
                         .iter()
-                        .filter(|f| f.starts_with("MatMulCoop"))
+                        .filter(|f| f.starts_with("MatMulCoop") || f.starts_with("GemmF16"))
                         .collect();
                     assert!(fell_back.is_empty(), "{label}: {fell_back:?}");
                 }
@@ -243,6 +245,7 @@ fn matmul_case_n(
                 if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
                     let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
                     let want_kernel = match (n_tok >= 8, cols <= 128) {
+                        _ if gemm => "ToF16 + DequantF16(",
                         _ if coop => "MatMulCoop(",
                         (true, _) => "MatMulTiled(",
                         (false, _) if dtype == DType::Q4K => "MatVecQ4K",
@@ -261,6 +264,13 @@ fn matmul_case_n(
                             times[1].dispatches,
                             b.weight_buffers(1).div_ceil(4),
                             "{label} {dtype} {cols} columns: chunks not merged"
+                        );
+                    }
+                    if gemm {
+                        assert!(
+                            times[1].kernel.contains("GemmF16"),
+                            "{label}: {}",
+                            times[1].kernel
                         );
                     }
                     assert!(
@@ -363,6 +373,8 @@ fn matmul_coop_every_dtype_with_bias_act_and_accumulate() {
         println!("SKIPPED: {label} has neither cooperative matrices nor shader-f16");
         return;
     };
+    // From 32 rows the products run on f16 scratch copies (gemm_f16.wgsl, tiles of 64 or 128;
+    // 150 columns at 70 rows: few tiles, so K is split over the grid and summed after).
     for (n_tok, n_out) in [(16, 150), (64, 480), (70, 150), (512, 480)] {
         let fresh = WgpuBackend::new(options.clone()).expect("backend");
         let label = format!("{label}, coop emulated {}", options.emulate_coop);

@@ -4,7 +4,13 @@
 //! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16, subgroups and cooperative
 //! matrices off (`RWKV_WGPU_COOP=0` only the latter; `emulate` runs the
 //! cooperative-matrix kernel emulated where the device has none, slowly: a dry run); `profile` adds GPU
-//! time per op kind (timestamp queries) for one step.
+//! time per op kind (timestamp queries) for one step. The Q4_K matrix-vector kernel of decode
+//! (fewer than 8 rows) is chosen by `RWKV_WGPU_MATVEC=old|sg` and `RWKV_WGPU_MATVEC_RPS=1|2|4`
+//! (defaults sg, 2), e.g. `RWKV_WGPU_MATVEC=old cargo run --release -p rwkv-wgpu --example
+//! wgpu_speed -- 7.2b q4k 8 1 1`; the line with the result names the kernel that ran. `ab`
+//! then loads the model a second time with the other kernel (old <-> sg) and alternates rounds
+//! of `steps` steps between the two; `sweep` does the same with old and sg at 1, 2 and 4 rows
+//! per subgroup (one device, one process: less drift than separate runs).
 
 use std::time::Instant;
 
@@ -12,7 +18,7 @@ use rwkv_core::backend::{Backend, Op, StepOutput, StepShape};
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
-use rwkv_wgpu::{WgpuBackend, WgpuOptions};
+use rwkv_wgpu::{MatVecChoice, WgpuBackend, WgpuOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plain = args.iter().any(|a| a == "plain");
     let profile = args.iter().any(|a| a == "profile");
     let emulate = args.iter().any(|a| a == "emulate");
+    let ab = args.iter().any(|a| a == "ab");
+    let sweep = args.iter().any(|a| a == "sweep");
 
     let model = synth_model(shape, dtype, 1)?;
     let mut options = WgpuOptions {
@@ -36,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         options.allow_subgroups = false;
         options.allow_coop = false;
     }
-    let mut backend = WgpuBackend::new(options)?;
+    let mut backend = WgpuBackend::new(options.clone())?;
     let builder = PlanBuilder::new(&model.desc);
     let start = Instant::now();
     for (id, name) in builder.weights().iter().enumerate() {
@@ -65,17 +73,69 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = start.elapsed().as_secs_f64();
     let info = backend.info();
     println!(
-        "{} (f16 {}, subgroups {}, coop {}, index checks {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
+        "{} (f16 {}, subgroups {}, coop {}, index checks {}, q4k matvec {}): {shape} {dtype}, {steps} steps of {n_seq}x{n_tok} in {secs:.2} s = {:.1} ms/step, {:.1} tokens/s",
         info.device,
         backend.uses_f16(),
         backend.uses_subgroups(),
         backend.uses_coop(),
         backend.uses_index_checks(),
+        backend.q4k_matvec(),
         secs * 1e3 / steps as f64,
         (steps * n_seq * n_tok) as f64 / secs
     );
     for f in backend.kernel_fallbacks() {
         println!("kernel fallback: {f}");
+    }
+    if ab || sweep {
+        let sg = |rows_per_subgroup| MatVecChoice::Subgroup { rows_per_subgroup };
+        let choices = if sweep {
+            vec![MatVecChoice::Old, sg(1), sg(2), sg(4)]
+        } else if backend.q4k_matvec().starts_with("sg") {
+            vec![MatVecChoice::Env, MatVecChoice::Old]
+        } else {
+            vec![MatVecChoice::Env, sg(2)]
+        };
+        let shape = StepShape { n_seq, n_tok };
+        let mut runs = Vec::new();
+        for matvec in choices {
+            let mut b = WgpuBackend::new(WgpuOptions {
+                matvec,
+                ..options.clone()
+            })?;
+            for (id, name) in builder.weights().iter().enumerate() {
+                b.upload_weight(id, name, model.tensor(name)?)?;
+            }
+            b.alloc_states(n_seq, model.desc.state_len())?;
+            let p = b.compile(&plan_desc)?;
+            b.execute(p, &tokens, &slots, StepOutput::Argmax(&mut ids))?;
+            runs.push((b, p, Vec::new()));
+        }
+        drop(backend);
+        for round in 0..4 {
+            for (b, p, rates) in runs.iter_mut() {
+                let start = Instant::now();
+                for _ in 0..steps {
+                    b.execute(*p, &tokens, &slots, StepOutput::Argmax(&mut ids))?;
+                }
+                let rate = (steps * shape.rows()) as f64 / start.elapsed().as_secs_f64();
+                rates.push(rate);
+                println!(
+                    "round {round}: q4k matvec {}: {rate:.1} tokens/s",
+                    b.q4k_matvec()
+                );
+            }
+        }
+        for (b, _, rates) in &mut runs {
+            rates.sort_by(f64::total_cmp);
+            println!(
+                "median of 4 rounds: {:.1} tokens/s (min {:.1}, max {:.1}), q4k matvec {}",
+                (rates[1] + rates[2]) / 2.0,
+                rates[0],
+                rates[3],
+                b.q4k_matvec()
+            );
+        }
+        return Ok(());
     }
     if profile {
         // `kernels`: one line per kernel of an op (e.g. the conversions of a product apart).

@@ -55,6 +55,10 @@ pub struct WgpuOptions {
     /// `RWKV_WGPU_WKV_LANES` sets it too. Ignored where that many lanes do not fit.
     #[doc(hidden)]
     pub wkv_scan_lanes: Option<u32>,
+    /// Which Q4_K matrix-vector kernel products of fewer than 8 rows use (A/B measurements and
+    /// tests; the default follows `RWKV_WGPU_MATVEC` / `RWKV_WGPU_MATVEC_RPS`).
+    #[doc(hidden)]
+    pub matvec: MatVecChoice,
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
@@ -75,11 +79,107 @@ impl Default for WgpuOptions {
             allow_coop: true,
             emulate_coop: false,
             wkv_scan_lanes: None,
+            matvec: MatVecChoice::default(),
             max_binding_bytes: None,
             index_checks: false,
             wait_timeout: Duration::from_secs(120),
         }
     }
+}
+
+/// The Q4_K matrix-vector kernel for products of fewer than 8 activation rows
+/// ([`WgpuOptions::matvec`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatVecChoice {
+    /// From the environment: `RWKV_WGPU_MATVEC=old|sg` (default `sg`) and
+    /// `RWKV_WGPU_MATVEC_RPS=1|2|4` (default 2); `sg` applies where the device has subgroups of
+    /// one fixed size.
+    #[default]
+    Env,
+    /// `matvec_q4k.wgsl` (64 invocations, 4 rows, workgroup reduction).
+    Old,
+    /// `matvec_q4k_sg.wgsl` with `rows_per_subgroup` (1, 2 or 4) where the device has subgroups
+    /// of one fixed size (the old kernel elsewhere).
+    Subgroup { rows_per_subgroup: u32 },
+    /// `matvec_q4k_sg.wgsl` on any device, its grid laid out for subgroups of `size` (a power of
+    /// two from 4 to 256): for tests on adapters whose subgroup size is not fixed, of other
+    /// sizes than the device's, or without subgroups (sums through workgroup memory).
+    Forced { size: u32, rows_per_subgroup: u32 },
+}
+
+/// Subgroup size and rows per subgroup of `matvec_q4k_sg.wgsl` on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MatVecSg {
+    pub size: u32,
+    pub rows_per_subgroup: u32,
+}
+
+/// Default rows per subgroup of `matvec_q4k_sg.wgsl`: 2·2 header + piece loads in flight per
+/// lane and step, 16 rows per workgroup at subgroups of 32 (a [4096 x 4096] product is 256
+/// workgroups for the H100's 132 SMs; 4 rows per subgroup would leave 128).
+const MATVEC_DEFAULT_RPS: u32 = 2;
+
+/// `RWKV_WGPU_MATVEC` (old | sg) and `RWKV_WGPU_MATVEC_RPS` (1 | 2 | 4), read once per device;
+/// other values are ignored (defaults: sg, 2).
+fn matvec_env() -> MatVecChoice {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let rows_per_subgroup = match std::env::var("RWKV_WGPU_MATVEC_RPS").as_deref() {
+            Ok("1") => 1,
+            Ok("4") => 4,
+            _ => MATVEC_DEFAULT_RPS,
+        };
+        match std::env::var("RWKV_WGPU_MATVEC").as_deref() {
+            Ok("old") => MatVecChoice::Old,
+            _ => MatVecChoice::Subgroup { rows_per_subgroup },
+        }
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        MatVecChoice::Subgroup {
+            rows_per_subgroup: MATVEC_DEFAULT_RPS,
+        }
+    }
+}
+
+/// The subgroup matrix-vector kernel's configuration on a device, or `None` for the old kernel.
+/// It needs 256 invocations per workgroup, a subgroup size that divides them (a power of two,
+/// at least 4) and, unless forced, subgroups in use whose size is fixed (min = max): the grid
+/// is laid out for that size.
+fn matvec_sg(
+    choice: MatVecChoice,
+    subgroups: bool,
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+) -> Option<MatVecSg> {
+    let choice = match choice {
+        MatVecChoice::Env => matvec_env(),
+        c => c,
+    };
+    let wide_enough = limits.max_compute_invocations_per_workgroup >= 256
+        && limits.max_compute_workgroup_size_x >= 256;
+    let (size, rows_per_subgroup) = match choice {
+        MatVecChoice::Env | MatVecChoice::Old => return None,
+        MatVecChoice::Forced {
+            size,
+            rows_per_subgroup,
+        } => (size, rows_per_subgroup),
+        MatVecChoice::Subgroup { rows_per_subgroup } => {
+            if !subgroups || info.subgroup_min_size != info.subgroup_max_size {
+                return None;
+            }
+            (info.subgroup_max_size, rows_per_subgroup)
+        }
+    };
+    (wide_enough
+        && size.is_power_of_two()
+        && (4..=256).contains(&size)
+        && matches!(rows_per_subgroup, 1 | 2 | 4))
+    .then_some(MatVecSg {
+        size,
+        rows_per_subgroup,
+    })
 }
 
 /// One adapter as [`crate::probe`] sees it.
@@ -282,6 +382,8 @@ pub(crate) struct Gpu {
     pub coop: bool,
     /// ... emulated in plain WGSL (`WgpuOptions::emulate_coop`).
     pub coop_emulated: bool,
+    /// `matvec_q4k_sg.wgsl` for Q4_K products of fewer than 8 rows, or `None`: `matvec_q4k.wgsl`.
+    pub matvec_sg: Option<MatVecSg>,
     pub timestamps: bool,
     /// Lanes per state row asked for the prefill WKV scan (`WgpuOptions::wkv_scan_lanes`).
     pub wkv_scan_lanes: Option<u32>,
@@ -422,12 +524,14 @@ impl Gpu {
         // Whole words, and at most 4 GiB so byte sizes of bound ranges stay small (the kernels
         // index 32-bit words with u32).
         max_binding = max_binding.min(u32::MAX as u64) & !3;
+        let matvec_sg = matvec_sg(options.matvec, subgroups, &info, &limits);
         let index_checks = index_checks_needed(info.backend, options);
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
+            matvec_sg,
             f16,
             subgroups,
             coop: coop || coop_emulated,

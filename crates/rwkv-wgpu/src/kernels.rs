@@ -4,7 +4,8 @@
 //! `common.wgsl` (params, activations), a reduction file (`reduce_subgroup.wgsl` when the device
 //! has subgroups, else `reduce_plain.wgsl`), a `decode_*.wgsl` for matrix kernels, and the
 //! kernel itself. Placeholders: `SG_BUILTINS` (subgroup builtins of the entry point, or nothing)
-//! and `SG_ARGS` (their values for `block_sum`, or constants), `HEAD_SIZE` / `HALF_POW2` in WKV.
+//! and `SG_ARGS` (their values for `block_sum`, or constants), `HEAD_SIZE` / `HALF_POW2` in WKV,
+//! `MV_WIDTH` / `MV_RPS` / `LANE_*` in the subgroup Q4_K matrix-vector kernel.
 
 use std::collections::HashMap;
 
@@ -23,6 +24,7 @@ const COOP_EMULATED: &str = include_str!("../shaders/coop_emulated.wgsl");
 const DECODE_Q4K_VEC4: &str = include_str!("../shaders/decode_q4k_vec4.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
+const MATVEC_Q4K_SG: &str = include_str!("../shaders/matvec_q4k_sg.wgsl");
 const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
@@ -156,6 +158,14 @@ pub(crate) enum Kernel {
     /// Q4_K matrix-vector product: 64 invocations, 4 output rows, one activation row per z;
     /// this many products at once.
     MatVecQ4K(u32),
+    /// Q4_K matrix-vector product with subgroup sums (`matvec_q4k_sg.wgsl`): 256 invocations =
+    /// 256 / `sg` subgroups, `rps` output rows per subgroup, one activation row per z; `jobs`
+    /// products at once.
+    MatVecQ4KSg {
+        sg: u32,
+        rps: u32,
+        jobs: u32,
+    },
     /// Float (F32 / F16 / BF16) matrix-vector product: 256 invocations, a power of two of them
     /// per output row (per job), 4 activation rows per z; `jobs` products.
     MatVec(PackedKind, u32),
@@ -246,6 +256,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::MatMulTiled(k, _) => (MATMUL_TILED, Some(k), false),
         Kernel::MatMulCoop(k) => (MATMUL_COOP, Some(k), false),
         Kernel::MatVecQ4K(_) => (MATVEC_Q4K, None, true),
+        Kernel::MatVecQ4KSg { .. } => (MATVEC_Q4K_SG, None, false),
         Kernel::MatVec(_, _) => (MATVEC_FLOAT, None, false),
         Kernel::MatMulNarrow(k, _) => (MATMUL_NARROW, Some(k), false),
         Kernel::Embed(k) => (EMBED, Some(k), false),
@@ -277,6 +288,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::MatMul(_, _, j)
         | Kernel::MatMulNarrow(_, j)
         | Kernel::MatVecQ4K(j)
+        | Kernel::MatVecQ4KSg { jobs: j, .. }
         | Kernel::MatVec(_, j) => Some(j),
         _ => None,
     };
@@ -339,6 +351,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     if let Kernel::MatMulTiled(_, tm) = kernel {
         s = s.replace("MM_TM", &tm.to_string());
     }
+    if let Kernel::MatVecQ4KSg { sg, rps, jobs } = kernel {
+        s = matvec_sg_source(&s, subgroups, sg, rps, jobs);
+    }
     if coop {
         // The subgroup's index picks its fragments; it must be the same for the whole subgroup
         // (cooperative operations are per subgroup). Without the builtin, 32 consecutive
@@ -400,6 +415,132 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
             .replace("HALF_POW2", &half_pow2.to_string());
     }
     s
+}
+
+/// Sum over a subgroup's lanes of `matvec_q4k_sg.wgsl`: one `subgroupAdd`.
+const LANE_SUM_SUBGROUP: &str = "fn lane_sum(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {
+    return subgroupAdd(v);
+}";
+/// ... without subgroups: lanes are the SG consecutive invocations `lid - lane ..`, summed by a
+/// tree in workgroup memory (the fallback for a device that rejects the subgroup module, and
+/// what tests run on devices without subgroups).
+const LANE_SUM_PLAIN: &str = "var<workgroup> lane_scratch: array<vec4<f32>, 256>;
+fn lane_sum(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {
+    lane_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = SG / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
+            lane_scratch[lid] += lane_scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = lane_scratch[lid - lane];
+    workgroupBarrier();
+    return total;
+}";
+
+/// Fills in `matvec_q4k_sg.wgsl`'s subgroup size, rows per subgroup and lane builtins, and
+/// writes out its per-row code for `rps` rows and its `row_sums` function once per job.
+fn matvec_sg_source(src: &str, subgroups: bool, sg: u32, rps: u32, jobs: u32) -> String {
+    let (builtins, locals, lane_sum) = if subgroups {
+        (
+            ", @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \
+             @builtin(num_subgroups) n_sg: u32, @builtin(subgroup_size) sg_size: u32",
+            "",
+            LANE_SUM_SUBGROUP,
+        )
+    } else {
+        (
+            "",
+            "let sg_lane = lid % SG;\n    let sg_id = lid / SG;\n    let n_sg = NSG;\n    \
+             let sg_size = SG;",
+            LANE_SUM_PLAIN,
+        )
+    };
+    // Rows 0..rps written out (accumulators acc.x, .y, .z, .w): values stay in registers
+    // without relying on the compiler to unroll loops over arrays.
+    let rows: Vec<(usize, &str)> = ["x", "y", "z", "w"]
+        .into_iter()
+        .take(rps as usize)
+        .enumerate()
+        .collect();
+    let mut row_bases = Vec::new();
+    let mut loads = Vec::new();
+    let mut math = Vec::new();
+    for &(i, c) in &rows {
+        row_bases.push(format!(
+            "let rb{i} = min(first + {i}u, n_out - 1u) * row_vec4;"
+        ));
+        let dot = |piece: &str| {
+            format!(
+                "piece_dot(h{piece}{i}, q{piece}{i}, t{piece}, x{piece}0, x{piece}1, x{piece}2, \
+                 x{piece}3, x{piece}4, x{piece}5, x{piece}6, x{piece}7, sl{piece}, sh{piece})"
+            )
+        };
+        math.push(format!(
+            "acc.{c} += {} + select(0.0, {}, b_live);",
+            dot("a"),
+            dot("b")
+        ));
+    }
+    // All rows' loads of piece a, then of piece b.
+    for piece in ["a", "b"] {
+        for &(i, _) in &rows {
+            loads.push(format!("let h{piece}{i} = wsrc[rb{i} + b{piece}];"));
+            loads.push(format!(
+                "let q{piece}{i} = wsrc[rb{i} + b{piece} + 1u + t{piece}];"
+            ));
+        }
+    }
+    let row_args: Vec<String> = rows.iter().map(|(i, _)| format!("rb{i}")).collect();
+    let row_params: Vec<String> = row_args.iter().map(|a| format!("{a}: u32")).collect();
+    let args = format!(
+        "{}, pieces, last_piece, x4, sg_lane, sg_size",
+        row_args.join(", ")
+    );
+    let call = if jobs > 1 {
+        let mut c = String::from("var acc: vec4<f32>;\n        switch job {\n");
+        for j in 1..jobs {
+            c.push_str(&format!(
+                "            case {j}u: {{ acc = row_sums_{j}({args}); }}\n"
+            ));
+        }
+        c.push_str(&format!(
+            "            default: {{ acc = row_sums_0({args}); }}\n        }}"
+        ));
+        c
+    } else {
+        format!("let acc = row_sums_0({args});")
+    };
+    // The row_sums template, once per job with that job's weight binding.
+    let (begin, end) = ("// BEGIN row_sums", "// END row_sums");
+    let (head, rest) = src.split_at(src.find(begin).unwrap_or(src.len()));
+    let (template, tail) = rest.split_at(rest.find(end).map_or(0, |e| e + end.len()));
+    let mut out = head.to_string();
+    for j in 0..jobs {
+        let binding = if j == 0 {
+            "wq[".to_string()
+        } else {
+            format!("wq{j}[")
+        };
+        out.push_str(
+            &template
+                .replace("MV_ROW_PARAMS", &row_params.join(", "))
+                .replace("MV_LOADS", &loads.join("\n        "))
+                .replace("MV_MATH", &math.join("\n        "))
+                .replace("row_sums_JOB", &format!("row_sums_{j}"))
+                .replace("wsrc[", &binding),
+        );
+        out.push('\n');
+    }
+    out.push_str(tail);
+    out.replace("LANE_SUM_FN", lane_sum)
+        .replace("LANE_BUILTINS", builtins)
+        .replace("LANE_LOCALS", locals)
+        .replace("MV_ROW_BASES", &row_bases.join("\n        "))
+        .replace("MV_SUMS_CALL", &call)
+        .replace("MV_WIDTH", &sg.to_string())
+        .replace("MV_RPS", &rps.to_string())
 }
 
 /// gemm_f16.wgsl for `tile`, with the fragment code generated (naga 30 cannot index arrays of
@@ -843,6 +984,48 @@ mod tests {
                     let src = source(kernel, subgroups, false);
                     let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
                     assert_eq!(module.entry_points[0].workgroup_size, [head_size, 1, 1]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn subgroup_matvec_validates_for_every_size_and_rows_per_subgroup() {
+        for sg in [4, 8, 16, 32, 64, 128, 256] {
+            for rps in [1, 2, 4] {
+                for jobs in [1, 3] {
+                    for subgroups in [true, false] {
+                        let kernel = Kernel::MatVecQ4KSg { sg, rps, jobs };
+                        let src = source(kernel, subgroups, true);
+                        for gone in ["MV_", "LANE_", "SG_BUILTINS", "SG_ARGS", "wsrc", "_JOB"] {
+                            assert!(!src.contains(gone), "{kernel:?}: '{gone}' left");
+                        }
+                        // Each job's loads read its own binding directly (no per-load switch).
+                        // (jobs.wgsl's `wload` is defined, never called.)
+                        let wload = src.matches("wload(").count();
+                        assert_eq!(wload, usize::from(jobs > 1), "{kernel:?}");
+                        for j in 0..jobs {
+                            let binding = if j == 0 {
+                                "wq[".into()
+                            } else {
+                                format!("wq{j}[")
+                            };
+                            assert!(src.contains(&format!("fn row_sums_{j}(")), "{kernel:?}");
+                            // 4 loads per row and step (+ one in the unused `wload`).
+                            let loads = 4 * rps as usize + usize::from(jobs > 1);
+                            assert_eq!(src.matches(&binding).count(), loads, "{kernel:?}");
+                        }
+                        let label = format!("{kernel:?} subgroups {subgroups}");
+                        let module = validate(&label, &src);
+                        // With subgroups: no workgroup memory (and hence no barrier).
+                        let shared = module
+                            .global_variables
+                            .iter()
+                            .any(|(_, v)| v.space == naga::AddressSpace::WorkGroup);
+                        assert_eq!(shared, !subgroups, "{label}");
+                        assert_eq!(src.contains("workgroupBarrier"), !subgroups, "{label}");
+                        assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
+                    }
                 }
             }
         }

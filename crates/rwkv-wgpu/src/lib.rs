@@ -23,7 +23,7 @@ use rwkv_core::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use gpu::block_on;
 use gpu::{backend_err, Gpu};
-pub use gpu::{probe_async, AdapterChoice, AdapterReport, WgpuOptions};
+pub use gpu::{probe_async, AdapterChoice, AdapterReport, MatVecChoice, WgpuOptions};
 use kernels::Kernels;
 use plan::{Compiled, Profiler, ReadBack};
 use weights::DeviceWeight;
@@ -110,6 +110,25 @@ impl WgpuBackend {
     /// Whether products of many rows run on cooperative matrices (tensor cores) on this device.
     pub fn uses_coop(&self) -> bool {
         self.gpu.coop
+    }
+
+    /// The Q4_K matrix-vector kernel of products of fewer than 8 rows on this device, e.g.
+    /// "sg (subgroups of 32, 2 rows per subgroup)" or "old (64 invocations, 4 rows)"
+    /// (`RWKV_WGPU_MATVEC`, `RWKV_WGPU_MATVEC_RPS`).
+    pub fn q4k_matvec(&self) -> String {
+        match self.gpu.matvec_sg {
+            Some(m) => format!(
+                "sg (subgroups of {}, {} rows per subgroup{})",
+                m.size,
+                m.rows_per_subgroup,
+                if self.gpu.subgroups {
+                    ""
+                } else {
+                    ", sums in workgroup memory"
+                }
+            ),
+            None => "old (64 invocations, 4 rows)".into(),
+        }
     }
 
     /// Device buffers holding weight `id` (more than one when it was split to fit the binding
@@ -360,6 +379,7 @@ impl WgpuBackend {
                 ("cooperative_matrix".into(), g.coop.to_string()),
                 ("index_checks".into(), g.index_checks.to_string()),
                 ("timestamps".into(), g.timestamps.to_string()),
+                ("q4k_matvec".into(), self.q4k_matvec()),
                 ("max_binding_bytes".into(), g.max_binding.to_string()),
                 (
                     "kernel_fallbacks".into(),

@@ -34,6 +34,8 @@ const TILED_MIN_ROWS: usize = 8;
 const TILED_WIDE_ROWS: usize = 32;
 /// Output rows of one Q4_K matrix-vector workgroup (ROWS in matvec_q4k.wgsl).
 const MATVEC_ROWS: usize = 4;
+/// Invocations of a workgroup of matvec_q4k_sg.wgsl.
+const MATVEC_SG_WG: u32 = 256;
 /// Output columns (rows of W) of one tiled workgroup.
 const TILED_COLS: usize = 64;
 
@@ -248,6 +250,7 @@ fn with_jobs(kernel: Kernel, jobs: u32) -> Option<Kernel> {
         Kernel::MatMul(k, tpr, _) => Some(Kernel::MatMul(k, tpr, jobs)),
         Kernel::MatMulNarrow(k, _) => Some(Kernel::MatMulNarrow(k, jobs)),
         Kernel::MatVecQ4K(_) => Some(Kernel::MatVecQ4K(jobs)),
+        Kernel::MatVecQ4KSg { sg, rps, .. } => Some(Kernel::MatVecQ4KSg { sg, rps, jobs }),
         Kernel::MatVec(k, _) => Some(Kernel::MatVec(k, jobs)),
         _ => None,
     }
@@ -1135,9 +1138,21 @@ impl Compiled {
                             ),
                             // Q4_K rows are whole 256-value blocks; arena offsets are
                             // multiples of 4 values, as its vec4 activation loads need.
-                            (None, _) if m.kind == PackedKind::Q4K => {
-                                (Kernel::MatVecQ4K(1), MATVEC_ROWS, plan.rows_of(j.x) as u64)
-                            }
+                            (None, _) if m.kind == PackedKind::Q4K => match gpu.matvec_sg {
+                                // Subgroups of `size` lanes, each owning rows_per_subgroup rows.
+                                Some(sg) => (
+                                    Kernel::MatVecQ4KSg {
+                                        sg: sg.size,
+                                        rps: sg.rows_per_subgroup,
+                                        jobs: 1,
+                                    },
+                                    (MATVEC_SG_WG / sg.size * sg.rows_per_subgroup) as usize,
+                                    plan.rows_of(j.x) as u64,
+                                ),
+                                None => {
+                                    (Kernel::MatVecQ4K(1), MATVEC_ROWS, plan.rows_of(j.x) as u64)
+                                }
+                            },
                             (None, Some(lanes)) => {
                                 word11 = lanes;
                                 (Kernel::MatVec(m.kind, 1), MATVEC_FLOAT_WG / lanes, tiles)

@@ -10,7 +10,7 @@ use rwkv_core::backend::{
 };
 use rwkv_core::model::Tensor;
 use rwkv_core::DType;
-use rwkv_wgpu::{WgpuBackend, WgpuOptions};
+use rwkv_wgpu::{MatVecChoice, WgpuBackend, WgpuOptions};
 
 const QUANT_DTYPES: [DType; 6] = [
     DType::F32,
@@ -242,13 +242,15 @@ fn matmul_case_n(
                 }
                 // The kernel that ran: per-row (narrow for short rows) or tiled by row count.
                 let id = b.compile(&p).expect("compile");
+                let sg_matvec = b.q4k_matvec().starts_with("sg");
                 if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
                     let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
                     let want_kernel = match (n_tok >= 8, cols <= 128) {
                         _ if gemm => "ToF16 + DequantF16(",
                         _ if coop => "MatMulCoop(",
                         (true, _) => "MatMulTiled(",
-                        (false, _) if dtype == DType::Q4K => "MatVecQ4K",
+                        (false, _) if dtype == DType::Q4K && sg_matvec => "MatVecQ4KSg {",
+                        (false, _) if dtype == DType::Q4K => "MatVecQ4K(",
                         (false, _) if float && cols % 4 == 0 => "MatVec(",
                         (false, true) => "MatMulNarrow(",
                         (false, false) => "MatMul(",
@@ -379,6 +381,226 @@ fn matmul_coop_every_dtype_with_bias_act_and_accumulate() {
         let fresh = WgpuBackend::new(options.clone()).expect("backend");
         let label = format!("{label}, coop emulated {}", options.emulate_coop);
         matmul_case_n(vec![(label, fresh)], n_tok, n_out, |_| vec![256, 512]);
+    }
+}
+
+/// Backends running the subgroup Q4_K matrix-vector kernel (matvec_q4k_sg.wgsl) with
+/// `rows_per_subgroup`, with the subgroup size its grid assumes (`None`: the device's own).
+/// The device's subgroups when their size is fixed, else (min != max) the kernel forced with
+/// the adapter's largest size; `extra` adds forced sizes other than the device's (its virtual
+/// subgroup loop) and a device without subgroups (sums through workgroup memory).
+fn subgroup_matvec_backends(rows_per_subgroup: u32, extra: bool) -> Vec<(String, WgpuBackend)> {
+    let auto = WgpuOptions {
+        matvec: MatVecChoice::Subgroup { rows_per_subgroup },
+        ..f32_options()
+    };
+    let Some((label, b)) = backends(auto.clone()).into_iter().next() else {
+        return Vec::new();
+    };
+    let forced = |size: u32, subgroups: bool| WgpuOptions {
+        matvec: MatVecChoice::Forced {
+            size,
+            rows_per_subgroup,
+        },
+        allow_subgroups: subgroups,
+        ..f32_options()
+    };
+    let mut out = Vec::new();
+    if b.q4k_matvec().starts_with("sg") {
+        out.push((format!("{label}, {}", b.q4k_matvec()), b));
+    } else if b.uses_subgroups() {
+        // Subgroups whose size is not fixed: the largest one the adapter reports.
+        let info = b.info();
+        let max = rwkv_wgpu::probe()
+            .into_iter()
+            .find(|a| a.name == info.device)
+            .map_or(32, |a| a.subgroup_max_size)
+            .clamp(4, 256)
+            .next_power_of_two();
+        println!("{label}: subgroup size not fixed, forcing the kernel with {max}");
+        let b = WgpuBackend::new(forced(max, true)).expect("backend");
+        out.push((format!("{label}, forced {}", b.q4k_matvec()), b));
+    } else {
+        println!("{label}: no subgroups; the forced variants below use workgroup-memory sums");
+    }
+    if extra {
+        let mut configs = vec![(32, false), (8, false)];
+        if out.first().is_some_and(|(_, b)| b.uses_subgroups()) {
+            configs.extend([(4, true), (64, true)]);
+        }
+        for (size, subgroups) in configs {
+            let b = WgpuBackend::new(forced(size, subgroups)).expect("backend");
+            out.push((format!("forced {}", b.q4k_matvec()), b));
+        }
+    }
+    out
+}
+
+/// Q4_K products through the subgroup matrix-vector kernel at `n_tok` rows and `cols` columns,
+/// as in a layer: one MatMul op of 3 jobs (150 rows, bias + sigmoid; 37 rows, no bias; 150 rows,
+/// bias + relu²: one dispatch, asserted), then an op accumulating a 4th product (37 rows, bias +
+/// tanh) into the 37-row output; 150 and 37 are not multiples of the workgroup's rows. Against
+/// f64 over the tests' own dequantizer.
+fn subgroup_matvec_case(
+    label: &str,
+    b: &mut WgpuBackend,
+    rng: &mut Rng,
+    n_tok: usize,
+    cols: usize,
+) {
+    let vocab = 11usize;
+    let outs = [150usize, 37, 150, 37];
+    let acts = [Act::Sigmoid, Act::None, Act::ReluSq, Act::Tanh];
+    let has_bias = [true, false, true, true];
+    let table = rng.vec(vocab * cols, -1.0, 1.0);
+    let mut weights = vec![(
+        "emb.weight".to_string(),
+        f32_tensor(vec![vocab, cols], &table),
+    )];
+    let mut mats = Vec::new();
+    let mut biases = Vec::new();
+    for (j, &n_out) in outs.iter().enumerate() {
+        let bytes = random_blocks(rng, DType::Q4K, n_out * cols);
+        mats.push(dequant(DType::Q4K, &bytes));
+        weights.push((
+            format!("w{j}"),
+            tensor(DType::Q4K, vec![n_out, cols], bytes),
+        ));
+        let bias = rng.vec(n_out, -0.5, 0.5);
+        weights.push((format!("b{j}"), f32_tensor(vec![n_out], &bias)));
+        biases.push(bias);
+    }
+    upload_all(b, &weights);
+    let job = |j: usize, out: usize, accumulate: bool| MatJob {
+        weight: 1 + 2 * j,
+        x: 0,
+        out,
+        bias: has_bias[j].then_some(2 + 2 * j),
+        act: acts[j],
+        accumulate,
+    };
+    let ops = vec![
+        Op::Embed { table: 0, out: 0 },
+        Op::MatMul {
+            jobs: vec![job(0, 1, false), job(1, 2, false), job(2, 3, false)],
+        },
+        Op::MatMul {
+            jobs: vec![job(3, 2, true)],
+        },
+    ];
+    let buffers = vec![
+        buf("x", cols, false),
+        buf("out0", 150, false),
+        buf("out1", 37, false),
+        buf("out2", 150, false),
+    ];
+    b.alloc_states(1, 4).expect("states");
+    let shape = StepShape { n_seq: 1, n_tok };
+    let tokens: Vec<u32> = (0..n_tok).map(|_| rng.below(vocab as u64) as u32).collect();
+    // Pre-activation sum and its error bound (2e-6 of Σ|w·x|, as the other matmul tests).
+    let product = |j: usize, t: u32, o: usize| -> (f64, f64) {
+        let x = &table[t as usize * cols..][..cols];
+        let w = &mats[j][o * cols..][..cols];
+        let (mut sum, mut mag) = (0f64, 0f64);
+        for (&wv, &xv) in w.iter().zip(x) {
+            sum += wv as f64 * xv as f64;
+            mag += (wv as f64 * xv as f64).abs();
+        }
+        if has_bias[j] {
+            sum += biases[j][o] as f64;
+        }
+        (sum, 2e-6 * mag + 1e-5)
+    };
+    let mut worst = 0f64;
+    for (out_buf, n_out) in [(1usize, 150usize), (2, 37), (3, 150)] {
+        let p = plan(shape, buffers.clone(), &weights, ops.clone(), out_buf);
+        let got = logits_of(b, &p, &tokens, &[0]);
+        for (ti, &t) in tokens.iter().enumerate() {
+            for o in 0..n_out {
+                let (want, tol) = match out_buf {
+                    1 => {
+                        let (s, e) = product(0, t, o);
+                        (Act::Sigmoid.apply(s as f32) as f64, e)
+                    }
+                    2 => {
+                        let (s1, e1) = product(1, t, o);
+                        let (s3, e3) = product(3, t, o);
+                        (s1 + (s3 as f32).tanh() as f64, e1 + e3)
+                    }
+                    _ => {
+                        // relu²: an error e in s becomes at most 2|s|·e + e², plus rounding.
+                        let (s, e) = product(2, t, o);
+                        let r = s.max(0.0);
+                        (r * r, 2.0 * s.abs() * e + e * e + 2e-7 * r * r)
+                    }
+                };
+                let g = got[ti * n_out + o] as f64;
+                worst = worst.max((g - want).abs() / tol);
+                assert!(
+                    (g - want).abs() <= tol,
+                    "{label}: {cols} columns, {n_tok} rows, output {out_buf} row {ti} value {o}: \
+                     got {g} want {want} (tolerance {tol:.3e})"
+                );
+            }
+        }
+        if out_buf == 1 {
+            let id = b.compile(&p).expect("compile");
+            if let Ok(times) = b.profile_step(id, &tokens, &[0]) {
+                for (op, jobs) in [(1, 3), (2, 1)] {
+                    let k = &times[op];
+                    assert!(
+                        k.kernel.starts_with("MatVecQ4KSg {")
+                            && k.kernel.ends_with(&format!(", jobs: {jobs} }}"))
+                            && k.dispatches == 1,
+                        "{label}: op {op} ran {} x{}",
+                        k.kernel,
+                        k.dispatches
+                    );
+                }
+            }
+        }
+    }
+    println!("{label}: {cols} columns, {n_tok} rows: at most {worst:.3} of the tolerance");
+}
+
+#[test]
+fn matvec_q4k_subgroup_kernel_every_rows_per_subgroup() {
+    // 1, 3 and 7 activation rows; rows of 1, 2 and 16 blocks (4096 columns: 4 pieces per lane
+    // at subgroups of 32, 16 at 8); 1, 2 and 4 rows per subgroup.
+    let seed = seed();
+    for rps in [1u32, 2, 4] {
+        for (label, mut b) in subgroup_matvec_backends(rps, false) {
+            assert!(
+                b.q4k_matvec().contains(&format!("{rps} rows per subgroup")),
+                "{label}"
+            );
+            for cols in [256usize, 512, 4096] {
+                for n_tok in [1usize, 3, 7] {
+                    let mut rng = Rng::new(seed ^ (rps as u64) << 40 ^ (cols * 8 + n_tok) as u64);
+                    subgroup_matvec_case(&label, &mut b, &mut rng, n_tok, cols);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_q4k_subgroup_kernel_other_sizes_and_without_subgroups() {
+    // The grid laid out for subgroup sizes the device does not have (a subgroup then computes
+    // several or no "virtual" subgroups), and sums through workgroup memory without subgroups
+    // (the variant a device that rejects the subgroup module falls back to).
+    let seed = seed();
+    for rps in [1u32, 2, 4] {
+        let backends: Vec<_> = subgroup_matvec_backends(rps, true)
+            .into_iter()
+            .filter(|(l, _)| l.starts_with("forced"))
+            .collect();
+        for (label, mut b) in backends {
+            for (cols, n_tok) in [(256usize, 7usize), (4096, 1), (512, 3)] {
+                let mut rng = Rng::new(seed ^ (rps as u64) << 40 ^ (cols * 8 + n_tok) as u64);
+                subgroup_matvec_case(&label, &mut b, &mut rng, n_tok, cols);
+            }
+        }
     }
 }
 

@@ -145,7 +145,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             backend.profile_step(plan, &tokens, &slots)?
         };
         let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
+        // Per kernel of ops with several (prefill WKV: prep / scan / post).
+        let mut parts: Vec<(String, f64, usize)> = Vec::new();
         for t in &times {
+            if t.parts.len() > 1 {
+                for (k, us) in &t.parts {
+                    match parts.iter_mut().find(|p| p.0 == *k) {
+                        Some(p) => {
+                            p.1 += us;
+                            p.2 += 1;
+                        }
+                        None => parts.push((k.clone(), *us, 1)),
+                    }
+                }
+            }
             // Group by what the op does: matrix products by weight name without the layer.
             let kind = match &plan_desc.ops[t.op] {
                 Op::MatMul { jobs } => {
@@ -180,6 +193,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 us / 1e3,
                 100.0 * us / total
             );
+        }
+        for (kernel, us, n) in parts {
+            println!("  of which {:7.2} ms x{n:<3} {kernel}", us / 1e3);
         }
     }
     Ok(())

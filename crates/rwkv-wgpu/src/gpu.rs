@@ -50,6 +50,11 @@ pub struct WgpuOptions {
     /// (slow; needs shader-f16 only), so tests exercise that path on any device. Not for use.
     #[doc(hidden)]
     pub emulate_coop: bool,
+    /// Invocations per state row of the prefill WKV scan (1, 2 or 4; `None`: the default, see
+    /// `plan::wkv_scan_geometry`), for tests and A/B measurements; the environment variable
+    /// `RWKV_WGPU_WKV_LANES` sets it too. Ignored where that many lanes do not fit.
+    #[doc(hidden)]
+    pub wkv_scan_lanes: Option<u32>,
     /// Which Q4_K matrix-vector kernel products of fewer than 8 rows use (A/B measurements and
     /// tests; the default follows `RWKV_WGPU_MATVEC` / `RWKV_WGPU_MATVEC_RPS`).
     #[doc(hidden)]
@@ -73,6 +78,7 @@ impl Default for WgpuOptions {
             allow_subgroups: true,
             allow_coop: true,
             emulate_coop: false,
+            wkv_scan_lanes: None,
             matvec: MatVecChoice::default(),
             max_binding_bytes: None,
             index_checks: false,
@@ -291,6 +297,22 @@ fn coop_env_allows() -> bool {
     }
 }
 
+/// `RWKV_WGPU_WKV_LANES=1|2|4`: lanes per state row of the prefill WKV scan, for A/B runs.
+fn wkv_lanes_env() -> Option<u32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var("RWKV_WGPU_WKV_LANES")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        None
+    }
+}
+
 /// Whether the kernels must keep wgpu's runtime checks (index clamping and loop bounding) on
 /// `backend`.
 ///
@@ -363,6 +385,8 @@ pub(crate) struct Gpu {
     /// `matvec_q4k_sg.wgsl` for Q4_K products of fewer than 8 rows, or `None`: `matvec_q4k.wgsl`.
     pub matvec_sg: Option<MatVecSg>,
     pub timestamps: bool,
+    /// Lanes per state row asked for the prefill WKV scan (`WgpuOptions::wkv_scan_lanes`).
+    pub wkv_scan_lanes: Option<u32>,
     /// Kernels compiled with wgpu's index clamping and loop bounding (see
     /// [`index_checks_needed`]).
     pub index_checks: bool,
@@ -513,6 +537,7 @@ impl Gpu {
             coop: coop || coop_emulated,
             coop_emulated,
             timestamps,
+            wkv_scan_lanes: options.wkv_scan_lanes.or_else(wkv_lanes_env),
             index_checks,
             div_checks: div_checks_wanted(),
             max_binding,

@@ -35,6 +35,9 @@ const LAST_ROWS: &str = include_str!("../shaders/last_rows.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const WKV7: &str = include_str!("../shaders/wkv7.wgsl");
 const WKV7_SPLIT: &str = include_str!("../shaders/wkv7_split.wgsl");
+const WKV7_PREP: &str = include_str!("../shaders/wkv7_prep.wgsl");
+const WKV7_SCAN: &str = include_str!("../shaders/wkv7_scan.wgsl");
+const WKV7_POST: &str = include_str!("../shaders/wkv7_post.wgsl");
 const GEMM_F16: &str = include_str!("../shaders/gemm_f16.wgsl");
 const GEMM_OUT_DIRECT: &str = include_str!("../shaders/gemm_out_direct.wgsl");
 const GEMM_OUT_SPLIT: &str = include_str!("../shaders/gemm_out_split.wgsl");
@@ -107,6 +110,32 @@ const NO_SHIFT_STATE: &str = "fn reg_load(seq: u32, i: u32) -> vec4<f32> { retur
 fn reg_store(seq: u32, i: u32, v: vec4<f32>) {}
 ";
 
+/// `lane_sum` of wkv7_scan.wgsl: the sum over the J lanes of a state row. One lane: itself.
+const SCAN_LANE_SUM_NONE: &str = "fn lane_sum(x: f32, lid: u32, p: u32) -> f32 { return x; }";
+/// Lanes of a row are consecutive lanes of one subgroup (row and lane come from the subgroup
+/// index, and the host asks for subgroups of at least J that divide the workgroup): J a power
+/// of two, log2 J shuffles.
+const SCAN_LANE_SUM_SUBGROUP: &str = "fn lane_sum(x: f32, lid: u32, p: u32) -> f32 {
+    var s = x;
+    for (var m = 1u; m < J; m = m << 1u) {
+        s += subgroupShuffleXor(s, m);
+    }
+    return s;
+}";
+/// Without subgroups (a device that rejected the subgroup module): through workgroup memory,
+/// two barriers per call.
+const SCAN_LANE_SUM_SHARED: &str = "var<workgroup> lane_part: array<f32, WG>;
+fn lane_sum(x: f32, lid: u32, p: u32) -> f32 {
+    lane_part[lid] = x;
+    workgroupBarrier();
+    var s = 0.0;
+    for (var l = 0u; l < J; l++) {
+        s += lane_part[p * J + l];
+    }
+    workgroupBarrier();
+    return s;
+}";
+
 /// Float weights for `matvec_float.wgsl`: (values per vec4<u32>, its `mv_decode`).
 fn matvec_decode(kind: PackedKind) -> (u32, &'static str) {
     match kind {
@@ -160,6 +189,23 @@ pub(crate) enum Kernel {
     Wkv7Split {
         head_size: u32,
         lanes: u32,
+    },
+    /// Prefill WKV, pass 1 (`wkv7_prep.wgsl`): per (head, row), the state-independent vectors
+    /// into scratch rows of the arena.
+    Wkv7Prep {
+        head_size: u32,
+    },
+    /// Prefill WKV, pass 2 (`wkv7_scan.wgsl`): `lanes` invocations per state row (1: no
+    /// communication at all inside a chunk; 2 or 4: lane sums by subgroup shuffles), tokens in
+    /// chunks of `chunk` through workgroup memory.
+    Wkv7Scan {
+        head_size: u32,
+        chunk: u32,
+        lanes: u32,
+    },
+    /// Prefill WKV, pass 3 (`wkv7_post.wgsl`): per (head, row), GroupNorm, bonus and gate.
+    Wkv7Post {
+        head_size: u32,
     },
     /// Cooperative-matrix product of f16 scratch operands (gemm_f16.wgsl); `split`: partial
     /// sums over K ranges (grid z), finished by `SplitReduce`.
@@ -221,6 +267,9 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         Kernel::Argmax => (ARGMAX, None, false),
         Kernel::Wkv7 { .. } => (WKV7, None, true),
         Kernel::Wkv7Split { .. } => (WKV7_SPLIT, None, true),
+        Kernel::Wkv7Prep { .. } => (WKV7_PREP, None, true),
+        Kernel::Wkv7Scan { .. } => (WKV7_SCAN, None, false),
+        Kernel::Wkv7Post { .. } => (WKV7_POST, None, true),
         Kernel::GemmF16 { .. } | Kernel::SplitReduce | Kernel::ToF16 | Kernel::DequantF16(_) => {
             unreachable!("returned above")
         }
@@ -268,11 +317,14 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
     } else {
         s.push_str(body);
     }
+    // The number of subgroups is computed from the subgroup size: lavapipe (Mesa 22.3) reports
+    // `num_subgroups` rounded down when the workgroup is not a whole number of subgroups
+    // (12 invocations in subgroups of 8: 1), so the last partial sum was dropped (WKV at N = 12).
     let (builtins, args) = if subgroups && reduce {
         (
             "@builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, \
-             @builtin(num_subgroups) n_sg: u32",
-            "sg_lane, sg_id, n_sg",
+             @builtin(subgroup_size) sg_size: u32",
+            "sg_lane, sg_id, (WG + sg_size - 1u) / sg_size",
         )
     } else {
         ("", "0u, 0u, 1u")
@@ -329,7 +381,34 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
             .replace("WKV_WG", &wg.to_string())
             .replace("HALF_POW2", &(wg.next_power_of_two() / 2).to_string());
     }
-    if let Kernel::Wkv7 { head_size } = kernel {
+    if let Kernel::Wkv7Scan {
+        head_size,
+        chunk,
+        lanes,
+    } = kernel
+    {
+        let (builtins, index, lane_sum) = match (lanes, subgroups) {
+            (1, _) => ("", "lid", SCAN_LANE_SUM_NONE),
+            (_, true) => (
+                ", @builtin(subgroup_invocation_id) sg_lane: u32, \
+                 @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_size) sg_size: u32",
+                "sg_id * sg_size + sg_lane",
+                SCAN_LANE_SUM_SUBGROUP,
+            ),
+            (_, false) => ("", "lid", SCAN_LANE_SUM_SHARED),
+        };
+        s = s
+            .replace("SCAN_LANE_SUM", lane_sum)
+            .replace("SCAN_BUILTINS", builtins)
+            .replace("SCAN_INDEX", index)
+            .replace("HEAD_SIZE", &head_size.to_string())
+            .replace("SCAN_CHUNK", &chunk.to_string())
+            .replace("SCAN_LANES", &lanes.to_string());
+    }
+    if let Kernel::Wkv7 { head_size }
+    | Kernel::Wkv7Prep { head_size }
+    | Kernel::Wkv7Post { head_size } = kernel
+    {
         let half_pow2 = head_size.next_power_of_two() / 2;
         s = s
             .replace("HEAD_SIZE", &head_size.to_string())
@@ -847,6 +926,67 @@ mod tests {
         }
         validate("ToF16", &source(Kernel::ToF16, false, true));
         validate("SplitReduce", &source(Kernel::SplitReduce, false, false));
+    }
+
+    #[test]
+    fn prefill_wkv_kernels_validate() {
+        for head_size in [4u32, 8, 12, 16, 64] {
+            for (chunk, lanes, subgroups) in [
+                (4u32, 1u32, true),
+                (8, 1, false),
+                (8, 2, true),
+                (8, 4, true),
+                (8, 4, false),
+            ] {
+                if !head_size.is_multiple_of(4 * lanes) {
+                    continue;
+                }
+                let kernel = Kernel::Wkv7Scan {
+                    head_size,
+                    chunk,
+                    lanes,
+                };
+                let src = source(kernel, subgroups, true);
+                assert_eq!(
+                    src.contains("subgroupShuffleXor"),
+                    subgroups && lanes > 1,
+                    "{kernel:?}"
+                );
+                let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
+                // Workgroup memory: what plan.rs checks against the device (the chunk, plus
+                // the lane sums of the variant without subgroups, its fallback).
+                let bytes: u32 = module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                    .sum();
+                let unused = if lanes > 1 && subgroups {
+                    4 * head_size * lanes
+                } else {
+                    0
+                };
+                assert_eq!(
+                    bytes + unused,
+                    crate::plan::wkv_scan_workgroup_bytes(head_size, chunk, lanes),
+                    "{kernel:?}"
+                );
+                assert_eq!(
+                    module.entry_points[0].workgroup_size,
+                    [head_size * lanes, 1, 1]
+                );
+            }
+            for kernel in [
+                Kernel::Wkv7Prep { head_size },
+                Kernel::Wkv7Post { head_size },
+            ] {
+                for subgroups in [true, false] {
+                    let src = source(kernel, subgroups, false);
+                    let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
+                    assert_eq!(module.entry_points[0].workgroup_size, [head_size, 1, 1]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -43,11 +43,14 @@ pub struct OpTime {
     /// Index in `Plan::ops`.
     pub op: usize,
     /// Its kernels, each once in order of first dispatch, joined by " + ", e.g.
-    /// `MatMul(Q4K, 64)` or `ToF16 + DequantF16(Q4K) + GemmF16 { .. }`.
+    /// `MatMul(Q4K, 64)`, `ToF16 + DequantF16(Q4K) + GemmF16 { .. }` or (prefill WKV)
+    /// `Wkv7Prep { .. } + Wkv7Scan { .. } + Wkv7Post { .. }`.
     pub kernel: String,
     /// Dispatches of the op (jobs x chunks for matrix products).
     pub dispatches: usize,
     pub micros: f64,
+    /// Time per kernel of the op (one entry per distinct kernel, in order of first use).
+    pub parts: Vec<(String, f64)>,
 }
 
 /// The WebGPU backend.
@@ -135,6 +138,21 @@ impl WgpuBackend {
             Some(Some(DeviceWeight::Matrix(m))) => m.chunks.len(),
             _ => 0,
         }
+    }
+
+    /// The kernel of every dispatch of a compiled plan's step, with the index of its op, as
+    /// `{:?}` of the kernel (e.g. `Wkv7Scan { head_size: 64, chunk: 8 }`); empty until the plan
+    /// has run once (it is built on its first step). For tests and tools.
+    pub fn dispatch_kernels(&self, plan: PlanId) -> Vec<(usize, String)> {
+        self.plans
+            .get(plan.0)
+            .map(|p| {
+                p.dispatch_ops()
+                    .into_iter()
+                    .map(|(op, k)| (op, format!("{k:?}")))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Destroys the device, as a driver reset would; every later call must fail with
@@ -294,20 +312,25 @@ impl WgpuBackend {
         let mut out: Vec<OpTime> = Vec::new();
         for (i, (op, kernel)) in ops.iter().enumerate() {
             let us = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * ns_per_tick / 1e3;
+            let name = format!("{kernel:?}");
             match out.last_mut() {
                 Some(last) if per_op && last.op == *op => {
                     last.micros += us;
                     last.dispatches += 1;
-                    let name = format!("{kernel:?}");
-                    if !last.kernel.split(" + ").any(|k| k == name) {
-                        last.kernel = format!("{} + {name}", last.kernel);
+                    match last.parts.iter_mut().find(|(k, _)| *k == name) {
+                        Some(part) => part.1 += us,
+                        None => {
+                            last.kernel = format!("{} + {name}", last.kernel);
+                            last.parts.push((name, us));
+                        }
                     }
                 }
                 _ => out.push(OpTime {
                     op: *op,
-                    kernel: format!("{kernel:?}"),
+                    kernel: name.clone(),
                     dispatches: 1,
                     micros: us,
+                    parts: vec![(name, us)],
                 }),
             }
         }

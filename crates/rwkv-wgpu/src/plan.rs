@@ -181,6 +181,66 @@ fn wkv_lanes(gpu: &Gpu, n: usize, s: StateAt) -> Option<u32> {
         .map(|j| j as u32)
 }
 
+/// Largest head size of the prefill WKV scan (wkv7_scan.wgsl): an invocation of the
+/// one-lane variant keeps a state row (N/4 vec4) and the next chunk's loads (6·T/4 vec4) in
+/// registers; at N = 64, T = 8 that is 112 registers, more would spill on some GPUs. Larger
+/// heads keep the token-loop kernels.
+const WKV_SCAN_MAX_HEAD: usize = 64;
+
+/// Workgroups of the scan (heads x sequences) up to which it uses 4 lanes per state row where
+/// subgroups allow: with few workgroups each row's chain of ~5·N dependent-ish instructions
+/// per token is the step's critical path, and 4 lanes split it (one H100 SM per workgroup at
+/// 7.2B batch 1: 2 warps of 1 lane vs 8 warps of 4). With many workgroups the GPU is full
+/// either way and 1 lane saves the shuffles.
+const WKV_SCAN_LANES_MAX_GROUPS: usize = 256;
+
+/// (tokens per chunk, lanes per state row) of the prefill WKV scan for head size `n` and
+/// `groups` workgroups, or `None` where it does not apply (see [`WKV_SCAN_MAX_HEAD`]; vec4
+/// state and arena access: N, the state stride and the layer's S offset multiples of 4; a
+/// workgroup of N·lanes invocations). A chunk holds six vectors per token in workgroup memory
+/// (6·T·N floats: 12 KiB at N = 64, T = 8, under WebGPU's default 16 KiB); T a multiple of 4.
+/// Lanes > 1 need N a multiple of 4·lanes and, with subgroups, subgroups of at least `lanes`
+/// that divide the workgroup (the lanes of a row are consecutive lanes of one subgroup).
+fn wkv_scan_geometry(gpu: &Gpu, n: usize, s: StateAt, groups: usize) -> Option<(u32, u32)> {
+    let l = &gpu.limits;
+    let max_wg = l
+        .max_compute_invocations_per_workgroup
+        .min(l.max_compute_workgroup_size_x) as usize;
+    if !n.is_multiple_of(4) || n > WKV_SCAN_MAX_HEAD || !s.vec4() || n > max_wg {
+        return None;
+    }
+    let fits = |lanes: usize| {
+        let wg = n * lanes;
+        let (min_sg, max_sg) = (
+            gpu.info.subgroup_min_size as usize,
+            gpu.info.subgroup_max_size as usize,
+        );
+        lanes == 1
+            || (n.is_multiple_of(4 * lanes)
+                && wg <= max_wg
+                && (!gpu.subgroups
+                    || (min_sg >= lanes && max_sg >= min_sg && wg.is_multiple_of(max_sg))))
+    };
+    let lanes = match gpu.wkv_scan_lanes {
+        Some(j @ (1 | 2 | 4)) if fits(j as usize) => j as usize,
+        _ if gpu.subgroups && groups <= WKV_SCAN_LANES_MAX_GROUPS && fits(4) => 4,
+        _ => 1,
+    };
+    [8u32, 4]
+        .into_iter()
+        .find(|&t| {
+            wkv_scan_workgroup_bytes(n as u32, t, lanes as u32)
+                <= l.max_compute_workgroup_storage_size
+        })
+        .map(|t| (t, lanes as u32))
+}
+
+/// Workgroup memory of wkv7_scan.wgsl: six arrays of `chunk` tokens x N floats, and the lane
+/// sums of its variant without subgroups (the fallback of a device that rejects subgroups).
+pub(crate) fn wkv_scan_workgroup_bytes(head_size: u32, chunk: u32, lanes: u32) -> u32 {
+    6 * chunk * head_size * 4 + if lanes > 1 { 4 * head_size * lanes } else { 0 }
+}
+
 /// Most products one matrix dispatch computes (weight bindings 1, 4, 5, 6 in jobs.wgsl).
 const MAX_JOBS: usize = 4;
 
@@ -259,12 +319,26 @@ fn act_code(a: Act) -> u32 {
     }
 }
 
+/// Arrays [rows, C] the prefill WKV's first pass writes for the scan: kk, kk·a,
+/// k·(1 + (a − 1)·k_a) and v after the v_first mix.
+const WKV_SCRATCH: usize = 4;
+
+/// Where the prefill WKV's scratch arrays are in the arena: the first at `offset`, each
+/// `stride` values after the previous.
+#[derive(Clone, Copy)]
+struct WkvScratch {
+    offset: usize,
+    stride: usize,
+}
+
 /// A plan checked against the uploaded weights, with its arena layout.
 pub(crate) struct Compiled {
     pub plan: Plan,
     offsets: Vec<usize>,
     argmax_off: usize,
     arena_len: usize,
+    /// Scratch rows of the prefill WKV kernels, if the plan has them.
+    wkv_scratch: Option<WkvScratch>,
     /// Rows of the embedding table: token ids must be below it.
     pub vocab: usize,
     pub built: Option<Built>,
@@ -493,7 +567,7 @@ impl Compiled {
                 .ok_or_else(|| bad("activations too large".into()))?;
         }
         let argmax_off = end;
-        let arena_len = end + plan.rows_of(plan.logits).div_ceil(4) * 4;
+        let mut arena_len = end + plan.rows_of(plan.logits).div_ceil(4) * 4;
         let bytes = (arena_len as u64) * 4;
         if bytes > gpu.max_binding {
             return Err(backend_err(format!(
@@ -501,11 +575,39 @@ impl Compiled {
                 gpu.info.name, plan.shape, gpu.max_binding
             )));
         }
+        // Scratch rows of the prefill WKV (wkv7_prep.wgsl -> wkv7_scan.wgsl): WKV_SCRATCH
+        // arrays [rows, C] after everything else, shared by every Wkv7 op (they run in order).
+        // Only where they fit the binding too; otherwise WKV keeps the token-loop kernels.
+        let wkv_width = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Wkv7 { r, .. } => Some(plan.buffers[*r].width),
+                _ => None,
+            })
+            .max();
+        let mut wkv_scratch = None;
+        if let (Some(c), true) = (wkv_width, plan.shape.n_tok >= 2) {
+            let stride = rows.checked_mul(c).map(|n| n.div_ceil(4) * 4);
+            let with = stride
+                .and_then(|st| st.checked_mul(WKV_SCRATCH))
+                .and_then(|n| n.checked_add(arena_len));
+            if let (Some(stride), Some(with)) = (stride, with) {
+                if (with as u64) * 4 <= gpu.max_binding {
+                    wkv_scratch = Some(WkvScratch {
+                        offset: arena_len,
+                        stride,
+                    });
+                    arena_len = with;
+                }
+            }
+        }
         Ok(Compiled {
             plan: plan.clone(),
             offsets,
             argmax_off,
             arena_len,
+            wkv_scratch,
             vocab,
             built: None,
         })
@@ -1137,6 +1239,91 @@ impl Compiled {
                         )));
                     }
                     let s_at = state_at(*layer, 2 * width, width * n, "wkv")?;
+                    let mut words = vec![
+                        self.off(*r)?,
+                        self.off(*w)?,
+                        self.off(*k)?,
+                        self.off(*v)?,
+                        self.off(*a)?,
+                        self.off(*g)?,
+                        self.off(*v_first)?,
+                        match v_mix {
+                            Some(m) => self.off(*m)?,
+                            None => NONE,
+                        },
+                        self.off(*out)?,
+                        u32_of(width, "width")?,
+                        n_tok,
+                        s_at.offset as u32,
+                        s_at.stride as u32,
+                        vec_off(*k_k)?,
+                        vec_off(*k_a)?,
+                        vec_off(*r_k)?,
+                        vec_off(*ln_x_w)?,
+                        vec_off(*ln_x_b)?,
+                        gn_eps.to_bits(),
+                    ];
+                    // Prefill: three passes, the state recurrence with no barrier per token
+                    // (wkv7_prep / wkv7_scan / wkv7_post.wgsl). It writes raw y into `out`
+                    // before its inputs are all read: `out` must be none of them.
+                    let inputs = [*r, *w, *k, *v, *a, *g, *v_first];
+                    let scan = match self.wkv_scratch {
+                        Some(scratch)
+                            if shape.n_tok >= 2
+                                && !inputs.contains(out)
+                                && v_mix.is_none_or(|m| m != *out)
+                                && (rows as u64) <= max_dim
+                                && ((width / n) as u64) <= max_dim =>
+                        {
+                            wkv_scan_geometry(gpu, n, s_at, (width / n) * shape.n_seq)
+                                .map(|geometry| (scratch, geometry))
+                        }
+                        _ => None,
+                    };
+                    if let Some((scratch, (chunk, lanes))) = scan {
+                        let at = |i: usize| u32_of(scratch.offset + i * scratch.stride, "offset");
+                        words.resize(24, 0);
+                        words.extend([
+                            self.off(*r)?,
+                            self.off(*w)?,
+                            at(0)?,
+                            at(1)?,
+                            at(2)?,
+                            at(3)?,
+                        ]);
+                        let heads = u32_of(width / n, "heads")?;
+                        let head_size = n as u32;
+                        for (kernel, binds, groups) in [
+                            (
+                                Kernel::Wkv7Prep { head_size },
+                                vec![Bind::Arena, Bind::Vecs],
+                                [heads, rows_u, 1],
+                            ),
+                            (
+                                Kernel::Wkv7Scan {
+                                    head_size,
+                                    chunk,
+                                    lanes,
+                                },
+                                vec![Bind::Arena, Bind::State(s_at.chunk)],
+                                [heads, n_seq, 1],
+                            ),
+                            (
+                                Kernel::Wkv7Post { head_size },
+                                vec![Bind::Arena, Bind::Vecs],
+                                [heads, rows_u, 1],
+                            ),
+                        ] {
+                            recs.push(Rec {
+                                op: op_index,
+                                kernel,
+                                params: params(&words),
+                                binds,
+                                groups,
+                            });
+                        }
+                        continue;
+                    }
                     let kernel = match wkv_lanes(gpu, n, s_at) {
                         Some(lanes) => Kernel::Wkv7Split {
                             head_size: n as u32,
@@ -1149,30 +1336,7 @@ impl Compiled {
                     recs.push(Rec {
                         op: op_index,
                         kernel,
-                        params: params(&[
-                            self.off(*r)?,
-                            self.off(*w)?,
-                            self.off(*k)?,
-                            self.off(*v)?,
-                            self.off(*a)?,
-                            self.off(*g)?,
-                            self.off(*v_first)?,
-                            match v_mix {
-                                Some(m) => self.off(*m)?,
-                                None => NONE,
-                            },
-                            self.off(*out)?,
-                            u32_of(width, "width")?,
-                            n_tok,
-                            s_at.offset as u32,
-                            s_at.stride as u32,
-                            vec_off(*k_k)?,
-                            vec_off(*k_a)?,
-                            vec_off(*r_k)?,
-                            vec_off(*ln_x_w)?,
-                            vec_off(*ln_x_b)?,
-                            gn_eps.to_bits(),
-                        ]),
+                        params: params(&words),
                         binds: vec![Bind::Arena, Bind::Vecs, Bind::State(s_at.chunk)],
                         groups: [u32_of(width / n, "heads")?, n_seq, 1],
                     });

@@ -1124,151 +1124,294 @@ fn wkv_reference(
     ys
 }
 
+/// Two WKV-7 layers (v_first at layer 0, v_mix at layer 1) of width `c`, head size `n`, as
+/// uploaded weights, with random initial states of the slots.
+struct WkvCase {
+    c: usize,
+    n: usize,
+    vocab: usize,
+    /// Embedding tables of r, w, k, v, a, g, v_mix.
+    tables: Vec<Vec<f32>>,
+    vecs: Vec<Vec<Vec<f32>>>,
+    weights: Vec<(String, Tensor)>,
+    state_len: usize,
+}
+
+const WKV_SLOTS: usize = 3;
+const WKV_EPS: f32 = 64e-5;
+
+impl WkvCase {
+    fn new(rng: &mut Rng, c: usize, n: usize) -> WkvCase {
+        let vocab = 5usize;
+        let ranges = [
+            (-1.0, 1.0),
+            (0.55, 0.999),
+            (-1.0, 1.0),
+            (-1.0, 1.0),
+            (0.0, 1.0),
+            (-1.0, 1.0),
+            (0.0, 1.0),
+        ];
+        let tables: Vec<Vec<f32>> = ranges
+            .iter()
+            .map(|&(lo, hi)| rng.vec(vocab * c, lo, hi))
+            .collect();
+        let vec_ranges = [
+            (-1.0, 1.0),
+            (0.0, 1.0),
+            (-1.0, 1.0),
+            (0.5, 1.5),
+            (-0.2, 0.2),
+        ];
+        let vecs: Vec<Vec<Vec<f32>>> = (0..2)
+            .map(|_| {
+                vec_ranges
+                    .iter()
+                    .map(|&(lo, hi)| rng.vec(c, lo, hi))
+                    .collect()
+            })
+            .collect();
+        let mut weights: Vec<(String, Tensor)> = WKV_NAMES
+            .iter()
+            .zip(&tables)
+            .map(|(nm, t)| (format!("emb.{nm}"), f32_tensor(vec![vocab, c], t)))
+            .collect();
+        for (l, lv) in vecs.iter().enumerate() {
+            for (nm, v) in ["k_k", "k_a", "r_k", "ln_x.weight", "ln_x.bias"]
+                .iter()
+                .zip(lv)
+            {
+                weights.push((format!("blocks.{l}.att.{nm}"), f32_tensor(vec![c], v)));
+            }
+        }
+        WkvCase {
+            c,
+            n,
+            vocab,
+            tables,
+            vecs,
+            weights,
+            state_len: 2 * (2 + n) * c,
+        }
+    }
+
+    fn upload(&self, b: &mut WgpuBackend) {
+        upload_all(b, &self.weights);
+        b.alloc_states(WKV_SLOTS, self.state_len).expect("states");
+    }
+
+    /// Runs one step of `n_seq` x `n_tok` fresh random tokens from random states in slots
+    /// [2, 0] (slot 1 idle), once with y of each layer as the logits, against
+    /// [`wkv_reference`] (outputs < 2e-4, states < 1e-4). Returns the kernels of the two Wkv7
+    /// ops' dispatches and the worst output difference.
+    fn check(
+        &self,
+        label: &str,
+        b: &mut WgpuBackend,
+        rng: &mut Rng,
+        n_seq: usize,
+        n_tok: usize,
+    ) -> (Vec<String>, f32) {
+        let (c, n, state_len) = (self.c, self.n, self.state_len);
+        let init: Vec<Vec<f32>> = (0..WKV_SLOTS)
+            .map(|_| rng.vec(state_len, -0.5, 0.5))
+            .collect();
+        // Buffers 0..7 the embedded inputs, 7 v_first, 8 y0, 9 y1.
+        let mut bufs: Vec<BufferDecl> = WKV_NAMES.iter().map(|nm| buf(nm, c, false)).collect();
+        bufs.extend([
+            buf("v_first", c, false),
+            buf("y0", c, false),
+            buf("y1", c, false),
+        ]);
+        let mut ops: Vec<Op> = (0..7).map(|i| Op::Embed { table: i, out: i }).collect();
+        for layer in 0..2 {
+            let w0 = 7 + 5 * layer;
+            ops.push(Op::Wkv7 {
+                layer,
+                r: 0,
+                w: 1,
+                k: 2,
+                v: 3,
+                a: 4,
+                g: 5,
+                v_first: 7,
+                v_mix: (layer == 1).then_some(6),
+                k_k: w0,
+                k_a: w0 + 1,
+                r_k: w0 + 2,
+                ln_x_w: w0 + 3,
+                ln_x_b: w0 + 4,
+                gn_eps: WKV_EPS,
+                out: 8 + layer,
+            });
+        }
+        let tokens: Vec<u32> = (0..n_seq * n_tok)
+            .map(|_| rng.below(self.vocab as u64) as u32)
+            .collect();
+        let act: Vec<Vec<f32>> = self
+            .tables
+            .iter()
+            .map(|t| {
+                tokens
+                    .iter()
+                    .flat_map(|&tok| t[tok as usize * c..][..c].to_vec())
+                    .collect()
+            })
+            .collect();
+        let inputs = WkvInputs {
+            c,
+            n,
+            act,
+            vecs: self.vecs.clone(),
+        };
+        let slots = [2usize, 0];
+        let mut kernels = Vec::new();
+        let mut worst = 0f32;
+        let what = format!("{label} C={c} N={n} {n_seq}x{n_tok}");
+        for layer_out in 0..2 {
+            for (s, v) in init.iter().enumerate() {
+                b.write_state(s, v).expect("write state");
+            }
+            let p = plan(
+                StepShape { n_seq, n_tok },
+                bufs.clone(),
+                &self.weights,
+                ops.clone(),
+                8 + layer_out,
+            );
+            let id = b.compile(&p).expect("compile");
+            let mut got = vec![f32::NAN; n_seq * n_tok * c];
+            b.execute(id, &tokens, &slots[..n_seq], StepOutput::Logits(&mut got))
+                .expect("execute");
+            for (q, &slot) in slots[..n_seq].iter().enumerate() {
+                let mut st = init[slot].clone();
+                let ys =
+                    wkv_reference(&inputs, q * n_tok..(q + 1) * n_tok, &mut st, WKV_EPS as f64);
+                let g = &got[q * n_tok * c..(q + 1) * n_tok * c];
+                let (d, i) = max_abs_diff(g, &ys[layer_out]);
+                assert!(
+                    d < 2e-4,
+                    "{what}: layer {layer_out} seq {q} value {i} (token {}): diff {d}",
+                    i / c
+                );
+                worst = worst.max(d);
+                let mut dev = vec![0f32; state_len];
+                b.read_state(slot, &mut dev).expect("read state");
+                let (ds, si) = max_abs_diff(&dev, &st);
+                assert!(
+                    ds < 1e-4,
+                    "{what}: state of slot {slot} value {si}: diff {ds}"
+                );
+            }
+            let mut untouched = vec![0f32; state_len];
+            b.read_state(1, &mut untouched).expect("read state");
+            assert_eq!(untouched, init[1], "{what}: slot 1 was not in the step");
+            kernels = b
+                .dispatch_kernels(id)
+                .into_iter()
+                .filter(|&(op, _)| op >= 7)
+                .map(|(_, k)| k)
+                .collect();
+        }
+        println!("{what}: max abs diff {worst:.3e}, kernels {kernels:?}");
+        (kernels, worst)
+    }
+}
+
+const WKV_NAMES: [&str; 7] = ["r", "w", "k", "v", "a", "g", "v_mix"];
+
+/// Asserts that both Wkv7 ops ran `want` (kernel names without their fields), in order.
+fn assert_wkv_kernels(what: &str, kernels: &[String], want: &[&str]) {
+    let names: Vec<&str> = kernels
+        .iter()
+        .map(|k| k.split([' ', '{']).next().unwrap_or(""))
+        .collect();
+    let want2: Vec<&str> = want.iter().chain(want).copied().collect();
+    assert_eq!(names, want2, "{what}: kernels {kernels:?}");
+}
+
+const WKV_PREFILL: [&str; 3] = ["Wkv7Prep", "Wkv7Scan", "Wkv7Post"];
+
 #[test]
 fn wkv7_two_layers_batched_against_reference() {
     let seed = seed();
-    let (vocab, n_seq, n_tok, n_slots) = (5usize, 2usize, 3usize, 3usize);
-    let eps = 64e-5f32;
-    // Split kernel (wkv7_split.wgsl) with 4 lanes per state row (N = 16, 64), 2 (N = 8) and 1
-    // (N = 4); N = 6 is not a multiple of 4: the one-invocation-per-row kernel.
-    // (N = 12 differs from this reference by ~1 in both kernels: open, see NOTES.md.)
-    for (c, n) in [(32usize, 16usize), (128, 64), (24, 8), (16, 4), (18, 6)] {
+    // 2 sequences x 3 tokens: the prefill kernels (wkv7_prep / scan / post) where N is a
+    // multiple of 4 (N = 16, 64, 8, 4, 12); N = 6: the one-invocation-per-row token loop.
+    // N = 12 (workgroups of 12: one whole and one partial subgroup on lavapipe) caught a
+    // subgroup count reported rounded down (kernels.rs).
+    for (c, n) in [
+        (32usize, 16usize),
+        (128, 64),
+        (24, 8),
+        (16, 4),
+        (36, 12),
+        (18, 6),
+    ] {
         for (label, mut b) in backends(WgpuOptions::default()) {
             let mut rng = Rng::new(seed ^ c as u64);
-            let ranges = [
-                (-1.0, 1.0),
-                (0.55, 0.999),
-                (-1.0, 1.0),
-                (-1.0, 1.0),
-                (0.0, 1.0),
-                (-1.0, 1.0),
-                (0.0, 1.0),
-            ];
-            let tables: Vec<Vec<f32>> = ranges
-                .iter()
-                .map(|&(lo, hi)| rng.vec(vocab * c, lo, hi))
-                .collect();
-            let vec_ranges = [
-                (-1.0, 1.0),
-                (0.0, 1.0),
-                (-1.0, 1.0),
-                (0.5, 1.5),
-                (-0.2, 0.2),
-            ];
-            let vecs: Vec<Vec<Vec<f32>>> = (0..2)
-                .map(|_| {
-                    vec_ranges
-                        .iter()
-                        .map(|&(lo, hi)| rng.vec(c, lo, hi))
-                        .collect()
-                })
-                .collect();
-            let names = ["r", "w", "k", "v", "a", "g", "v_mix"];
-            let mut weights: Vec<(String, Tensor)> = names
-                .iter()
-                .zip(&tables)
-                .map(|(nm, t)| (format!("emb.{nm}"), f32_tensor(vec![vocab, c], t)))
-                .collect();
-            for (l, lv) in vecs.iter().enumerate() {
-                for (nm, v) in ["k_k", "k_a", "r_k", "ln_x.weight", "ln_x.bias"]
-                    .iter()
-                    .zip(lv)
-                {
-                    weights.push((format!("blocks.{l}.att.{nm}"), f32_tensor(vec![c], v)));
+            let case = WkvCase::new(&mut rng, c, n);
+            case.upload(&mut b);
+            let (kernels, _) = case.check(&label, &mut b, &mut rng, 2, 3);
+            let want: &[&str] = if n % 4 == 0 { &WKV_PREFILL } else { &["Wkv7"] };
+            assert_wkv_kernels(&format!("{label} N={n}"), &kernels, want);
+        }
+    }
+}
+
+/// The prefill kernels across chunk boundaries (8 tokens per chunk: 2, 3, 17, 40 tokens),
+/// N = 16, 64 and 12, 2 sequences, two layers, with 1, 2 and 4 lanes per state row (shuffles
+/// where the device has subgroups, workgroup memory in the backend without: forced through
+/// `wkv_scan_lanes`); decode (1 token) keeps the split kernel (4 lanes per row at N = 16, 64; 1
+/// at N = 12); with a binding cap too small for the prefill's scratch rows, prefill runs the
+/// split kernel's token loop.
+#[test]
+fn wkv7_prefill_scan_across_chunks_against_reference() {
+    let seed = seed();
+    for lanes in [None, Some(2u32), Some(4)] {
+        let options = WgpuOptions {
+            wkv_scan_lanes: lanes,
+            ..Default::default()
+        };
+        for (c, n) in [(32usize, 16usize), (128, 64), (36, 12)] {
+            for (label, mut b) in backends(options.clone()) {
+                let mut rng = Rng::new(seed ^ (c as u64 * 7919));
+                let case = WkvCase::new(&mut rng, c, n);
+                case.upload(&mut b);
+                for n_tok in [2usize, 3, 17, 40] {
+                    let what = format!("{label} N={n} {n_tok} tokens, lanes {lanes:?}");
+                    let (kernels, _) = case.check(&what, &mut b, &mut rng, 2, n_tok);
+                    assert_wkv_kernels(&what, &kernels, &WKV_PREFILL);
+                    // Without subgroups the lanes asked for are used wherever N allows them.
+                    let want = match lanes {
+                        Some(j) if n % (4 * j as usize) == 0 => j,
+                        _ => 1,
+                    };
+                    if !b.uses_subgroups() {
+                        assert!(
+                            kernels[1].contains(&format!("lanes: {want} ")),
+                            "{what}: {kernels:?}"
+                        );
+                    }
                 }
-            }
-            upload_all(&mut b, &weights);
-            let state_len = 2 * (2 + n) * c;
-            b.alloc_states(n_slots, state_len).expect("states");
-            let init: Vec<Vec<f32>> = (0..n_slots)
-                .map(|_| rng.vec(state_len, -0.5, 0.5))
-                .collect();
-            // Buffers 0..7 the embedded inputs, 7 v_first, 8 y0, 9 y1.
-            let mut bufs: Vec<BufferDecl> = names.iter().map(|nm| buf(nm, c, false)).collect();
-            bufs.extend([
-                buf("v_first", c, false),
-                buf("y0", c, false),
-                buf("y1", c, false),
-            ]);
-            let mut ops: Vec<Op> = (0..7).map(|i| Op::Embed { table: i, out: i }).collect();
-            for layer in 0..2 {
-                let w0 = 7 + 5 * layer;
-                ops.push(Op::Wkv7 {
-                    layer,
-                    r: 0,
-                    w: 1,
-                    k: 2,
-                    v: 3,
-                    a: 4,
-                    g: 5,
-                    v_first: 7,
-                    v_mix: (layer == 1).then_some(6),
-                    k_k: w0,
-                    k_a: w0 + 1,
-                    r_k: w0 + 2,
-                    ln_x_w: w0 + 3,
-                    ln_x_b: w0 + 4,
-                    gn_eps: eps,
-                    out: 8 + layer,
-                });
-            }
-            let tokens: Vec<u32> = (0..n_seq * n_tok)
-                .map(|_| rng.below(vocab as u64) as u32)
-                .collect();
-            let act: Vec<Vec<f32>> = tables
-                .iter()
-                .map(|t| {
-                    tokens
-                        .iter()
-                        .flat_map(|&tok| t[tok as usize * c..][..c].to_vec())
-                        .collect()
-                })
-                .collect();
-            let inputs = WkvInputs {
-                c,
-                n,
-                act,
-                vecs: vecs.clone(),
-            };
-            let slots = [2usize, 0];
-            for layer_out in 0..2 {
-                for (s, v) in init.iter().enumerate() {
-                    b.write_state(s, v).expect("write state");
+                for n_seq in [1usize, 2] {
+                    let (kernels, _) = case.check(&label, &mut b, &mut rng, n_seq, 1);
+                    assert_wkv_kernels(&format!("{label} N={n} decode"), &kernels, &["Wkv7Split"]);
                 }
-                let p = plan(
-                    StepShape { n_seq, n_tok },
-                    bufs.clone(),
-                    &weights,
-                    ops.clone(),
-                    8 + layer_out,
-                );
-                let got = logits_of(&mut b, &p, &tokens, &slots);
-                let mut worst = 0f32;
-                for (q, &slot) in slots.iter().enumerate() {
-                    let mut st = init[slot].clone();
-                    let ys =
-                        wkv_reference(&inputs, q * n_tok..(q + 1) * n_tok, &mut st, eps as f64);
-                    let g = &got[q * n_tok * c..(q + 1) * n_tok * c];
-                    let (d, i) = max_abs_diff(g, &ys[layer_out]);
-                    assert!(
-                        d < 2e-4,
-                        "{label} C={c} N={n}: layer {layer_out} seq {q} value {i}: diff {d}"
-                    );
-                    worst = worst.max(d);
-                    let mut dev = vec![0f32; state_len];
-                    b.read_state(slot, &mut dev).expect("read state");
-                    let (ds, si) = max_abs_diff(&dev, &st);
-                    assert!(
-                        ds < 1e-4,
-                        "{label} C={c} N={n}: state of slot {slot} value {si}: diff {ds}"
-                    );
-                }
-                let mut untouched = vec![0f32; state_len];
-                b.read_state(1, &mut untouched).expect("read state");
-                assert_eq!(untouched, init[1], "{label}: slot 1 was not in the step");
-                println!("{label} C={c} N={n} layer {layer_out}: max abs diff {worst:.3e}");
             }
         }
+    }
+    // Activations of 2x3 rows at C = 32: 10 buffers of 6 rows + the argmax words = 7712
+    // bytes; the scratch rows would add 3072. A cap of 8 KiB leaves prefill on the split kernel.
+    let capped = WgpuOptions {
+        max_binding_bytes: Some(8192),
+        ..Default::default()
+    };
+    for (label, mut b) in backends(capped) {
+        let mut rng = Rng::new(seed ^ 0x5ca7);
+        let case = WkvCase::new(&mut rng, 32, 16);
+        case.upload(&mut b);
+        let (kernels, _) = case.check(&label, &mut b, &mut rng, 2, 3);
+        assert_wkv_kernels(&format!("{label} capped"), &kernels, &["Wkv7Split"]);
     }
 }
 

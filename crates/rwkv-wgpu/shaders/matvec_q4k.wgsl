@@ -18,15 +18,6 @@ const ROWS: u32 = 4u;
 @group(0) @binding(2) var<storage, read_write> arena: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 
-// The low nibbles of a word's four bytes as floats (one mask per word, then byte extraction).
-fn lo_nibbles(word: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
-}
-
-fn hi_nibbles(word: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, SG_BUILTINS) {
     let job = job_of(wid);

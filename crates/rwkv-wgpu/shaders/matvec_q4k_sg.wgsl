@@ -28,15 +28,6 @@ const ROWS: u32 = NSG * RPS;
 @group(0) @binding(2) var<storage, read_write> arena: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 
-// The low nibbles of a word's four bytes as floats (one mask per word, then byte extraction).
-fn lo_nibbles(word: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
-}
-
-fn hi_nibbles(word: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
-}
-
 // One row's share of piece t (within its sub-block pair g = t/2): header, quant bytes, the
 // piece's 32 activations (x0..x3: low sub-block, x4..x7: high) and their sums.
 fn piece_dot(

@@ -36,8 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var p = lid; p < pieces; p += WG) {
         let blk = p / 8u;
         let t = p % 8u;
-        let g = t / 2u;
-        let xb = x4 + blk * 64u + g * 16u + (t % 2u) * 4u;
+        let xb = x_base(x4, p);
         let xl0 = arena[xb];
         let xl1 = arena[xb + 1u];
         let xl2 = arena[xb + 2u];
@@ -49,36 +48,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let ones = vec4<f32>(1.0);
         let sum_lo = dot(xl0 + xl1 + xl2 + xl3, ones);
         let sum_hi = dot(xh0 + xh1 + xh2 + xh3, ones);
-        // Byte 2g / 2g + 1 of the packed 8 scales (words 0..3 | 4..7) and mins.
-        let hi_half = g >= 2u;
-        let shift = 16u * (g & 1u);
         // A guard instead of a break keeps the trip count constant, so the compiler can unroll
         // the rows and issue their loads together.
         for (var i = 0u; i < ROWS; i++) {
             let o = min(first + i, n_out - 1u);
             let base = o * row_vec4 + blk * 9u;
-            let head = wq[base];
-            let q = wq[base + 1u + t];
-            let dm = unpack2x16float(head.x);
-            // 6-bit scales and mins of sub-blocks 0..3 and 4..7, four per word.
-            var sw: u32;
-            var mw: u32;
-            if (hi_half) {
-                sw = (head.w & 0x0f0f0f0fu) | ((head.y >> 2u) & 0x30303030u);
-                mw = ((head.w >> 4u) & 0x0f0f0f0fu) | ((head.z >> 2u) & 0x30303030u);
-            } else {
-                sw = head.y & 0x3f3f3f3fu;
-                mw = head.z & 0x3f3f3f3fu;
-            }
-            let sc_lo = f32((sw >> shift) & 255u);
-            let sc_hi = f32((sw >> (shift + 8u)) & 255u);
-            let mn_lo = f32((mw >> shift) & 255u);
-            let mn_hi = f32((mw >> (shift + 8u)) & 255u);
-            let dot_lo = dot(lo_nibbles(q.x), xl0) + dot(lo_nibbles(q.y), xl1)
-                + dot(lo_nibbles(q.z), xl2) + dot(lo_nibbles(q.w), xl3);
-            let dot_hi = dot(hi_nibbles(q.x), xh0) + dot(hi_nibbles(q.y), xh1)
-                + dot(hi_nibbles(q.z), xh2) + dot(hi_nibbles(q.w), xh3);
-            let part = dm.x * (sc_lo * dot_lo + sc_hi * dot_hi) - dm.y * (mn_lo * sum_lo + mn_hi * sum_hi);
+            let part = piece_dot(
+                wq[base], wq[base + 1u + t], t,
+                xl0, xl1, xl2, xl3, xh0, xh1, xh2, xh3, sum_lo, sum_hi
+            );
             acc[i] += select(0.0, part, first + i < n_out);
         }
     }

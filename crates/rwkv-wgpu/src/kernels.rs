@@ -25,7 +25,7 @@ const DECODE_Q4K_VEC4: &str = include_str!("../shaders/decode_q4k_vec4.wgsl");
 const JOBS: &str = include_str!("../shaders/jobs.wgsl");
 const MATVEC_Q4K: &str = include_str!("../shaders/matvec_q4k.wgsl");
 const MATVEC_Q4K_SG: &str = include_str!("../shaders/matvec_q4k_sg.wgsl");
-const Q4K_NIBBLES: &str = include_str!("../shaders/q4k_nibbles.wgsl");
+const Q4K_PIECES: &str = include_str!("../shaders/q4k_pieces.wgsl");
 const MATVEC_FLOAT: &str = include_str!("../shaders/matvec_float.wgsl");
 const MATMUL_NARROW: &str = include_str!("../shaders/matmul_narrow.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
@@ -312,7 +312,7 @@ pub(crate) fn source(kernel: Kernel, subgroups: bool, f16: bool) -> String {
         });
     }
     if matches!(kernel, Kernel::MatVecQ4K(_) | Kernel::MatVecQ4KSg { .. }) {
-        s.push_str(Q4K_NIBBLES);
+        s.push_str(Q4K_PIECES);
     }
     if let Kernel::MatVec(k, _) = kernel {
         let (vals, decode) = matvec_decode(k);

@@ -333,6 +333,175 @@ struct WkvScratch {
     stride: usize,
 }
 
+/// Bytes of a plan's f16 scratch buffers: the largest any of its products needs.
+#[derive(Default)]
+struct ScratchBytes {
+    x16: u64,
+    w16: u64,
+    part: u64,
+}
+
+/// One product of a MatMul job on f16 scratch operands (to_f16.wgsl, dequant_f16.wgsl,
+/// gemm_f16.wgsl, split_reduce.wgsl).
+struct GemmProduct<'a> {
+    tile: GemmTile,
+    matrix: &'a DeviceMatrix,
+    x_rows: usize,
+    x_off: u32,
+    /// Arena offset of the output buffer (its column 0).
+    out_off: usize,
+    /// Vector offset of the bias (its element 0).
+    bias: Option<u32>,
+    act: u32,
+    accumulate: bool,
+}
+
+impl GemmProduct<'_> {
+    /// The dispatches of the product, growing `scratch` to what they need; `None` where its f16
+    /// activations or one tile column of its weights would not fit a binding (the caller then
+    /// uses the other kernels).
+    fn recs(
+        &self,
+        gpu: &Gpu,
+        op: usize,
+        grid: &dyn Fn(u64) -> Result<(u32, u32)>,
+        max_dim: u64,
+        scratch: &mut ScratchBytes,
+    ) -> Result<Option<Vec<Rec>>> {
+        let m = self.matrix;
+        let (bm, bn) = (self.tile.rows() as usize, self.tile.cols() as usize);
+        let k32 = m.cols.div_ceil(32) * 32;
+        let rows_pad = self.x_rows.div_ceil(bm) * bm;
+        let x_bytes = (rows_pad as u64) * (k32 as u64) * 2;
+        let w_cap = gpu.max_binding.min(W16_CAP_BYTES);
+        let slice_rows = (w_cap / (k32 as u64 * 2)) as usize / bn * bn;
+        if x_bytes > gpu.max_binding || slice_rows < bn {
+            return Ok(None);
+        }
+        scratch.x16 = scratch.x16.max(x_bytes);
+        let n_rows = u32_of(self.x_rows, "rows")?;
+        let k32_u = u32_of(k32, "columns")?;
+        let (gx, gy) = grid((x_bytes / 8).div_ceil(256))?;
+        let mut recs = vec![Rec {
+            op,
+            kernel: Kernel::ToF16,
+            params: params(&[
+                self.x_off,
+                u32_of(m.cols, "cols")?,
+                n_rows,
+                k32_u,
+                u32_of(rows_pad, "rows")?,
+                gx,
+            ]),
+            binds: vec![Bind::Arena, Bind::X16],
+            groups: [gx, gy, 1],
+        }];
+        for ch in &m.chunks {
+            let mut n0 = 0;
+            while n0 < ch.rows {
+                let ns = slice_rows.min(ch.rows - n0);
+                let n_pad = ns.div_ceil(bn) * bn;
+                let w_bytes = (k32 as u64) * (n_pad as u64) * 2;
+                scratch.w16 = scratch.w16.max(w_bytes);
+                // dequant_f16.wgsl: tiles of 64 rows x 32 values.
+                let (gx, gy) = grid(((n_pad / 64) * (k32 / 32)) as u64)?;
+                let ns_u = u32_of(ns, "rows")?;
+                let n_pad_u = u32_of(n_pad, "rows")?;
+                recs.push(Rec {
+                    op,
+                    kernel: Kernel::DequantF16(m.kind),
+                    params: params(&[
+                        ns_u,
+                        u32_of(n0, "row")?,
+                        u32_of(m.row_words, "row words")?,
+                        n_pad_u,
+                        k32_u,
+                        u32_of(m.cols.div_ceil(UNIT), "units")?,
+                        gx,
+                    ]),
+                    binds: vec![Bind::Weight(ch.buffer.clone()), Bind::W16],
+                    groups: [gx, gy, 1],
+                });
+                // Split K where the tiles alone would leave the GPU mostly idle, if the
+                // partial sums fit one binding.
+                let tiles = (n_pad / bn) * (rows_pad / bm);
+                let mut splits = 1;
+                if tiles < GEMM_MIN_TILES {
+                    splits = GEMM_MIN_TILES
+                        .div_ceil(tiles)
+                        .min(k32 / GEMM_MIN_SPLIT_K)
+                        .max(1);
+                }
+                let k_split = k32.div_ceil(splits).div_ceil(32) * 32;
+                splits = k32.div_ceil(k_split);
+                let p_bytes = (splits * self.x_rows * ns) as u64 * 4;
+                if p_bytes > gpu.max_binding {
+                    splits = 1;
+                }
+                let out_off = u32_of(self.out_off + ch.row_begin + n0, "offset")?;
+                let bias = match self.bias {
+                    Some(b) => b + u32_of(ch.row_begin + n0, "row")?,
+                    None => NONE,
+                };
+                let out_width = u32_of(m.rows, "out width")?;
+                let col_tiles = u32_of(n_pad / bn, "tiles")?;
+                let row_tiles = u32_of(rows_pad / bm, "tiles")?;
+                if col_tiles as u64 > max_dim || row_tiles as u64 > max_dim {
+                    return Err(backend_err(format!(
+                        "{} x {ns} product exceeds the device's grid",
+                        self.x_rows
+                    )));
+                }
+                let split = splits > 1;
+                let k_split = if split { k_split } else { k32 };
+                // Without a split the product finishes the output itself (words 4..8); with
+                // one it writes partial sums that split_reduce.wgsl finishes.
+                let finish = [out_off, out_width, bias, self.act, self.accumulate as u32];
+                let gemm_params = [
+                    [n_rows, ns_u, k32_u, n_pad_u].as_slice(),
+                    if split { &[0, 0, NONE, 0, 0] } else { &finish },
+                    &[col_tiles, u32_of(k_split, "columns")?],
+                ]
+                .concat();
+                recs.push(Rec {
+                    op,
+                    kernel: Kernel::GemmF16 {
+                        tile: self.tile,
+                        split,
+                    },
+                    params: params(&gemm_params),
+                    binds: if split {
+                        vec![Bind::X16, Bind::Part, Bind::W16]
+                    } else {
+                        vec![Bind::X16, Bind::Arena, Bind::Vecs, Bind::W16]
+                    },
+                    groups: [col_tiles, row_tiles, u32_of(splits, "splits")?],
+                });
+                if split {
+                    scratch.part = scratch.part.max(p_bytes);
+                    let (gx, gy) = grid(((self.x_rows * ns) as u64).div_ceil(256))?;
+                    recs.push(Rec {
+                        op,
+                        kernel: Kernel::SplitReduce,
+                        params: params(
+                            &[
+                                [n_rows, ns_u, u32_of(splits, "splits")?].as_slice(),
+                                &finish,
+                                &[gx],
+                            ]
+                            .concat(),
+                        ),
+                        binds: vec![Bind::Part, Bind::Arena, Bind::Vecs],
+                        groups: [gx, gy, 1],
+                    });
+                }
+                n0 += ns;
+            }
+        }
+        Ok(Some(recs))
+    }
+}
+
 /// A plan checked against the uploaded weights, with its arena layout.
 pub(crate) struct Compiled {
     pub plan: Plan,
@@ -762,7 +931,7 @@ impl Compiled {
             None => None,
         };
         // Bytes of the scratch buffers (the largest any product of the plan needs).
-        let (mut x16_bytes, mut w16_bytes, mut part_bytes) = (0u64, 0u64, 0u64);
+        let mut scratch = ScratchBytes::default();
         let mut recs: Vec<Rec> = Vec::new();
         // A TokenShift op already done by the LayerNorm dispatch before it.
         let mut fused_shift: Option<usize> = None;
@@ -946,165 +1115,21 @@ impl Compiled {
                         let x_rows = plan.rows_of(j.x);
                         let tile = gemm.filter(|_| x_rows >= GEMM_MIN_ROWS && m.cols % 4 == 0);
                         if let Some(tile) = tile {
-                            let (bm, bn) = (tile.rows() as usize, tile.cols() as usize);
-                            let k32 = m.cols.div_ceil(32) * 32;
-                            let rows_pad = x_rows.div_ceil(bm) * bm;
-                            let x_bytes = (rows_pad as u64) * (k32 as u64) * 2;
-                            let w_cap = gpu.max_binding.min(W16_CAP_BYTES);
-                            let slice_rows = (w_cap / (k32 as u64 * 2)) as usize / bn * bn;
-                            if x_bytes <= gpu.max_binding && slice_rows >= bn {
-                                x16_bytes = x16_bytes.max(x_bytes);
-                                let n_rows = u32_of(x_rows, "rows")?;
-                                let k32_u = u32_of(k32, "columns")?;
-                                let (gx, gy) = grid((x_bytes / 8).div_ceil(256))?;
-                                recs.push(Rec {
-                                    op: op_index,
-                                    kernel: Kernel::ToF16,
-                                    params: params(&[
-                                        self.off(j.x)?,
-                                        u32_of(m.cols, "cols")?,
-                                        n_rows,
-                                        k32_u,
-                                        u32_of(rows_pad, "rows")?,
-                                        gx,
-                                    ]),
-                                    binds: vec![Bind::Arena, Bind::X16],
-                                    groups: [gx, gy, 1],
-                                });
-                                for ch in &m.chunks {
-                                    let mut n0 = 0;
-                                    while n0 < ch.rows {
-                                        let ns = slice_rows.min(ch.rows - n0);
-                                        let n_pad = ns.div_ceil(bn) * bn;
-                                        let w_bytes = (k32 as u64) * (n_pad as u64) * 2;
-                                        w16_bytes = w16_bytes.max(w_bytes);
-                                        // dequant_f16.wgsl: tiles of 64 rows x 32 values.
-                                        let (gx, gy) = grid(((n_pad / 64) * (k32 / 32)) as u64)?;
-                                        let ns_u = u32_of(ns, "rows")?;
-                                        let n_pad_u = u32_of(n_pad, "rows")?;
-                                        recs.push(Rec {
-                                            op: op_index,
-                                            kernel: Kernel::DequantF16(m.kind),
-                                            params: params(&[
-                                                ns_u,
-                                                u32_of(n0, "row")?,
-                                                u32_of(m.row_words, "row words")?,
-                                                n_pad_u,
-                                                k32_u,
-                                                u32_of(m.cols.div_ceil(UNIT), "units")?,
-                                                gx,
-                                            ]),
-                                            binds: vec![Bind::Weight(ch.buffer.clone()), Bind::W16],
-                                            groups: [gx, gy, 1],
-                                        });
-                                        // Split K where the tiles alone would leave the GPU
-                                        // mostly idle, if the partial sums fit one binding.
-                                        let tiles = (n_pad / bn) * (rows_pad / bm);
-                                        let mut splits = 1;
-                                        if tiles < GEMM_MIN_TILES {
-                                            splits = GEMM_MIN_TILES
-                                                .div_ceil(tiles)
-                                                .min(k32 / GEMM_MIN_SPLIT_K)
-                                                .max(1);
-                                        }
-                                        let k_split = k32.div_ceil(splits).div_ceil(32) * 32;
-                                        splits = k32.div_ceil(k_split);
-                                        let p_bytes = (splits * x_rows * ns) as u64 * 4;
-                                        if p_bytes > gpu.max_binding {
-                                            splits = 1;
-                                        }
-                                        let out_off = u32_of(
-                                            self.offsets[j.out] + ch.row_begin + n0,
-                                            "offset",
-                                        )?;
-                                        let bias = match j.bias {
-                                            Some(b) => {
-                                                vec_off(b)? + u32_of(ch.row_begin + n0, "row")?
-                                            }
-                                            None => NONE,
-                                        };
-                                        let out_width = u32_of(m.rows, "out width")?;
-                                        let col_tiles = u32_of(n_pad / bn, "tiles")?;
-                                        let row_tiles = u32_of(rows_pad / bm, "tiles")?;
-                                        if col_tiles as u64 > max_dim || row_tiles as u64 > max_dim
-                                        {
-                                            return Err(backend_err(format!(
-                                                "{x_rows} x {ns} product exceeds the device's grid"
-                                            )));
-                                        }
-                                        if splits == 1 {
-                                            recs.push(Rec {
-                                                op: op_index,
-                                                kernel: Kernel::GemmF16 { tile, split: false },
-                                                params: params(&[
-                                                    n_rows,
-                                                    ns_u,
-                                                    k32_u,
-                                                    n_pad_u,
-                                                    out_off,
-                                                    out_width,
-                                                    bias,
-                                                    act_code(j.act),
-                                                    j.accumulate as u32,
-                                                    col_tiles,
-                                                    k32_u,
-                                                ]),
-                                                binds: vec![
-                                                    Bind::X16,
-                                                    Bind::Arena,
-                                                    Bind::Vecs,
-                                                    Bind::W16,
-                                                ],
-                                                groups: [col_tiles, row_tiles, 1],
-                                            });
-                                        } else {
-                                            part_bytes = part_bytes.max(p_bytes);
-                                            recs.push(Rec {
-                                                op: op_index,
-                                                kernel: Kernel::GemmF16 { tile, split: true },
-                                                params: params(&[
-                                                    n_rows,
-                                                    ns_u,
-                                                    k32_u,
-                                                    n_pad_u,
-                                                    0,
-                                                    0,
-                                                    NONE,
-                                                    0,
-                                                    0,
-                                                    col_tiles,
-                                                    u32_of(k_split, "columns")?,
-                                                ]),
-                                                binds: vec![Bind::X16, Bind::Part, Bind::W16],
-                                                groups: [
-                                                    col_tiles,
-                                                    row_tiles,
-                                                    u32_of(splits, "splits")?,
-                                                ],
-                                            });
-                                            let (gx, gy) =
-                                                grid(((x_rows * ns) as u64).div_ceil(256))?;
-                                            recs.push(Rec {
-                                                op: op_index,
-                                                kernel: Kernel::SplitReduce,
-                                                params: params(&[
-                                                    n_rows,
-                                                    ns_u,
-                                                    u32_of(splits, "splits")?,
-                                                    out_off,
-                                                    out_width,
-                                                    bias,
-                                                    act_code(j.act),
-                                                    j.accumulate as u32,
-                                                    gx,
-                                                ]),
-                                                binds: vec![Bind::Part, Bind::Arena, Bind::Vecs],
-                                                groups: [gx, gy, 1],
-                                            });
-                                        }
-                                        n0 += ns;
-                                    }
-                                }
+                            let bias = j.bias.map(&vec_off).transpose()?;
+                            let product = GemmProduct {
+                                tile,
+                                matrix: m,
+                                x_rows,
+                                x_off: self.off(j.x)?,
+                                out_off: self.offsets[j.out],
+                                bias,
+                                act: act_code(j.act),
+                                accumulate: j.accumulate,
+                            };
+                            if let Some(mut more) =
+                                product.recs(gpu, op_index, &grid, max_dim, &mut scratch)?
+                            {
+                                recs.append(&mut more);
                                 continue;
                             }
                         }
@@ -1393,10 +1418,10 @@ impl Compiled {
                 let arena = gpu.buffer("activations", self.arena_len as u64 * 4, storage)?;
                 let tokens = gpu.buffer("tokens", rows as u64 * 4, storage)?;
                 // f16 operands of the products on gemm_f16.wgsl (none in plans without them).
-                let scratch = |label, bytes: u64| gpu.buffer(label, bytes.max(16), storage);
-                let x16 = scratch("f16 activations", x16_bytes)?;
-                let w16 = scratch("f16 weights", w16_bytes)?;
-                let part = scratch("partial sums", part_bytes)?;
+                let scratch_buffer = |label, bytes: u64| gpu.buffer(label, bytes.max(16), storage);
+                let x16 = scratch_buffer("f16 activations", scratch.x16)?;
+                let w16 = scratch_buffer("f16 weights", scratch.w16)?;
+                let part = scratch_buffer("partial sums", scratch.part)?;
                 let work_states = chunk_spans
                     .iter()
                     .map(|&(first, len)| {

@@ -123,23 +123,14 @@ const MATVEC_DEFAULT_RPS: u32 = 2;
 /// `RWKV_WGPU_MATVEC` (old | sg) and `RWKV_WGPU_MATVEC_RPS` (1 | 2 | 4), read once per device;
 /// other values are ignored (defaults: sg, 2).
 fn matvec_env() -> MatVecChoice {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let rows_per_subgroup = match std::env::var("RWKV_WGPU_MATVEC_RPS").as_deref() {
-            Ok("1") => 1,
-            Ok("4") => 4,
-            _ => MATVEC_DEFAULT_RPS,
-        };
-        match std::env::var("RWKV_WGPU_MATVEC").as_deref() {
-            Ok("old") => MatVecChoice::Old,
-            _ => MatVecChoice::Subgroup { rows_per_subgroup },
-        }
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        MatVecChoice::Subgroup {
-            rows_per_subgroup: MATVEC_DEFAULT_RPS,
-        }
+    let rows_per_subgroup = match env_var("RWKV_WGPU_MATVEC_RPS").as_deref() {
+        Some("1") => 1,
+        Some("4") => 4,
+        _ => MATVEC_DEFAULT_RPS,
+    };
+    match env_var("RWKV_WGPU_MATVEC").as_deref() {
+        Some("old") => MatVecChoice::Old,
+        _ => MatVecChoice::Subgroup { rows_per_subgroup },
     }
 }
 
@@ -282,35 +273,33 @@ fn coop_capable(adapter: &wgpu::Adapter) -> bool {
         })
 }
 
-/// `RWKV_WGPU_COOP=0` (or "off", "false") turns cooperative matrices off, for A/B measurements.
-fn coop_env_allows() -> bool {
+/// The environment variable `name` (the A/B switches of this crate); never in the browser.
+fn env_var(name: &str) -> Option<String> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        !matches!(
-            std::env::var("RWKV_WGPU_COOP").as_deref(),
-            Ok("0") | Ok("off") | Ok("false")
-        )
+        std::env::var(name).ok()
     }
     #[cfg(target_arch = "wasm32")]
     {
-        false
+        let _ = name;
+        None
     }
+}
+
+/// Whether the switch `name` is set to "0", "off" or "false".
+pub(crate) fn env_off(name: &str) -> bool {
+    matches!(env_var(name).as_deref(), Some("0" | "off" | "false"))
+}
+
+/// `RWKV_WGPU_COOP=0` (or "off", "false") turns cooperative matrices off, for A/B measurements.
+/// Never on in the browser.
+fn coop_env_allows() -> bool {
+    !cfg!(target_arch = "wasm32") && !env_off("RWKV_WGPU_COOP")
 }
 
 /// `RWKV_WGPU_WKV_LANES=1|2|4`: lanes per state row of the prefill WKV scan, for A/B runs.
 fn wkv_lanes_env() -> Option<u32> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::env::var("RWKV_WGPU_WKV_LANES")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        None
-    }
+    env_var("RWKV_WGPU_WKV_LANES")?.trim().parse().ok()
 }
 
 /// Whether the kernels must keep wgpu's runtime checks (index clamping and loop bounding) on
@@ -327,33 +316,18 @@ fn wkv_lanes_env() -> Option<u32> {
 /// invocation index and compile-time constants, and every loop counts a u32 up to a bound
 /// from host-validated parameters (sizes far below u32::MAX, so the step cannot wrap).
 pub(crate) fn index_checks_needed(backend: wgpu::Backend, options: &WgpuOptions) -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let forced = matches!(
-            std::env::var("RWKV_WGPU_INDEX_CHECKS").as_deref(),
-            Ok("1") | Ok("on") | Ok("true")
-        );
-        forced
-            || options.index_checks
-            || !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = (backend, options);
-        true
-    }
+    cfg!(target_arch = "wasm32")
+        || matches!(
+            env_var("RWKV_WGPU_INDEX_CHECKS").as_deref(),
+            Some("1" | "on" | "true")
+        )
+        || options.index_checks
+        || !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12)
 }
 
 /// `RWKV_WGPU_DIV_CHECKS=0` compiles the kernels without wgpu's division guards.
 fn div_checks_wanted() -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        !matches!(std::env::var("RWKV_WGPU_DIV_CHECKS").as_deref(), Ok("0"))
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        true
-    }
+    env_var("RWKV_WGPU_DIV_CHECKS").as_deref() != Some("0")
 }
 
 fn instance() -> wgpu::Instance {

@@ -12,7 +12,7 @@
 use rwkv_core::backend::{Act, BufId, Op, Plan, ShiftKind, WeightId};
 use rwkv_core::Result;
 
-use crate::gpu::{backend_err, Gpu};
+use crate::gpu::{backend_err, env_off, Gpu};
 use crate::kernels::{GemmTile, Kernel, Kernels};
 use crate::weights::{DeviceMatrix, DeviceWeight, PackedKind, UNIT};
 
@@ -91,17 +91,7 @@ const GEMM_MIN_SPLIT_K: usize = 256;
 /// `RWKV_WGPU_GEMM=0` (or "off", "false") keeps matmul_coop.wgsl for every product, for A/B
 /// measurements.
 fn gemm_env_allows() -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        !matches!(
-            std::env::var("RWKV_WGPU_GEMM").as_deref(),
-            Ok("0") | Ok("off") | Ok("false")
-        )
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        true
-    }
+    !env_off("RWKV_WGPU_GEMM")
 }
 
 /// Tile of gemm_f16.wgsl this device can run (the larger where it fits), if it has
@@ -916,8 +906,9 @@ impl Compiled {
         };
 
         // Products on f16 scratch operands: the tile, if the device compiles the kernel (it is
-        // built on wgpu's experimental cooperative matrices).
-        let gemm = match gemm_tile(gpu) {
+        // built on wgpu's experimental cooperative matrices). Plans with fewer rows never use
+        // it, so decode plans do not compile it.
+        let gemm = match gemm_tile(gpu).filter(|_| rows >= GEMM_MIN_ROWS) {
             Some(tile) => match kernels
                 .get(gpu, Kernel::GemmF16 { tile, split: false })
                 .await

@@ -17,5 +17,5 @@ pub mod tokenizer;
 
 pub use backend::{Backend, Plan};
 pub use dtype::DType;
-pub use error::{Error, Result};
+pub use error::{BackendErrorKind, Error, Result};
 pub use model::{Model, ModelDesc, RwkvVersion};

@@ -440,7 +440,7 @@ mod tests {
     #[test]
     fn tiny_model_is_valid_and_deterministic() {
         let a = synth_model(SynthShape::Tiny, DType::F32, 7).unwrap();
-        crate::model::v7::validate(&a).unwrap();
+        crate::model::validate(&a).unwrap();
         let b = synth_model(SynthShape::Tiny, DType::F32, 7).unwrap();
         let c = synth_model(SynthShape::Tiny, DType::F32, 8).unwrap();
         let emb = |m: &Model| m.tensors["emb.weight"].data.as_slice().to_vec();
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn quantized_tiny_model_keeps_small_tensors_f32() {
         let m = synth_model(SynthShape::Tiny, DType::Q4K, 3).unwrap();
-        crate::model::v7::validate(&m).unwrap();
+        crate::model::validate(&m).unwrap();
         assert_eq!(m.tensors["emb.weight"].dtype, DType::Q4K);
         assert_eq!(m.tensors["blocks.1.ffn.value.weight"].dtype, DType::Q4K);
         assert_eq!(m.tensors["blocks.1.att.g2"].dtype, DType::F16);

@@ -9,18 +9,18 @@
 //! - states and activations are f32; the state layout is the contract's
 //!   (`[ffn_x (C), att_x (C), S (H·N·N)]` per layer).
 //!
-//! The head size N is not part of a plan: it follows from the state length the caller allocates
-//! (`state_len = n_layer · (2 + N) · C`).
+//! The state geometry (layers, width, head size, where each part lies) comes from the plan's
+//! [`rwkv_core::backend::StateLayout`]; the plan and step checks are rwkv-core's
+//! ([`Plan::validate`], [`Plan::check_step`]).
 
 mod ops;
 
-use std::collections::HashSet;
-
 use rwkv_core::backend::{
-    Backend, BufId, DeviceInfo, MatJob, Op, Plan, PlanId, ShiftKind, StepOutput, WeightId,
+    Backend, DeviceInfo, MatJob, Op, Plan, PlanFacts, PlanId, ShiftKind, StatePart, StepOutput,
+    WeightId, WeightMeta, Wkv7Args,
 };
 use rwkv_core::model::{Tensor, TensorBytes};
-use rwkv_core::{DType, Error, Result};
+use rwkv_core::{BackendErrorKind, DType, Error, Result};
 
 pub use ops::{dot, layer_norm, wkv7_token, Wkv7Weights};
 
@@ -28,6 +28,14 @@ const BACKEND: &str = "cpu";
 
 fn fail(what: impl Into<String>) -> Error {
     Error::backend(BACKEND, what)
+}
+
+fn invalid(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND, BackendErrorKind::InvalidArgument, what)
+}
+
+fn out_of_memory(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND, BackendErrorKind::OutOfMemory, what)
 }
 
 /// Matrix products below this many multiply-adds run on the calling thread: spawning costs more
@@ -64,31 +72,18 @@ fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     rwkv_core::quant::dequantize(dtype, bytes, out)
 }
 
-/// A compiled plan: the plan itself, its activation buffers, and what it needs of the state.
+/// A compiled plan: the plan itself, its activation buffers, and what its check found.
 struct Compiled {
     plan: Plan,
     buffers: Vec<Vec<f32>>,
-    /// Layers the state ops touch (1 + the highest layer index; 0 if none).
-    n_layer: usize,
-    /// C, the width of the token-shift registers and of the time-mix core (0 if no state ops).
-    width: usize,
-    /// Token ids must be below this (the smallest embedding table's row count; no limit
-    /// without an Embed op).
-    vocab: usize,
-}
-
-/// Where a layer's parts sit in a slot's state.
-#[derive(Clone, Copy)]
-struct StateGeometry {
-    layer_len: usize,
-    width: usize,
-    head_size: usize,
+    facts: PlanFacts,
 }
 
 /// The CPU backend. `CpuBackend::new()` uses every available core.
 pub struct CpuBackend {
     threads: usize,
     weights: Vec<Weight>,
+    metas: Vec<WeightMeta>,
     states: Vec<Vec<f32>>,
     state_len: usize,
     plans: Vec<Compiled>,
@@ -114,6 +109,7 @@ impl CpuBackend {
         CpuBackend {
             threads: threads.max(1),
             weights: Vec::new(),
+            metas: Vec::new(),
             states: Vec::new(),
             state_len: 0,
             plans: Vec::new(),
@@ -122,34 +118,6 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.threads
-    }
-
-    fn geometry(&self, compiled: &Compiled) -> Result<Option<StateGeometry>> {
-        if compiled.n_layer == 0 {
-            return Ok(None);
-        }
-        let c = compiled.width;
-        let layer_len = self.state_len / compiled.n_layer;
-        if !self.state_len.is_multiple_of(compiled.n_layer)
-            || !layer_len.is_multiple_of(c)
-            || layer_len / c < 3
-        {
-            return Err(fail(format!(
-                "state length {} is not {} layers of (2 + head size) · {c} values",
-                self.state_len, compiled.n_layer
-            )));
-        }
-        let head_size = layer_len / c - 2;
-        if !c.is_multiple_of(head_size) {
-            return Err(fail(format!(
-                "width {c} is not a whole number of heads of size {head_size}"
-            )));
-        }
-        Ok(Some(StateGeometry {
-            layer_len,
-            width: c,
-            head_size,
-        }))
     }
 }
 
@@ -179,13 +147,15 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
         if id != self.weights.len() {
-            return Err(fail(format!(
+            return Err(invalid(format!(
                 "weight '{name}' uploaded as id {id}, expected id {}",
                 self.weights.len()
             )));
         }
         if !self.plans.is_empty() {
-            return Err(fail("weights must be uploaded before any plan is compiled"));
+            return Err(invalid(
+                "weights must be uploaded before any plan is compiled",
+            ));
         }
         // Bytes streamed from a source are fetched now: the weight is kept, so it must be resident.
         let tensor = tensor.resident()?;
@@ -194,7 +164,7 @@ impl Backend for CpuBackend {
             || tensor.shape.contains(&0)
             || tensor.dtype.tensor_bytes(&tensor.shape) != Some(len)
         {
-            return Err(fail(format!(
+            return Err(invalid(format!(
                 "weight '{name}': {} shape {:?} is empty or does not match its {len} bytes",
                 tensor.dtype, tensor.shape
             )));
@@ -209,6 +179,7 @@ impl Backend for CpuBackend {
         } else {
             None
         };
+        self.metas.push(WeightMeta::of(name, &tensor));
         self.weights.push(Weight {
             name: name.to_string(),
             dtype: tensor.dtype,
@@ -226,16 +197,16 @@ impl Backend for CpuBackend {
         n_slots
             .checked_mul(state_len)
             .and_then(|n| n.checked_mul(4))
-            .ok_or_else(|| fail(format!("{n_slots} states of {state_len} values overflow")))?;
+            .ok_or_else(|| invalid(format!("{n_slots} states of {state_len} values overflow")))?;
         let mut states = Vec::new();
         states
             .try_reserve_exact(n_slots)
-            .map_err(|_| fail("out of memory for states"))?;
+            .map_err(|_| out_of_memory("out of memory for states"))?;
         for _ in 0..n_slots {
             let mut state = Vec::new();
             state
                 .try_reserve_exact(state_len)
-                .map_err(|_| fail("out of memory for states"))?;
+                .map_err(|_| out_of_memory("out of memory for states"))?;
             state.resize(state_len, 0f32);
             states.push(state);
         }
@@ -245,7 +216,7 @@ impl Backend for CpuBackend {
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
-        let compiled = compile(&self.weights, plan)?;
+        let compiled = compile(&self.metas, self.state_len, plan)?;
         self.plans.push(compiled);
         Ok(PlanId(self.plans.len() - 1))
     }
@@ -260,60 +231,23 @@ impl Backend for CpuBackend {
         let compiled = self
             .plans
             .get(plan.0)
-            .ok_or_else(|| fail(format!("unknown plan id {}", plan.0)))?;
-        let shape = compiled.plan.shape;
-        if tokens.len() != shape.rows() {
-            return Err(fail(format!(
-                "{} tokens for a step of {} rows",
-                tokens.len(),
-                shape.rows()
+            .ok_or_else(|| invalid(format!("unknown plan id {}", plan.0)))?;
+        compiled.plan.check_step(
+            BACKEND,
+            &compiled.facts,
+            tokens,
+            slots,
+            self.states.len(),
+            &out,
+        )?;
+        if uses_state(&compiled.plan) && compiled.plan.state.len() > self.state_len {
+            return Err(invalid(format!(
+                "the plan's state has {} values, the allocated states {}",
+                compiled.plan.state.len(),
+                self.state_len
             )));
         }
-        if slots.len() != shape.n_seq {
-            return Err(fail(format!(
-                "{} slots for a step of {} sequences",
-                slots.len(),
-                shape.n_seq
-            )));
-        }
-        let mut seen = HashSet::new();
-        for &slot in slots {
-            if slot >= self.states.len() {
-                return Err(fail(format!(
-                    "slot {slot} out of range (0..{})",
-                    self.states.len()
-                )));
-            }
-            if !seen.insert(slot) {
-                return Err(fail(format!("slot {slot} named twice in one step")));
-            }
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= compiled.vocab) {
-            return Err(fail(format!(
-                "token id {bad} out of range (vocabulary {})",
-                compiled.vocab
-            )));
-        }
-        let geometry = self.geometry(compiled)?;
-        let logits_rows = compiled.plan.rows_of(compiled.plan.logits);
         let logits_width = compiled.plan.buffers[compiled.plan.logits].width;
-        match &out {
-            StepOutput::None => {}
-            StepOutput::Logits(values) if values.len() != logits_rows * logits_width => {
-                return Err(fail(format!(
-                    "logits output holds {}, the step makes {}",
-                    values.len(),
-                    logits_rows * logits_width
-                )));
-            }
-            StepOutput::Argmax(ids) if ids.len() != logits_rows => {
-                return Err(fail(format!(
-                    "argmax output holds {}, the step makes {logits_rows}",
-                    ids.len()
-                )));
-            }
-            _ => {}
-        }
 
         let threads = self.threads;
         let weights = &self.weights;
@@ -324,7 +258,6 @@ impl Backend for CpuBackend {
             weights,
             tokens,
             slots,
-            geometry,
             threads,
         };
         for op in &compiled.plan.ops {
@@ -348,9 +281,9 @@ impl Backend for CpuBackend {
         let state = self
             .states
             .get(slot)
-            .ok_or_else(|| fail(format!("slot {slot} out of range")))?;
+            .ok_or_else(|| invalid(format!("slot {slot} out of range")))?;
         if out.len() != state.len() {
-            return Err(fail(format!(
+            return Err(invalid(format!(
                 "state buffer holds {}, a state has {}",
                 out.len(),
                 state.len()
@@ -364,9 +297,9 @@ impl Backend for CpuBackend {
         let state = self
             .states
             .get_mut(slot)
-            .ok_or_else(|| fail(format!("slot {slot} out of range")))?;
+            .ok_or_else(|| invalid(format!("slot {slot} out of range")))?;
         if values.len() != state.len() {
-            return Err(fail(format!(
+            return Err(invalid(format!(
                 "{} state values given, a state has {}",
                 values.len(),
                 state.len()
@@ -388,218 +321,37 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
-/// Checks every op of `plan` against the uploaded weights and the buffer declarations, so that
-/// `execute` only has run-time inputs (tokens, slots, output sizes) left to check.
-fn compile(weights: &[Weight], plan: &Plan) -> Result<Compiled> {
-    let shape = plan.shape;
-    if shape.n_seq == 0 || shape.n_tok == 0 {
-        return Err(fail(format!("empty step shape {shape:?}")));
-    }
-    if plan.weights.len() != weights.len() {
-        return Err(fail(format!(
-            "plan names {} weights, {} were uploaded",
-            plan.weights.len(),
-            weights.len()
-        )));
-    }
-    if let Some((id, (name, w))) = plan
-        .weights
+/// Whether the plan reads or writes slot states.
+fn uses_state(plan: &Plan) -> bool {
+    plan.ops
         .iter()
-        .zip(weights)
-        .enumerate()
-        .find(|(_, (n, w))| **n != w.name)
-    {
-        return Err(fail(format!(
-            "plan weight {id} is '{name}', '{}' was uploaded as {id}",
-            w.name
+        .any(|op| matches!(op, Op::TokenShift { .. } | Op::Wkv7(_)))
+}
+
+/// Checks `plan` ([`Plan::validate`] and the state length) and allocates its buffers.
+fn compile(metas: &[WeightMeta], state_len: usize, plan: &Plan) -> Result<Compiled> {
+    let facts = plan.validate(BACKEND, metas)?;
+    if uses_state(plan) && state_len > 0 && plan.state.len() > state_len {
+        return Err(invalid(format!(
+            "the plan's state has {} values, the allocated states {state_len}",
+            plan.state.len()
         )));
     }
-    let buf = |b: BufId| {
-        plan.buffers
-            .get(b)
-            .ok_or_else(|| fail(format!("buffer id {b} out of range")))
-    };
-    let weight = |w: WeightId| {
-        weights
-            .get(w)
-            .ok_or_else(|| fail(format!("weight id {w} out of range")))
-    };
-    let vector = |w: WeightId, len: usize| -> Result<()> {
-        let wt = weight(w)?;
-        match &wt.vector {
-            Some(v) if v.len() == len => Ok(()),
-            _ => Err(fail(format!(
-                "weight '{}' is not a vector of {len} values",
-                wt.name
-            ))),
-        }
-    };
-    // Buffers that ops write must not be read by the same op (except LayerNorm in place).
-    let distinct = |ids: &[BufId], what: &str| -> Result<()> {
-        let set: HashSet<_> = ids.iter().collect();
-        if set.len() == ids.len() {
-            Ok(())
-        } else {
-            Err(fail(format!(
-                "{what}: a buffer is both read and written, or written twice"
-            )))
-        }
-    };
-    let full_rows = |b: BufId, what: &str| -> Result<usize> {
-        let d = buf(b)?;
-        if d.last_only {
-            return Err(fail(format!(
-                "{what}: buffer '{}' must have one row per token",
-                d.name
-            )));
-        }
-        Ok(d.width)
-    };
-
-    let mut n_layer = 0;
-    let mut width = None;
-    let mut vocab = usize::MAX;
-    let mut state_width = |layer: usize, c: usize| -> Result<()> {
-        n_layer = n_layer.max(layer + 1);
-        match width {
-            Some(w) if w != c => Err(fail(format!(
-                "state ops disagree on the width ({w} vs {c})"
-            ))),
-            _ => {
-                width = Some(c);
-                Ok(())
-            }
-        }
-    };
-    for op in &plan.ops {
-        match op {
-            Op::Embed { table, out } => {
-                let t = weight(*table)?;
-                let c = full_rows(*out, "Embed")?;
-                if t.vector.is_some() || t.cols != c || t.rows == 0 {
-                    return Err(fail(format!(
-                        "Embed: table '{}' is not [vocab, {c}]",
-                        t.name
-                    )));
-                }
-                vocab = vocab.min(t.rows);
-            }
-            Op::LayerNorm { x, w, b, out, .. } => {
-                let (xd, od) = (buf(*x)?, buf(*out)?);
-                if xd.width != od.width || plan.rows_of(*x) != plan.rows_of(*out) {
-                    return Err(fail(format!(
-                        "LayerNorm: '{}' and '{}' differ in shape",
-                        xd.name, od.name
-                    )));
-                }
-                vector(*w, xd.width)?;
-                vector(*b, xd.width)?;
-            }
-            Op::TokenShift {
-                x, layer, mixes, ..
-            } => {
-                let c = full_rows(*x, "TokenShift")?;
-                state_width(*layer, c)?;
-                let mut ids = vec![*x];
-                for &(mix, out) in mixes {
-                    vector(mix, c)?;
-                    if full_rows(out, "TokenShift")? != c {
-                        return Err(fail("TokenShift: output width differs from input"));
-                    }
-                    ids.push(out);
-                }
-                distinct(&ids, "TokenShift")?;
-            }
-            Op::MatMul { jobs } => {
-                for job in jobs {
-                    let w = weight(job.weight)?;
-                    let (xd, od) = (buf(job.x)?, buf(job.out)?);
-                    if w.vector.is_some() || w.cols != xd.width || w.rows != od.width {
-                        return Err(fail(format!(
-                            "MatMul: weight '{}' [{}, {}] does not map '{}' ({}) to '{}' ({})",
-                            w.name, w.rows, w.cols, xd.name, xd.width, od.name, od.width
-                        )));
-                    }
-                    if plan.rows_of(job.x) != plan.rows_of(job.out) {
-                        return Err(fail(format!(
-                            "MatMul: '{}' and '{}' differ in rows",
-                            xd.name, od.name
-                        )));
-                    }
-                    if let Some(bias) = job.bias {
-                        vector(bias, od.width)?;
-                    }
-                    distinct(&[job.x, job.out], "MatMul")?;
-                }
-            }
-            Op::Wkv7 {
-                layer,
-                r,
-                w,
-                k,
-                v,
-                a,
-                g,
-                v_first,
-                v_mix,
-                k_k,
-                k_a,
-                r_k,
-                ln_x_w,
-                ln_x_b,
-                out,
-                ..
-            } => {
-                let c = full_rows(*r, "Wkv7")?;
-                state_width(*layer, c)?;
-                let mut ids = vec![*r, *w, *k, *v, *a, *g, *v_first, *out];
-                ids.extend(v_mix);
-                for &b in &ids {
-                    if full_rows(b, "Wkv7")? != c {
-                        return Err(fail("Wkv7: buffers differ in width"));
-                    }
-                }
-                distinct(&ids, "Wkv7")?;
-                for vec_id in [k_k, k_a, r_k, ln_x_w, ln_x_b] {
-                    vector(*vec_id, c)?;
-                }
-            }
-            Op::LastRows { x, out } => {
-                let (xd, od) = (buf(*x)?, buf(*out)?);
-                if xd.last_only || !od.last_only || xd.width != od.width || x == out {
-                    return Err(fail(format!(
-                        "LastRows: '{}' → '{}' is not per-token → per-sequence",
-                        xd.name, od.name
-                    )));
-                }
-            }
-        }
-    }
-    buf(plan.logits)?;
-    // Every row is walked with chunks of `width` values: an empty row has no meaning here.
-    if let Some(empty) = plan.buffers.iter().find(|b| b.width == 0) {
-        return Err(fail(format!("buffer '{}' has width 0", empty.name)));
-    }
-
     let mut buffers = Vec::with_capacity(plan.buffers.len());
     for (b, decl) in plan.buffers.iter().enumerate() {
-        let len = plan
-            .rows_of(b)
-            .checked_mul(decl.width)
-            .ok_or_else(|| fail("buffer size overflows"))?;
+        // validate() checked that this product does not overflow.
+        let len = plan.rows_of(b) * decl.width;
         let mut values = Vec::new();
         values
             .try_reserve_exact(len)
-            .map_err(|_| fail(format!("out of memory for buffer '{}'", decl.name)))?;
+            .map_err(|_| out_of_memory(format!("out of memory for buffer '{}'", decl.name)))?;
         values.resize(len, 0f32);
         buffers.push(values);
     }
     Ok(Compiled {
         plan: plan.clone(),
         buffers,
-        n_layer,
-        width: width.unwrap_or(0),
-        vocab,
+        facts,
     })
 }
 
@@ -609,7 +361,6 @@ struct Step<'a> {
     weights: &'a [Weight],
     tokens: &'a [u32],
     slots: &'a [usize],
-    geometry: Option<StateGeometry>,
     threads: usize,
 }
 
@@ -619,9 +370,12 @@ impl Step<'_> {
         self.weights[w].vector.as_deref().unwrap_or(&[])
     }
 
-    fn geometry(&self) -> Result<StateGeometry> {
-        self.geometry
-            .ok_or_else(|| fail("state op in a plan without state geometry"))
+    /// Where `part` of `layer` lies in a slot's state (validate() checked it exists).
+    fn state_range(&self, layer: usize, part: StatePart) -> Result<std::ops::Range<usize>> {
+        self.plan
+            .state
+            .range(layer, part)
+            .ok_or_else(|| invalid(format!("layer {layer} has no {part:?} in the plan's state")))
     }
 
     fn run(&self, op: &Op, bufs: &mut [Vec<f32>], states: &mut [Vec<f32>]) -> Result<()> {
@@ -655,13 +409,16 @@ impl Step<'_> {
                 kind,
                 mixes,
             } => {
-                let g = self.geometry()?;
-                let c = g.width;
-                let register_at = layer * g.layer_len
-                    + match kind {
-                        ShiftKind::Ffn => 0,
-                        ShiftKind::Att => c,
-                    };
+                let c = self.plan.state.width;
+                let register_at = self
+                    .state_range(
+                        *layer,
+                        match kind {
+                            ShiftKind::Ffn => StatePart::FfnShift,
+                            ShiftKind::Att => StatePart::AttShift,
+                        },
+                    )?
+                    .start;
                 let mut outs: Vec<(&[f32], Vec<f32>)> = mixes
                     .iter()
                     .map(|&(mix, out)| (self.vector(mix), std::mem::take(&mut bufs[out])))
@@ -699,40 +456,36 @@ impl Step<'_> {
                     result?;
                 }
             }
-            Op::Wkv7 {
-                layer,
-                r,
-                w,
-                k,
-                v,
-                a,
-                g,
-                v_first,
-                v_mix,
-                k_k,
-                k_a,
-                r_k,
-                ln_x_w,
-                ln_x_b,
-                gn_eps,
-                out,
-            } => {
-                let geo = self.geometry()?;
-                let c = geo.width;
+            Op::Wkv7(args) => {
+                let Wkv7Args {
+                    layer,
+                    r,
+                    w,
+                    k,
+                    v,
+                    a,
+                    g,
+                    v_first,
+                    v_mix,
+                    out,
+                    ..
+                } = args;
+                let c = self.plan.state.width;
+                let head_size = self.plan.state.head_size;
                 let weights = Wkv7Weights {
-                    k_k: self.vector(*k_k),
-                    k_a: self.vector(*k_a),
-                    r_k: self.vector(*r_k),
-                    ln_x_w: self.vector(*ln_x_w),
-                    ln_x_b: self.vector(*ln_x_b),
-                    gn_eps: *gn_eps,
+                    k_k: self.vector(args.k_k),
+                    k_a: self.vector(args.k_a),
+                    r_k: self.vector(args.r_k),
+                    ln_x_w: self.vector(args.ln_x_w),
+                    ln_x_b: self.vector(args.ln_x_b),
+                    gn_eps: args.gn_eps,
                 };
                 let mut out_buf = std::mem::take(&mut bufs[*out]);
                 let mut first_buf = std::mem::take(&mut bufs[*v_first]);
-                let s_at = layer * geo.layer_len + 2 * c;
+                let s_range = self.state_range(*layer, StatePart::WkvMatrix)?;
                 let mut value = vec![0f32; c];
                 for (s, &slot) in self.slots.iter().enumerate() {
-                    let state = &mut states[slot][s_at..s_at + geo.layer_len - 2 * c];
+                    let state = &mut states[slot][s_range.clone()];
                     for t in 0..n_tok {
                         let row = (s * n_tok + t) * c..(s * n_tok + t + 1) * c;
                         value.copy_from_slice(&bufs[*v][row.clone()]);
@@ -748,7 +501,7 @@ impl Step<'_> {
                         }
                         wkv7_token(
                             state,
-                            geo.head_size,
+                            head_size,
                             &weights,
                             &bufs[*r][row.clone()],
                             &bufs[*w][row.clone()],

@@ -8,10 +8,38 @@ use std::path::PathBuf;
 
 use cudarc::driver::{result as cu, sys};
 use cudarc::nvrtc::sys as nv;
-use rwkv_core::{Error, Result};
+use rwkv_core::{BackendErrorKind, Error, Result};
 
 pub(crate) fn err(what: impl Into<String>) -> Error {
     Error::backend("cuda", what)
+}
+
+/// The backend: CUDA cannot start here (no driver, no NVRTC, no device).
+pub(crate) fn unavailable(what: impl Into<String>) -> Error {
+    Error::backend_kind("cuda", BackendErrorKind::Unavailable, what)
+}
+
+/// What a caller can do about a driver error: out of memory, a device that is gone or whose
+/// context is poisoned by a faulting kernel (every later call fails), or anything else.
+fn driver_error_kind(code: sys::CUresult) -> BackendErrorKind {
+    use sys::CUresult as R;
+    match code {
+        R::CUDA_ERROR_OUT_OF_MEMORY => BackendErrorKind::OutOfMemory,
+        R::CUDA_ERROR_NO_DEVICE
+        | R::CUDA_ERROR_NOT_INITIALIZED
+        | R::CUDA_ERROR_INVALID_DEVICE
+        | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH => BackendErrorKind::Unavailable,
+        R::CUDA_ERROR_ILLEGAL_ADDRESS
+        | R::CUDA_ERROR_LAUNCH_FAILED
+        | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | R::CUDA_ERROR_MISALIGNED_ADDRESS
+        | R::CUDA_ERROR_INVALID_PC
+        | R::CUDA_ERROR_ECC_UNCORRECTABLE
+        | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+        | R::CUDA_ERROR_DEVICE_UNAVAILABLE => BackendErrorKind::DeviceLost,
+        _ => BackendErrorKind::Failed,
+    }
 }
 
 pub(crate) fn check<T>(r: std::result::Result<T, cu::DriverError>, what: &str) -> Result<T> {
@@ -20,7 +48,11 @@ pub(crate) fn check<T>(r: std::result::Result<T, cu::DriverError>, what: &str) -
             .error_string()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        err(format!("{what}: {:?} {name}", e.0))
+        Error::backend_kind(
+            "cuda",
+            driver_error_kind(e.0),
+            format!("{what}: {:?} {name}", e.0),
+        )
     })
 }
 
@@ -177,17 +209,17 @@ impl Gpu {
     /// Opens device `index`: initializes the driver, retains the primary context, creates a
     /// stream, compiles (or loads from cache) the kernels for the device's architecture.
     pub fn open(index: usize) -> Result<Gpu> {
-        libraries_present().map_err(err)?;
+        libraries_present().map_err(unavailable)?;
         check(cu::init(), "no CUDA device: cuInit failed")?;
         let count = check(
             cu::device::get_count(),
             "no CUDA device: cannot count devices",
         )?;
         if count <= 0 {
-            return Err(err("no CUDA device: the driver reports 0 devices"));
+            return Err(unavailable("no CUDA device: the driver reports 0 devices"));
         }
         if index >= count as usize {
-            return Err(err(format!(
+            return Err(unavailable(format!(
                 "no CUDA device {index}: the driver reports {count}"
             )));
         }
@@ -225,11 +257,15 @@ impl Gpu {
         if free < MIN_FREE {
             // SAFETY: balances the retain above.
             let _ = unsafe { cu::primary_ctx::release(dev) };
-            return Err(err(format!(
-                "too little device memory on {name}: {} MiB free, need at least {} MiB",
-                free >> 20,
-                MIN_FREE >> 20
-            )));
+            return Err(Error::backend_kind(
+                "cuda",
+                BackendErrorKind::OutOfMemory,
+                format!(
+                    "too little device memory on {name}: {} MiB free, need at least {} MiB",
+                    free >> 20,
+                    MIN_FREE >> 20
+                ),
+            ));
         }
         let stream = check(
             cu::stream::create(cu::stream::StreamKind::NonBlocking),

@@ -17,14 +17,15 @@
 mod gpu;
 mod repack;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use cudarc::driver::{result as cu, sys};
 use rwkv_core::backend::{
-    Act, Backend, BufId, DeviceInfo, MatJob, Op, Plan, PlanId, ShiftKind, StepOutput, WeightId,
+    Act, Backend, BufId, DeviceInfo, MatJob, Op, Plan, PlanFacts, PlanId, ShiftKind, StatePart,
+    StepOutput, WeightId, WeightMeta, Wkv7Args,
 };
 use rwkv_core::model::Tensor;
-use rwkv_core::{Error, Result};
+use rwkv_core::{BackendErrorKind, Error, Result};
 
 use gpu::{err, ArgList, DevBuf, Gpu, Graph, Launch};
 use repack::GpuDType;
@@ -126,12 +127,13 @@ struct CompiledPlan {
     graph: Option<Graph>,
     /// `CudaBackend::state_gen` the launches were built for (0: not built).
     built_gen: u64,
-    vocab: usize,
+    facts: PlanFacts,
 }
 
 /// The CUDA backend. See the crate docs.
 pub struct CudaBackend {
     weights: Vec<Option<GpuWeight>>,
+    metas: Vec<WeightMeta>,
     /// Column layouts of the matrices whose batch-1 products skip zero inputs, by weight id.
     sparse: HashMap<WeightId, SparseCols>,
     states: Option<DevBuf>,
@@ -195,6 +197,17 @@ fn ln_threads(n: usize) -> Result<u32> {
     Ok(t as u32)
 }
 
+/// Whether the plan reads or writes slot states.
+fn uses_state(plan: &Plan) -> bool {
+    plan.ops
+        .iter()
+        .any(|op| matches!(op, Op::TokenShift { .. } | Op::Wkv7(_)))
+}
+
+fn invalid(what: impl Into<String>) -> Error {
+    Error::backend_kind("cuda", BackendErrorKind::InvalidArgument, what)
+}
+
 fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| err(format!("{what} {v} too large for the kernels")))
 }
@@ -213,6 +226,7 @@ impl CudaBackend {
             .unwrap_or(true);
         Ok(CudaBackend {
             weights: Vec::new(),
+            metas: Vec::new(),
             sparse: HashMap::new(),
             states: None,
             n_slots: 0,
@@ -263,7 +277,7 @@ impl CudaBackend {
             .as_ref()
             .ok_or_else(|| err(format!("{what}: no states allocated")))?;
         if slot >= self.n_slots || len != self.state_len {
-            return Err(err(format!(
+            return Err(invalid(format!(
                 "{what}: slot {slot} of {} or length {len} != {}",
                 self.n_slots, self.state_len
             )));
@@ -349,30 +363,10 @@ impl CudaBackend {
         let width = |b: BufId| plan.buffers.get(b).map(|d| d.width).unwrap_or(0);
         let rows_of = |b: BufId| plan.rows_of(b);
 
-        // Layer geometry from the state length: per layer (2 + N) * C floats.
-        let mut n_layer = 0usize;
-        let mut c_model = 0usize;
-        for op in &plan.ops {
-            match op {
-                Op::Wkv7 { layer, r, .. } => {
-                    n_layer = n_layer.max(layer + 1);
-                    c_model = width(*r);
-                }
-                Op::TokenShift { layer, .. } => n_layer = n_layer.max(layer + 1),
-                _ => {}
-            }
-        }
-        let (head, layer_len) = if n_layer > 0 && c_model > 0 && state_len > 0 {
-            let lsl = state_len / n_layer;
-            if lsl * n_layer != state_len || lsl % c_model != 0 || lsl / c_model < 3 {
-                return Err(err(format!(
-                    "state length {state_len} does not fit {n_layer} layers of width {c_model}"
-                )));
-            }
-            (lsl / c_model - 2, lsl)
-        } else {
-            (64, 0)
-        };
+        // Layer geometry from the plan's state layout (validated at compile).
+        let head = plan.state.head_size;
+        let layer_len = plan.state.layer_len();
+        let matrix_offset = plan.state.part_offset(StatePart::WkvMatrix);
         let slots_ptr = cp.slots.ptr;
 
         let mut launches: Vec<Launch> = Vec::new();
@@ -468,7 +462,6 @@ impl CudaBackend {
                                 mixes,
                                 state_ptr,
                                 state_len,
-                                layer_len,
                                 slots_ptr,
                                 &bp,
                                 &width,
@@ -522,7 +515,6 @@ impl CudaBackend {
                         mixes,
                         state_ptr,
                         state_len,
-                        layer_len,
                         slots_ptr,
                         &bp,
                         &width,
@@ -564,24 +556,20 @@ impl CudaBackend {
                     )?;
                     i += 1;
                 }
-                Op::Wkv7 {
-                    layer,
-                    r,
-                    w,
-                    k,
-                    v,
-                    a,
-                    g,
-                    v_first,
-                    v_mix,
-                    k_k,
-                    k_a,
-                    r_k,
-                    ln_x_w,
-                    ln_x_b,
-                    gn_eps,
-                    out,
-                } => {
+                Op::Wkv7(wa) => {
+                    let Wkv7Args {
+                        layer,
+                        r,
+                        w,
+                        k,
+                        v,
+                        a,
+                        g,
+                        v_first,
+                        v_mix,
+                        out,
+                        ..
+                    } = wa;
                     let c = width(*r);
                     for bb in [*r, *w, *k, *v, *a, *g, *v_first, *out]
                         .iter()
@@ -597,7 +585,8 @@ impl CudaBackend {
                         )));
                     }
                     let h = c / head;
-                    let s_off = layer * layer_len + 2 * c;
+                    let s_off = layer * layer_len
+                        + matrix_offset.ok_or_else(|| err("Wkv7: the state has no WKV matrix"))?;
                     let mut args: Vec<u8> = Vec::with_capacity(184);
                     let vm = match v_mix {
                         Some(b) => bp(*b)?,
@@ -612,11 +601,11 @@ impl CudaBackend {
                         bp(*g)?,
                         bp(*v_first)?,
                         vm,
-                        self_vec(&self.weights, *k_k, c)?,
-                        self_vec(&self.weights, *k_a, c)?,
-                        self_vec(&self.weights, *r_k, c)?,
-                        self_vec(&self.weights, *ln_x_w, c)?,
-                        self_vec(&self.weights, *ln_x_b, c)?,
+                        self_vec(&self.weights, wa.k_k, c)?,
+                        self_vec(&self.weights, wa.k_a, c)?,
+                        self_vec(&self.weights, wa.r_k, c)?,
+                        self_vec(&self.weights, wa.ln_x_w, c)?,
+                        self_vec(&self.weights, wa.ln_x_b, c)?,
                         bp(*out)?,
                         state_ptr,
                         slots_ptr,
@@ -630,7 +619,7 @@ impl CudaBackend {
                     args.extend_from_slice(&(s_off as i64).to_ne_bytes());
                     args.extend_from_slice(&i32_of(c, "width")?.to_ne_bytes());
                     args.extend_from_slice(&i32_of(n_tok, "tokens")?.to_ne_bytes());
-                    args.extend_from_slice(&gn_eps.to_ne_bytes());
+                    args.extend_from_slice(&wa.gn_eps.to_ne_bytes());
                     args.resize(184, 0);
                     let wide = head.max(32) as u32;
                     if n_tok == 1 {
@@ -773,7 +762,6 @@ fn push_shift(
     mixes: &[(WeightId, BufId)],
     state_ptr: u64,
     state_len: usize,
-    layer_len: usize,
     slots_ptr: u64,
     bp: &dyn Fn(BufId) -> Result<u64>,
     width: &dyn Fn(BufId) -> usize,
@@ -784,11 +772,17 @@ fn push_shift(
     if mixes.len() > 6 {
         return Err(err("TokenShift: at most 6 mixes"));
     }
-    if layer_len != 0 && (layer + 1) * layer_len > state_len {
-        return Err(err(format!(
-            "TokenShift: layer {layer} is beyond the state"
-        )));
-    }
+    let register = plan
+        .state
+        .range(
+            layer,
+            match kind {
+                ShiftKind::Ffn => StatePart::FfnShift,
+                ShiftKind::Att => StatePart::AttShift,
+            },
+        )
+        .filter(|r| r.end <= state_len || state_len == 0)
+        .ok_or_else(|| err(format!("TokenShift: layer {layer} is beyond the state")))?;
     let mut sa: Vec<u8> = Vec::with_capacity(104);
     let mut outs = [0u64; 6];
     let mut mixp = [0u64; 6];
@@ -804,7 +798,7 @@ fn push_shift(
     }
     sa.extend_from_slice(&(mixes.len() as i32).to_ne_bytes());
     sa.resize(104, 0);
-    let reg_off = layer * layer_len + if kind == ShiftKind::Att { n } else { 0 };
+    let reg_off = register.start;
     let v = if n <= 2048 {
         2
     } else if n <= 4096 {
@@ -1379,7 +1373,7 @@ impl Backend for CudaBackend {
     fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()> {
         self.gpu.bind()?;
         if id != self.weights.len() {
-            return Err(err(format!(
+            return Err(invalid(format!(
                 "upload_weight: expected id {}, got {id} ('{name}')",
                 self.weights.len()
             )));
@@ -1408,11 +1402,15 @@ impl Backend for CudaBackend {
                 let need = r.q.len() + r.m.len();
                 let free = self.gpu.free_mem();
                 if need > free {
-                    return Err(err(format!(
-                        "'{name}' needs {} MiB, the device has {} MiB free",
-                        need >> 20,
-                        free >> 20
-                    )));
+                    return Err(Error::backend_kind(
+                        "cuda",
+                        BackendErrorKind::OutOfMemory,
+                        format!(
+                            "'{name}' needs {} MiB, the device has {} MiB free",
+                            need >> 20,
+                            free >> 20
+                        ),
+                    ));
                 }
                 GpuWeight::Matrix {
                     dtype: r.dtype,
@@ -1429,6 +1427,7 @@ impl Backend for CudaBackend {
             }
         };
         self.weights.push(Some(w));
+        self.metas.push(WeightMeta::of(name, tensor));
         Ok(())
     }
 
@@ -1448,11 +1447,16 @@ impl Backend for CudaBackend {
 
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
         self.gpu.bind()?;
+        let facts = plan.validate("cuda", &self.metas)?;
+        if uses_state(plan) && self.states.is_some() && plan.state.len() > self.state_len {
+            return Err(invalid(format!(
+                "the plan's state has {} values, the allocated states {}",
+                plan.state.len(),
+                self.state_len
+            )));
+        }
         let shape = plan.shape;
         let rows = shape.rows();
-        if rows == 0 {
-            return Err(err("plan with no rows"));
-        }
         let mut bufs = Vec::with_capacity(plan.buffers.len());
         for b in 0..plan.buffers.len() {
             let n = plan
@@ -1462,16 +1466,11 @@ impl Backend for CudaBackend {
                 .ok_or_else(|| err("buffer size overflows"))?;
             bufs.push(DevBuf::zeroed(n)?);
         }
-        let mut c = 0;
-        let mut vocab = 0;
-        for op in &plan.ops {
-            if let Op::Wkv7 { r, .. } = op {
-                c = plan.buffers.get(*r).map(|b| b.width).unwrap_or(0);
-            }
-            if let Op::Embed { table, .. } = op {
-                vocab = self.matrix(*table).map(|m| m.1).unwrap_or(0);
-            }
-        }
+        let c = if plan.ops.iter().any(|op| matches!(op, Op::Wkv7(_))) {
+            plan.state.width
+        } else {
+            0
+        };
         let logit_rows = plan.rows_of(plan.logits);
         let (kk_n, bonus_n) = if shape.n_tok > 1 {
             (rows * c, rows * c.div_ceil(16))
@@ -1491,7 +1490,7 @@ impl Backend for CudaBackend {
             launches: Vec::new(),
             graph: None,
             built_gen: 0,
-            vocab,
+            facts,
         };
         self.ensure_sparse(plan)?;
         self.plans.push(cp);
@@ -1516,38 +1515,17 @@ impl Backend for CudaBackend {
         let cp = self
             .plans
             .get(pi)
-            .ok_or_else(|| err(format!("unknown plan {pi}")))?;
-        let shape = cp.plan.shape;
-        if tokens.len() != shape.rows() {
-            return Err(err(format!(
-                "execute: {} tokens for a plan of {} rows",
-                tokens.len(),
-                shape.rows()
-            )));
-        }
-        if slots.len() != shape.n_seq {
-            return Err(err(format!(
-                "execute: {} slots for {} sequences",
-                slots.len(),
-                shape.n_seq
-            )));
-        }
+            .ok_or_else(|| invalid(format!("unknown plan {pi}")))?;
         if self.states.is_none() {
-            return Err(err("execute: no states allocated"));
+            return Err(invalid("execute: no states allocated"));
         }
-        let mut seen = HashSet::new();
-        for &s in slots {
-            if s >= self.n_slots || !seen.insert(s) {
-                return Err(err(format!(
-                    "execute: slot {s} out of range (0..{}) or repeated",
-                    self.n_slots
-                )));
-            }
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= cp.vocab) {
-            return Err(Error::invalid(format!(
-                "token id {t} is outside the vocabulary of {}",
-                cp.vocab
+        cp.plan
+            .check_step("cuda", &cp.facts, tokens, slots, self.n_slots, &out)?;
+        if uses_state(&cp.plan) && cp.plan.state.len() > self.state_len {
+            return Err(invalid(format!(
+                "the plan's state has {} values, the allocated states {}",
+                cp.plan.state.len(),
+                self.state_len
             )));
         }
         if cp.built_gen != self.state_gen {
@@ -1570,23 +1548,8 @@ impl Backend for CudaBackend {
         let logits_ptr = cp.bufs[cp.plan.logits].ptr;
         match out {
             StepOutput::None => self.gpu.sync(),
-            StepOutput::Logits(buf) => {
-                if buf.len() != logit_rows * width {
-                    return Err(err(format!(
-                        "execute: logits buffer has {} values, needs {}",
-                        buf.len(),
-                        logit_rows * width
-                    )));
-                }
-                self.gpu.dtoh(buf, logits_ptr)
-            }
+            StepOutput::Logits(buf) => self.gpu.dtoh(buf, logits_ptr),
             StepOutput::Argmax(buf) => {
-                if buf.len() != logit_rows {
-                    return Err(err(format!(
-                        "execute: argmax buffer has {} entries, needs {logit_rows}",
-                        buf.len()
-                    )));
-                }
                 let f = self.gpu.func("argmax_kernel")?;
                 let l = Launch {
                     name: "argmax_kernel".to_string(),

@@ -97,6 +97,7 @@ fn matmul_case(
         buffers,
         weights: (0..4).map(|i| format!("w{i}")).collect(),
         ops,
+        state: rwkv_core::backend::StateLayout::default(),
         logits: 1,
     };
     let pid = be.compile(&plan).unwrap();
@@ -210,6 +211,7 @@ fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
                 jobs: vec![job(2, 1, out, Act::None, accumulate)],
             },
         ],
+        state: rwkv_core::backend::StateLayout::default(),
         logits: out,
     };
     let pid = be.compile(&plan).unwrap();

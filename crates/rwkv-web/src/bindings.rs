@@ -13,8 +13,7 @@ use std::sync::Arc;
 use js_sys::{Float32Array, Function, Promise, Uint32Array, Uint8Array};
 use rwkv_core::backend::{PlanId, StepOutput, StepShape};
 use rwkv_core::formats::{self, Format, LoadOptions};
-use rwkv_core::model::v7::PlanBuilder;
-use rwkv_core::model::{ByteSource, Model};
+use rwkv_core::model::{self as rwkv_model, ByteSource, Model};
 use rwkv_core::synth::{self, SynthShape};
 use rwkv_core::tokenizer::Vocab;
 use rwkv_core::{DType, Error, Result};
@@ -111,14 +110,14 @@ async fn open(
     max_binding_bytes: Option<f64>,
     on_progress: &Option<Function>,
 ) -> Result<(Engine, String)> {
-    rwkv_core::model::v7::validate(&model)?;
+    rwkv_model::validate(&model)?;
     let options = WgpuOptions {
         max_binding_bytes: max_binding_bytes.filter(|b| *b >= 4.0).map(|b| b as u64),
         ..WgpuOptions::default()
     };
     let mut backend = WgpuBackend::new_async(options).await?;
     let desc = model.desc.clone();
-    let builder = PlanBuilder::new(&desc);
+    let builder = rwkv_model::step_builder(&desc)?;
     let total = model.total_bytes();
     let mut done = 0u64;
     report(on_progress, 0, total).await;
@@ -137,7 +136,9 @@ async fn open(
         drop(tensor);
         report(on_progress, done, total).await;
     }
-    backend.alloc_states_async(1, desc.state_len()).await?;
+    backend
+        .alloc_states_async(1, builder.state_layout().len())
+        .await?;
     let plan_one = backend
         .compile_async(&builder.build(StepShape { n_seq: 1, n_tok: 1 }, false))
         .await?;

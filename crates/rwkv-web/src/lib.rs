@@ -1,5 +1,5 @@
 //! rwkv-hybrid in the browser: the WebGPU backend (`rwkv-wgpu`) compiled to wasm32, driven by
-//! `rwkv_core::model::v7::PlanBuilder` through the backend's async methods (nothing may block the
+//! `rwkv_core::model::step_builder` through the backend's async methods (nothing may block the
 //! browser's event loop). `web/rwkv.js` wraps the exported [`WebModel`] in the JS API
 //! (`Model.load`, `logits`, `generate`, `stop`). On native targets this crate is empty.
 

@@ -19,6 +19,15 @@ pub(crate) fn backend_err(what: impl Into<String>) -> Error {
     Error::backend(BACKEND_NAME, what)
 }
 
+/// A call that breaks the backend contract (unknown plan, slot or weight id).
+pub(crate) fn invalid(what: impl Into<String>) -> Error {
+    Error::backend_kind(
+        BACKEND_NAME,
+        rwkv_core::BackendErrorKind::InvalidArgument,
+        what,
+    )
+}
+
 /// Which adapter [`crate::WgpuBackend::new`] takes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AdapterChoice {

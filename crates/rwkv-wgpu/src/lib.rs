@@ -16,13 +16,13 @@ mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 use rwkv_core::backend::Backend;
-use rwkv_core::backend::{DeviceInfo, Plan, PlanId, StepOutput};
+use rwkv_core::backend::{DeviceInfo, Op, Plan, PlanId, StepOutput, WeightMeta};
 use rwkv_core::model::Tensor;
 use rwkv_core::{Error, Result};
 
 #[cfg(not(target_arch = "wasm32"))]
 use gpu::block_on;
-use gpu::{backend_err, Gpu};
+use gpu::{backend_err, invalid, Gpu, BACKEND_NAME};
 pub use gpu::{probe_async, AdapterChoice, AdapterReport, MatVecChoice, WgpuOptions};
 use kernels::Kernels;
 use plan::{Compiled, Profiler, ReadBack};
@@ -58,6 +58,8 @@ pub struct WgpuBackend {
     gpu: Gpu,
     kernels: Kernels,
     weights: Vec<Option<DeviceWeight>>,
+    /// Names, dtypes and shapes of the uploads, for [`Plan::validate`].
+    metas: Vec<Option<WeightMeta>>,
     vec_host: Vec<f32>,
     vec_buffer: Option<wgpu::Buffer>,
     /// Bumped when weights change after plans were built (their bind groups hold the buffers).
@@ -82,6 +84,7 @@ impl WgpuBackend {
             gpu,
             kernels: Kernels::default(),
             weights: Vec::new(),
+            metas: Vec::new(),
             vec_host: Vec::new(),
             vec_buffer: None,
             weights_generation: 0,
@@ -399,6 +402,7 @@ impl WgpuBackend {
     ) -> Result<()> {
         if self.weights.len() <= id {
             self.weights.resize_with(id + 1, || None);
+            self.metas.resize_with(id + 1, || None);
         }
         let weight = if tensor.shape.len() <= 1 {
             let values = weights::to_f32(name, tensor)?;
@@ -416,10 +420,7 @@ impl WgpuBackend {
             if self.vec_buffer.take().is_some() {
                 self.weights_generation += 1;
             }
-            DeviceWeight::Vector {
-                offset,
-                len: values.len(),
-            }
+            DeviceWeight::Vector { offset }
         } else {
             let gpu = &self.gpu;
             let m = gpu
@@ -430,6 +431,7 @@ impl WgpuBackend {
             DeviceWeight::Matrix(m)
         };
         self.weights[id] = Some(weight);
+        self.metas[id] = Some(WeightMeta::of(name, tensor));
         // Plans built before this upload rebuild their bind groups on their next step.
         self.weights_generation += 1;
         Ok(())
@@ -463,7 +465,28 @@ impl WgpuBackend {
     }
 
     pub async fn compile_async(&mut self, plan: &Plan) -> Result<PlanId> {
-        let compiled = Compiled::new(&self.gpu, plan, &self.weights)?;
+        let metas: Vec<WeightMeta> = self
+            .metas
+            .iter()
+            .enumerate()
+            .map(|(id, m)| {
+                m.clone()
+                    .ok_or_else(|| invalid(format!("weight {id} was not uploaded")))
+            })
+            .collect::<Result<_>>()?;
+        let facts = plan.validate(BACKEND_NAME, &metas)?;
+        let uses_state = plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::TokenShift { .. } | Op::Wkv7(_)));
+        if uses_state && self.state_len > 0 && plan.state.len() > self.state_len {
+            return Err(invalid(format!(
+                "the plan's state has {} values, the allocated states {}",
+                plan.state.len(),
+                self.state_len
+            )));
+        }
+        let compiled = Compiled::new(&self.gpu, plan, &self.weights, facts)?;
         self.plans.push(compiled);
         let i = self.plans.len() - 1;
         if self.state_len > 0 {
@@ -488,57 +511,19 @@ impl WgpuBackend {
         let p = self
             .plans
             .get(i)
-            .ok_or_else(|| Error::invalid(format!("unknown plan {i}")))?;
-        let shape = p.plan.shape;
-        if tokens.len() != shape.rows() || slots.len() != shape.n_seq {
-            return Err(Error::invalid(format!(
-                "step of {:?} needs {} tokens and {} slots, got {} and {}",
-                shape,
-                shape.rows(),
-                shape.n_seq,
-                tokens.len(),
-                slots.len()
-            )));
-        }
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= p.vocab) {
-            return Err(Error::invalid(format!(
-                "token id {t} is outside the vocabulary of {}",
-                p.vocab
-            )));
-        }
-        for (k, &s) in slots.iter().enumerate() {
-            if s >= self.states.len() {
-                return Err(backend_err(format!(
-                    "slot {s} out of range (have {})",
-                    self.states.len()
-                )));
-            }
-            if slots[..k].contains(&s) {
-                return Err(backend_err(format!("slot {s} appears twice in one step")));
-            }
-        }
+            .ok_or_else(|| invalid(format!("unknown plan {i}")))?;
+        p.plan.check_step(
+            BACKEND_NAME,
+            &p.facts,
+            tokens,
+            slots,
+            self.states.len(),
+            out,
+        )?;
         let read = match out {
             StepOutput::None => ReadBack::None,
-            StepOutput::Logits(o) => {
-                if o.len() != p.logits_len() {
-                    return Err(Error::invalid(format!(
-                        "logits need {} values, got {}",
-                        p.logits_len(),
-                        o.len()
-                    )));
-                }
-                ReadBack::Logits
-            }
-            StepOutput::Argmax(o) => {
-                if o.len() != p.logit_rows() {
-                    return Err(Error::invalid(format!(
-                        "argmax needs {} rows, got {}",
-                        p.logit_rows(),
-                        o.len()
-                    )));
-                }
-                ReadBack::Argmax
-            }
+            StepOutput::Logits(_) => ReadBack::Logits,
+            StepOutput::Argmax(_) => ReadBack::Argmax,
         };
         Ok(read)
     }

@@ -9,7 +9,7 @@
 //! Parameters of every dispatch are fixed at build time (one uniform slice each); only the token
 //! ids change per step.
 
-use rwkv_core::backend::{Act, BufId, Op, Plan, ShiftKind, WeightId};
+use rwkv_core::backend::{Act, BufId, Op, Plan, PlanFacts, ShiftKind, StatePart, WeightId};
 use rwkv_core::Result;
 
 use crate::gpu::{backend_err, env_off, Gpu};
@@ -500,8 +500,8 @@ pub(crate) struct Compiled {
     arena_len: usize,
     /// Scratch rows of the prefill WKV kernels, if the plan has them.
     wkv_scratch: Option<WkvScratch>,
-    /// Rows of the embedding table: token ids must be below it.
-    pub vocab: usize,
+    /// What [`Plan::validate`] found (token ids must be below `facts.vocab`).
+    pub facts: PlanFacts,
     pub built: Option<Built>,
 }
 
@@ -592,128 +592,46 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 
 impl Compiled {
     /// Checks every op against buffer widths and uploaded weights; lays out the arena.
-    pub fn new(gpu: &Gpu, plan: &Plan, weights: &[Option<DeviceWeight>]) -> Result<Compiled> {
+    /// Takes a plan that passed [`Plan::validate`] (`facts` is what it found), checks what is
+    /// this backend's own (uploaded on the device, kernel parameter limits), lays out the arena.
+    pub fn new(
+        gpu: &Gpu,
+        plan: &Plan,
+        weights: &[Option<DeviceWeight>],
+        facts: PlanFacts,
+    ) -> Result<Compiled> {
         let bad = |what: String| backend_err(format!("plan rejected: {what}"));
         let n_buf = plan.buffers.len();
         let rows = plan.shape.rows();
-        if plan.shape.n_seq == 0 || plan.shape.n_tok == 0 {
-            return Err(bad("empty step shape".into()));
-        }
-        let buf = |b: BufId| -> Result<(usize, usize)> {
-            if b >= n_buf {
-                return Err(bad(format!("buffer {b} out of range")));
-            }
-            Ok((plan.rows_of(b), plan.buffers[b].width))
-        };
-        let mat = |w: WeightId| -> Result<&DeviceMatrix> {
+        let uploaded = |w: WeightId| -> Result<()> {
             match weights.get(w) {
-                Some(Some(DeviceWeight::Matrix(m))) => Ok(m),
-                _ => Err(bad(format!("weight {w} is not an uploaded matrix"))),
+                Some(Some(_)) => Ok(()),
+                _ => Err(bad(format!("weight {w} is not uploaded"))),
             }
         };
-        let vector = |w: WeightId, len: usize| -> Result<()> {
-            match weights.get(w) {
-                Some(Some(DeviceWeight::Vector { len: l, .. })) if *l == len => Ok(()),
-                _ => Err(bad(format!(
-                    "weight {w} is not an uploaded vector of {len} values"
-                ))),
-            }
-        };
-        let mut vocab = None;
         for op in &plan.ops {
             match op {
-                Op::Embed { table, out } => {
-                    let m = mat(*table)?;
-                    let (r, w) = buf(*out)?;
-                    if r != rows || w != m.cols {
-                        return Err(bad(format!(
-                            "embed into buffer {out} of {r}x{w}, table has {} columns",
-                            m.cols
-                        )));
-                    }
-                    vocab = Some(m.rows);
-                }
-                Op::LayerNorm { x, w, b, out, .. } => {
-                    let (xr, xw) = buf(*x)?;
-                    if buf(*out)? != (xr, xw) {
-                        return Err(bad(format!("layer norm {x} -> {out}: shapes differ")));
-                    }
-                    vector(*w, xw)?;
-                    vector(*b, xw)?;
-                }
+                Op::Embed { table, .. } => uploaded(*table)?,
                 Op::TokenShift { x, mixes, .. } => {
-                    let (xr, xw) = buf(*x)?;
-                    if xr != rows || mixes.len() > (PARAM_WORDS - 8) / 2 {
+                    if mixes.len() > (PARAM_WORDS - 8) / 2 {
                         return Err(bad(format!(
                             "token shift of buffer {x}: {} mixes",
                             mixes.len()
                         )));
                     }
-                    for (m, o) in mixes {
-                        vector(*m, xw)?;
-                        if buf(*o)? != (xr, xw) {
-                            return Err(bad(format!(
-                                "token shift output {o}: shape differs from {x}"
-                            )));
-                        }
-                    }
                 }
                 Op::MatMul { jobs } => {
                     for j in jobs {
-                        let m = mat(j.weight)?;
-                        let (xr, xw) = buf(j.x)?;
-                        let (or, ow) = buf(j.out)?;
-                        if j.x == j.out || xr != or || xw != m.cols || ow != m.rows {
-                            return Err(bad(format!(
-                                "matmul weight {} ({}x{}) from buffer {} ({xr}x{xw}) to {} ({or}x{ow})",
-                                j.weight, m.rows, m.cols, j.x, j.out
-                            )));
-                        }
-                        if let Some(b) = j.bias {
-                            vector(b, m.rows)?;
-                        }
+                        uploaded(j.weight)?;
                     }
                 }
-                Op::Wkv7 {
-                    r,
-                    w,
-                    k,
-                    v,
-                    a,
-                    g,
-                    v_first,
-                    v_mix,
-                    k_k,
-                    k_a,
-                    r_k,
-                    ln_x_w,
-                    ln_x_b,
-                    out,
-                    ..
-                } => {
-                    let (xr, c) = buf(*r)?;
-                    let mut all = vec![*w, *k, *v, *a, *g, *v_first, *out];
-                    all.extend(v_mix.iter());
-                    for b in all {
-                        if buf(b)? != (xr, c) || xr != rows {
-                            return Err(bad(format!("wkv7 buffer {b}: shape differs from r")));
-                        }
-                    }
-                    for vw in [k_k, k_a, r_k, ln_x_w, ln_x_b] {
-                        vector(*vw, c)?;
-                    }
-                }
-                Op::LastRows { x, out } => {
-                    let (xr, xw) = buf(*x)?;
-                    let (or, ow) = buf(*out)?;
-                    if xr != rows || or != plan.shape.n_seq || xw != ow {
-                        return Err(bad(format!("last rows {x} -> {out}: shapes do not fit")));
-                    }
-                }
+                Op::LayerNorm { .. } | Op::Wkv7(_) | Op::LastRows { .. } => {}
             }
         }
-        let vocab = vocab.ok_or_else(|| bad("no embedding op".into()))?;
-        let _ = buf(plan.logits)?;
+        if facts.vocab == usize::MAX {
+            return Err(bad("no embedding op".into()));
+        }
+
         // Arena layout: buffers one after another, each at a 16-byte boundary.
         let mut offsets = Vec::with_capacity(n_buf);
         let mut end = 0usize;
@@ -743,7 +661,7 @@ impl Compiled {
             .ops
             .iter()
             .filter_map(|o| match o {
-                Op::Wkv7 { r, .. } => Some(plan.buffers[*r].width),
+                Op::Wkv7(a) => Some(plan.buffers[a.r].width),
                 _ => None,
             })
             .max();
@@ -769,7 +687,7 @@ impl Compiled {
             argmax_off,
             arena_len,
             wkv_scratch,
-            vocab,
+            facts,
             built: None,
         })
     }
@@ -813,37 +731,17 @@ impl Compiled {
                 _ => Err(backend_err(format!("weight {w} is not a matrix"))),
             }
         };
-        // State geometry: per layer [ffn_x (C), att_x (C), S (H·N·N)] = (2 + N)·C values.
-        let n_layer = plan
-            .weights
-            .iter()
-            .filter(|n| n.ends_with(".att.r_k"))
-            .count()
-            .max(
-                plan.ops
-                    .iter()
-                    .filter_map(|o| match o {
-                        Op::Wkv7 { layer, .. } | Op::TokenShift { layer, .. } => Some(layer + 1),
-                        _ => None,
-                    })
-                    .max()
-                    .unwrap_or(1),
-            );
-        let head_size = plan
-            .ops
-            .iter()
-            .find_map(|o| match o {
-                Op::Wkv7 { r, .. } => Some(plan.buffers[*r].width),
-                _ => None,
-            })
-            .and_then(|width| {
-                let per_layer = state_len.checked_div(n_layer)?;
-                (per_layer * n_layer == state_len
-                    && per_layer % width == 0
-                    && per_layer / width > 2)
-                    .then(|| per_layer / width - 2)
-            });
-        let layer_state = state_len / n_layer;
+        // State geometry from the plan's layout (checked against `state_len` at compile).
+        let n_layer = plan.state.n_layer.max(1);
+        let head_size = plan.state.head_size;
+        if plan.state.len() > state_len {
+            return Err(backend_err(format!(
+                "the plan's state has {} values, the allocated states {state_len}",
+                plan.state.len()
+            )));
+        }
+        let layer_state = plan.state.layer_len().max(1);
+
         // Working state chunks: as many consecutive layers per chunk as fit one binding for
         // the step's sequences (values past n_layer · layer_state, if any, are never touched by
         // a kernel and stay in the slots).
@@ -901,7 +799,14 @@ impl Compiled {
         };
         // Token-shift register of `layer`.
         let reg_of = |layer: usize, kind: ShiftKind, width: usize| -> Result<StateAt> {
-            let offset = if kind == ShiftKind::Att { width } else { 0 };
+            let part = match kind {
+                ShiftKind::Att => StatePart::AttShift,
+                ShiftKind::Ffn => StatePart::FfnShift,
+            };
+            let offset = plan
+                .state
+                .part_offset(part)
+                .ok_or_else(|| backend_err(format!("the plan's state has no {part:?}")))?;
             state_at(layer, offset, width, "token shift")
         };
 
@@ -1222,30 +1127,12 @@ impl Compiled {
                         recs.push(merged_rec(group, &grid)?);
                     }
                 }
-                Op::Wkv7 {
-                    layer,
-                    r,
-                    w,
-                    k,
-                    v,
-                    a,
-                    g,
-                    v_first,
-                    v_mix,
-                    k_k,
-                    k_a,
-                    r_k,
-                    ln_x_w,
-                    ln_x_b,
-                    gn_eps,
-                    out,
-                } => {
+                Op::Wkv7(wa) => {
+                    let (layer, r, w, k, v, a, g) =
+                        (&wa.layer, &wa.r, &wa.w, &wa.k, &wa.v, &wa.a, &wa.g);
+                    let (v_first, v_mix, out) = (&wa.v_first, &wa.v_mix, &wa.out);
                     let width = plan.buffers[*r].width;
-                    let n = head_size.ok_or_else(|| {
-                        backend_err(format!(
-                            "state length {state_len} does not fit {n_layer} layers of width {width}"
-                        ))
-                    })?;
+                    let n = head_size;
                     if n == 0 || n > MAX_HEAD_SIZE || !width.is_multiple_of(n) {
                         return Err(backend_err(format!(
                             "head size {n} is not supported (width {width})"
@@ -1256,7 +1143,11 @@ impl Compiled {
                             "head size {n} exceeds the device's workgroup size"
                         )));
                     }
-                    let s_at = state_at(*layer, 2 * width, width * n, "wkv")?;
+                    let matrix_at = plan
+                        .state
+                        .part_offset(StatePart::WkvMatrix)
+                        .ok_or_else(|| backend_err("the plan's state has no WKV matrix"))?;
+                    let s_at = state_at(*layer, matrix_at, width * n, "wkv")?;
                     let mut words = vec![
                         self.off(*r)?,
                         self.off(*w)?,
@@ -1274,12 +1165,12 @@ impl Compiled {
                         n_tok,
                         s_at.offset as u32,
                         s_at.stride as u32,
-                        vec_off(*k_k)?,
-                        vec_off(*k_a)?,
-                        vec_off(*r_k)?,
-                        vec_off(*ln_x_w)?,
-                        vec_off(*ln_x_b)?,
-                        gn_eps.to_bits(),
+                        vec_off(wa.k_k)?,
+                        vec_off(wa.k_a)?,
+                        vec_off(wa.r_k)?,
+                        vec_off(wa.ln_x_w)?,
+                        vec_off(wa.ln_x_b)?,
+                        wa.gn_eps.to_bits(),
                     ];
                     // Prefill: three passes, the state recurrence with no barrier per token
                     // (wkv7_prep / wkv7_scan / wkv7_post.wgsl). It writes raw y into `out`

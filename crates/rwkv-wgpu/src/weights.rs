@@ -102,10 +102,9 @@ pub(crate) struct DeviceMatrix {
 
 pub(crate) enum DeviceWeight {
     Matrix(DeviceMatrix),
-    /// Offset and length in the vector arena (f32 values).
+    /// Offset in the vector arena (f32 values; the length was checked by `Plan::validate`).
     Vector {
         offset: usize,
-        len: usize,
     },
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use rwkv_core::backend::{
-    Act, Backend, BufferDecl, MatJob, Op, Plan, ShiftKind, StepOutput, StepShape,
+    Act, Backend, BufferDecl, MatJob, Op, Plan, ShiftKind, StateLayout, StatePart, StepOutput,
+    StepShape, Wkv7Args,
 };
 use rwkv_core::model::Tensor;
 use rwkv_core::DType;
@@ -42,12 +43,40 @@ fn plan(
     ops: Vec<Op>,
     logits: usize,
 ) -> Plan {
+    let state = state_of(&ops, &buffers);
     Plan {
         shape,
         buffers,
         weights: weights.iter().map(|(n, _)| n.clone()).collect(),
         ops,
+        state,
         logits,
+    }
+}
+
+/// The state layout the ops of a test plan touch: the two shift registers per layer, and for a
+/// Wkv7 RWKV-7's `[ffn_x, att_x, S]` with head size 0, which the WKV test sets (a plan that
+/// forgets it fails its check).
+fn state_of(ops: &[Op], buffers: &[BufferDecl]) -> StateLayout {
+    let mut layout = StateLayout::default();
+    for op in ops {
+        let (layer, width) = match op {
+            Op::TokenShift { x, layer, .. } => (*layer, buffers[*x].width),
+            Op::Wkv7(a) => (a.layer, buffers[a.r].width),
+            _ => continue,
+        };
+        layout.n_layer = layout.n_layer.max(layer + 1);
+        layout.width = width;
+    }
+    if layout.n_layer == 0 {
+        return layout;
+    }
+    if ops.iter().any(|op| matches!(op, Op::Wkv7(_))) {
+        StateLayout::matrix_state(layout.n_layer, layout.width, 0)
+    } else {
+        layout.head_size = 1;
+        layout.parts = vec![StatePart::FfnShift, StatePart::AttShift];
+        layout
     }
 }
 
@@ -1226,7 +1255,7 @@ impl WkvCase {
         let mut ops: Vec<Op> = (0..7).map(|i| Op::Embed { table: i, out: i }).collect();
         for layer in 0..2 {
             let w0 = 7 + 5 * layer;
-            ops.push(Op::Wkv7 {
+            ops.push(Op::Wkv7(Wkv7Args {
                 layer,
                 r: 0,
                 w: 1,
@@ -1243,7 +1272,7 @@ impl WkvCase {
                 ln_x_b: w0 + 4,
                 gn_eps: WKV_EPS,
                 out: 8 + layer,
-            });
+            }));
         }
         let tokens: Vec<u32> = (0..n_seq * n_tok)
             .map(|_| rng.below(self.vocab as u64) as u32)
@@ -1272,13 +1301,14 @@ impl WkvCase {
             for (s, v) in init.iter().enumerate() {
                 b.write_state(s, v).expect("write state");
             }
-            let p = plan(
+            let mut p = plan(
                 StepShape { n_seq, n_tok },
                 bufs.clone(),
                 &self.weights,
                 ops.clone(),
                 8 + layer_out,
             );
+            p.state = StateLayout::matrix_state(2, c, n);
             let id = b.compile(&p).expect("compile");
             let mut got = vec![f32::NAN; n_seq * n_tok * c];
             b.execute(id, &tokens, &slots[..n_seq], StepOutput::Logits(&mut got))

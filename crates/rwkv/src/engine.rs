@@ -6,9 +6,9 @@ use std::path::Path;
 
 use rwkv_core::backend::{Backend, PlanId, StepOutput, StepShape};
 use rwkv_core::formats::{self, LoadOptions};
-use rwkv_core::model::v7::PlanBuilder;
+use rwkv_core::model::{self, StepBuilder};
 use rwkv_core::tokenizer::Vocab;
-use rwkv_core::{DType, Error, Model, ModelDesc, Result, RwkvVersion};
+use rwkv_core::{DType, Error, Model, ModelDesc, Result};
 
 use crate::router::{self, BackendChoice};
 use crate::sampler::{Sampler, SamplerParams};
@@ -60,7 +60,7 @@ pub struct Engine {
     backend_why: String,
     desc: ModelDesc,
     vocab: Vocab,
-    builder: PlanBuilder,
+    builder: Box<dyn StepBuilder>,
     plans: HashMap<(StepShape, bool), PlanId>,
     free_slots: Vec<usize>,
     n_slots: usize,
@@ -94,8 +94,32 @@ impl Engine {
         opts: &EngineOptions,
         progress: Option<&dyn Fn(u64, u64)>,
     ) -> Result<Engine> {
-        let opened = router::open(opts.backend)?;
-        Engine::with_backend(model, opened.backend, opened.why, opts, progress)
+        if opts.backend != BackendChoice::Auto {
+            let opened = router::open(opts.backend)?;
+            return Engine::with_backend(model, opened.backend, opened.why, opts, progress);
+        }
+        // Auto: the fastest backend that opens and takes the model; a GPU that lacks the memory
+        // or an op gives way to the next one, and the message says why it was skipped.
+        let mut skipped = Vec::new();
+        for choice in router::AUTO_ORDER {
+            let opened = match router::open_candidate(choice) {
+                Ok(o) => router::auto_opened(o, &skipped),
+                Err(e) => {
+                    skipped.push(e.to_string());
+                    continue;
+                }
+            };
+            match Engine::with_backend(model, opened.backend, opened.why, opts, progress) {
+                Err(e) if choice != BackendChoice::Cpu && router::falls_back_on(&e) => {
+                    skipped.push(e.to_string())
+                }
+                result => return result,
+            }
+        }
+        Err(Error::invalid(format!(
+            "no backend could run the model: {}",
+            skipped.join("; ")
+        )))
     }
 
     /// Uploads a model to a backend the caller opened (tests run the same code on every backend).
@@ -107,19 +131,11 @@ impl Engine {
         progress: Option<&dyn Fn(u64, u64)>,
     ) -> Result<Engine> {
         let t0 = std::time::Instant::now();
-        if model.desc.version != RwkvVersion::V7 {
-            return Err(Error::model(
-                &model.source,
-                format!(
-                    "RWKV {} is not supported yet (only v7)",
-                    model.desc.version.name()
-                ),
-            ));
-        }
+        let builder = model::step_builder(&model.desc)
+            .map_err(|e| Error::model(&model.source, e.to_string()))?;
         if opts.max_sessions == 0 {
             return Err(Error::invalid("max_sessions must be at least 1"));
         }
-        let builder = PlanBuilder::new(&model.desc);
         let total = model.total_bytes();
         let mut done = 0u64;
         for (id, name) in builder.weights().iter().enumerate() {
@@ -133,7 +149,7 @@ impl Engine {
                 p(done, total);
             }
         }
-        backend.alloc_states(opts.max_sessions, model.desc.state_len())?;
+        backend.alloc_states(opts.max_sessions, builder.state_layout().len())?;
         let vocab = match &model.vocab {
             Some(v) => v.clone(),
             None => Vocab::byte_level(model.desc.vocab_size),

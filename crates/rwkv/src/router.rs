@@ -2,7 +2,7 @@
 //! one the user forced. A forced backend that cannot start is an error, never a silent switch.
 
 use rwkv_core::backend::{Backend, DeviceInfo};
-use rwkv_core::{Error, Result};
+use rwkv_core::{BackendErrorKind, Error, Result};
 
 /// What the user asked for (`--backend`, or the `RWKV_BACKEND` variable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +75,50 @@ pub struct Opened {
     pub why: String,
 }
 
+/// The backends `Auto` tries, fastest first.
+pub const AUTO_ORDER: [BackendChoice; 3] = [
+    BackendChoice::Cuda,
+    BackendChoice::WebGpu,
+    BackendChoice::Cpu,
+];
+
+/// Whether `Auto` moves on to the next backend after `e`: the backend cannot start, lacks the
+/// memory, lost its device or cannot run the model. Contract violations and bad files are not
+/// the backend's fault and would fail on the next one too.
+pub fn falls_back_on(e: &Error) -> bool {
+    matches!(
+        e.backend_error_kind(),
+        Some(
+            BackendErrorKind::Unavailable
+                | BackendErrorKind::OutOfMemory
+                | BackendErrorKind::DeviceLost
+                | BackendErrorKind::Unsupported
+        )
+    )
+}
+
+/// Opens one backend as `Auto` would try it: a software wgpu adapter is refused (the CPU backend
+/// is faster than a GPU emulated on the CPU).
+pub fn open_candidate(choice: BackendChoice) -> Result<Opened> {
+    match choice {
+        BackendChoice::Cuda => cuda::open().map(|(b, d)| Opened {
+            backend: b,
+            why: format!("cuda on {d}"),
+        }),
+        BackendChoice::WebGpu => webgpu::open(false).map(|(b, d)| Opened {
+            backend: b,
+            why: format!("webgpu on {d}"),
+        }),
+        BackendChoice::Cpu | BackendChoice::Auto => Ok(Opened {
+            backend: Box::new(rwkv_cpu::CpuBackend::new()),
+            why: "cpu".into(),
+        }),
+    }
+}
+
 /// Opens the backend `choice` names; `Auto` takes CUDA when it initializes, else the best
-/// hardware wgpu adapter, else the CPU.
+/// hardware wgpu adapter, else the CPU. (The engine goes further under `Auto`: it also moves on
+/// when a backend that opened cannot take the model; see [`falls_back_on`].)
 pub fn open(choice: BackendChoice) -> Result<Opened> {
     match choice {
         BackendChoice::Cpu => Ok(Opened {
@@ -92,29 +134,29 @@ pub fn open(choice: BackendChoice) -> Result<Opened> {
             why: format!("webgpu on {d} (forced)"),
         }),
         BackendChoice::Auto => {
-            let cuda_err = match cuda::open() {
-                Ok((b, d)) => {
-                    return Ok(Opened {
-                        backend: b,
-                        why: format!("auto: cuda on {d}"),
-                    })
+            let mut skipped = Vec::new();
+            for choice in AUTO_ORDER {
+                match open_candidate(choice) {
+                    Ok(o) => return Ok(auto_opened(o, &skipped)),
+                    Err(e) => skipped.push(e.to_string()),
                 }
-                Err(e) => e.to_string(),
-            };
-            let wgpu_err = match webgpu::open(false) {
-                Ok((b, d)) => {
-                    return Ok(Opened {
-                        backend: b,
-                        why: format!("auto: webgpu on {d} ({cuda_err})"),
-                    })
-                }
-                Err(e) => e.to_string(),
-            };
-            Ok(Opened {
-                backend: Box::new(rwkv_cpu::CpuBackend::new()),
-                why: format!("auto: cpu ({cuda_err}; {wgpu_err})"),
-            })
+            }
+            // The CPU candidate always opens.
+            Err(Error::invalid(skipped.join("; ")))
         }
+    }
+}
+
+/// `o` as `Auto`'s choice, saying why the faster backends before it were skipped.
+pub fn auto_opened(o: Opened, skipped: &[String]) -> Opened {
+    let why = if skipped.is_empty() {
+        format!("auto: {}", o.why)
+    } else {
+        format!("auto: {} ({})", o.why, skipped.join("; "))
+    };
+    Opened {
+        backend: o.backend,
+        why,
     }
 }
 
@@ -124,7 +166,8 @@ mod cuda {
 
     /// Device 0 (or `RWKV_CUDA_DEVICE`), when the driver, NVRTC and a device are there.
     pub fn open() -> Result<(Box<dyn Backend>, String)> {
-        let devices = rwkv_cuda::probe().map_err(|why| Error::backend("cuda", why))?;
+        let devices = rwkv_cuda::probe()
+            .map_err(|why| Error::backend_kind("cuda", BackendErrorKind::Unavailable, why))?;
         let index = match std::env::var("RWKV_CUDA_DEVICE") {
             Ok(v) => v
                 .parse::<usize>()
@@ -135,8 +178,9 @@ mod cuda {
             .get(index)
             .map(|d| d.device.clone())
             .ok_or_else(|| {
-                Error::backend(
+                Error::backend_kind(
                     "cuda",
+                    BackendErrorKind::Unavailable,
                     format!("no CUDA device {index} ({} found)", devices.len()),
                 )
             })?;
@@ -168,7 +212,11 @@ mod cuda {
     const WHY: &str = "this build of rwkv was compiled without the `cuda` feature";
 
     pub fn open() -> Result<(Box<dyn Backend>, String)> {
-        Err(Error::backend("cuda", WHY))
+        Err(Error::backend_kind(
+            "cuda",
+            BackendErrorKind::Unavailable,
+            WHY,
+        ))
     }
 
     pub fn report() -> BackendReport {
@@ -206,14 +254,16 @@ mod webgpu {
         let adapters = rwkv_wgpu::probe();
         let best = adapters.iter().min_by_key(|a| (rank(a), a.index));
         let Some(best) = best else {
-            return Err(Error::backend(
+            return Err(Error::backend_kind(
                 "webgpu",
+                BackendErrorKind::Unavailable,
                 "no wgpu adapter found (no Vulkan, Metal, DX12 or GL driver)",
             ));
         };
         if rank(best) == 4 && !forced {
-            return Err(Error::backend(
+            return Err(Error::backend_kind(
                 "webgpu",
+                BackendErrorKind::Unavailable,
                 format!(
                     "only a software adapter ({}), slower than the cpu backend",
                     describe(best)
@@ -273,7 +323,11 @@ mod webgpu {
     const WHY: &str = "this build of rwkv was compiled without the `webgpu` feature";
 
     pub fn open(_forced: bool) -> Result<(Box<dyn Backend>, String)> {
-        Err(Error::backend("webgpu", WHY))
+        Err(Error::backend_kind(
+            "webgpu",
+            BackendErrorKind::Unavailable,
+            WHY,
+        ))
     }
 
     pub fn report() -> BackendReport {

@@ -30,12 +30,12 @@ use crate::model::{ByteSource, FileBytes};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{v7, Model, Tensor, TensorBytes};
+use crate::model::{Model, Tensor, TensorBytes};
 
 /// Options for [`load`].
 #[derive(Default)]
 pub struct LoadOptions<'a> {
-    /// Convert the large matrices (see [`crate::model::v7::is_large_matrix`]) to this dtype.
+    /// Convert the large matrices (see [`crate::model::is_large_matrix`]) to this dtype.
     pub quant: Option<DType>,
     /// Called with (bytes done, bytes total) while tensors are read/converted.
     pub progress: Option<&'a dyn Fn(u64, u64)>,
@@ -170,7 +170,7 @@ fn detect_bytes(path: &Path, head: &[u8], file_len: u64) -> Result<Format> {
 }
 
 /// Reads any supported model file (format detected from its first bytes), converts the large
-/// matrices when `opts.quant` asks for it, and checks the result with [`v7::validate`].
+/// matrices when `opts.quant` asks for it, and checks the result with [`crate::model::validate`].
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let format = detect(path)?;
     let mut model = match format {
@@ -180,7 +180,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         Format::RwkvCpp => rwkvcpp::read_model(path)?,
     };
     model.format = format.name();
-    v7::validate(&model)?;
+    crate::model::validate(&model)?;
     finish_tensors(&mut model, opts)?;
     Ok(model)
 }
@@ -199,7 +199,7 @@ pub fn load_bytes(bytes: Vec<u8>, name: &str, opts: &LoadOptions) -> Result<Mode
         Format::RwkvCpp => rwkvcpp::read_model_from(path, map)?,
     };
     model.format = format.name();
-    v7::validate(&model)?;
+    crate::model::validate(&model)?;
     finish_tensors(&mut model, opts)?;
     Ok(model)
 }
@@ -226,7 +226,7 @@ pub fn load_source(source: Arc<dyn ByteSource>, name: &str, opts: &LoadOptions) 
         }
     };
     model.format = format.name();
-    v7::validate(&model)?;
+    crate::model::validate(&model)?;
     finish_tensors(&mut model, opts)?;
     Ok(model)
 }
@@ -245,7 +245,7 @@ fn finish_tensors(model: &mut Model, opts: &LoadOptions) -> Result<()> {
     for (name, tensor) in model.tensors.iter_mut() {
         let n_bytes = tensor.data.len() as u64;
         if let Some(target) = opts.quant {
-            if v7::is_large_matrix(name) && tensor.dtype != target {
+            if crate::model::is_large_matrix(model.desc.version, name) && tensor.dtype != target {
                 *tensor = convert_tensor(&source, name, tensor, target)?;
             }
         }

@@ -5,6 +5,10 @@
 //! `nn.Linear` stores it, `[out, in]` row-major, so that `y = W·x` reads rows of `W`
 //! (quantized blocks always run along a row). Format readers ([`crate::formats`]) do the renaming,
 //! transposing and splitting; nothing after them knows where a model came from.
+//!
+//! One file per RWKV version (`v7.rs`) holds that version's canonical tensors, its checks and
+//! its [`StepBuilder`]; [`step_builder`], [`validate`] and [`is_large_matrix`] choose by
+//! [`ModelDesc::version`], so nothing outside this module names a version's file.
 
 pub mod v7;
 
@@ -14,6 +18,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::backend::{Plan, StateLayout, StepShape};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tokenizer::Vocab;
@@ -74,14 +79,19 @@ impl ModelDesc {
         self.n_embd / self.head_size
     }
 
-    /// f32 values of one sequence's state, per layer `[ffn_x (C), att_x (C), S (H·N·N)]`
-    /// (rwkv.cpp's layout), layers one after another.
+    /// Where each part of one sequence's state lies (for RWKV-7, per layer
+    /// `[ffn_x (C), att_x (C), S (H·N·N)]`, rwkv.cpp's layout, layers one after another).
+    pub fn state_layout(&self) -> StateLayout {
+        StateLayout::matrix_state(self.n_layer, self.n_embd, self.head_size)
+    }
+
+    /// f32 values of one sequence's state.
     pub fn state_len(&self) -> usize {
-        self.n_layer * self.layer_state_len()
+        self.state_layout().len()
     }
 
     pub fn layer_state_len(&self) -> usize {
-        (2 + self.head_size) * self.n_embd
+        self.state_layout().layer_len()
     }
 
     /// Parameters (values, not bytes) of the tensors, for reports.
@@ -331,5 +341,50 @@ impl Model {
     /// Bytes of all tensor data.
     pub fn total_bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.data.len() as u64).sum()
+    }
+}
+
+/// Builds one step of a model's network as a [`Plan`]; one implementation per RWKV version.
+pub trait StepBuilder: Send + Sync {
+    /// Canonical tensor names in [`crate::backend::WeightId`] order: upload them in this order.
+    /// The same list for every plan of one model.
+    fn weights(&self) -> &[String];
+
+    /// The state of one sequence (every plan carries the same layout).
+    fn state_layout(&self) -> &StateLayout;
+
+    /// One step for `shape`. With `all_logits`, logits for every row; otherwise for the last
+    /// token of each sequence.
+    fn build(&self, shape: StepShape, all_logits: bool) -> Plan;
+}
+
+fn unsupported(version: RwkvVersion) -> String {
+    format!("RWKV {} is not supported yet (only v7)", version.name())
+}
+
+/// The step builder of `desc.version`; an `Invalid` error naming the version when it has none.
+pub fn step_builder(desc: &ModelDesc) -> Result<Box<dyn StepBuilder>> {
+    match desc.version {
+        RwkvVersion::V7 => Ok(Box::new(v7::PlanBuilder::new(desc))),
+        v => Err(Error::invalid(unsupported(v))),
+    }
+}
+
+/// Checks that `model` has exactly the canonical tensors of its version with the right shapes.
+/// Errors name the file and the first problem.
+pub fn validate(model: &Model) -> Result<()> {
+    match model.desc.version {
+        RwkvVersion::V7 => v7::validate(model),
+        v => Err(Error::model(&model.source, unsupported(v))),
+    }
+}
+
+/// Whether `name` is one of the large matrices of `version` (what `--quant` converts and what a
+/// token's decode reads from memory).
+pub fn is_large_matrix(version: RwkvVersion, name: &str) -> bool {
+    match version {
+        RwkvVersion::V7 => v7::is_large_matrix(name),
+        // Other versions share the names of their large products with v7.
+        _ => v7::is_large_matrix(name),
     }
 }

@@ -16,10 +16,12 @@
 //! ```
 //! Try it: `rwkv synth --shape tiny -o /tmp/t.gguf && rwkv generate -m /tmp/t.gguf -p hi -n 16`.
 
-use crate::backend::{Act, BufId, BufferDecl, MatJob, Op, Plan, ShiftKind, StepShape, WeightId};
+use crate::backend::{
+    Act, BufId, BufferDecl, MatJob, Op, Plan, ShiftKind, StateLayout, StepShape, WeightId, Wkv7Args,
+};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelDesc};
+use crate::model::{Model, ModelDesc, StepBuilder};
 
 /// Layer-norm epsilon of every RWKV-7 checkpoint.
 pub const LN_EPS: f32 = 1e-5;
@@ -147,6 +149,7 @@ pub fn validate(model: &Model) -> Result<()> {
 pub struct PlanBuilder {
     desc: ModelDesc,
     weights: Vec<String>,
+    state: StateLayout,
 }
 
 impl PlanBuilder {
@@ -158,6 +161,7 @@ impl PlanBuilder {
         PlanBuilder {
             desc: desc.clone(),
             weights,
+            state: desc.state_layout(),
         }
     }
 
@@ -300,7 +304,7 @@ impl PlanBuilder {
             }
             ops.push(Op::MatMul { jobs: down });
             ops.push(Op::MatMul { jobs: up });
-            ops.push(Op::Wkv7 {
+            ops.push(Op::Wkv7(Wkv7Args {
                 layer: i,
                 r: rr,
                 w: decay,
@@ -317,7 +321,7 @@ impl PlanBuilder {
                 ln_x_b: w("att.ln_x.bias"),
                 gn_eps: GN_EPS,
                 out: y,
-            });
+            }));
             ops.push(Op::MatMul {
                 jobs: vec![job(w("att.output.weight"), y, x, None, Act::None, true)],
             });
@@ -367,7 +371,20 @@ impl PlanBuilder {
             buffers,
             weights: self.weights.clone(),
             ops,
+            state: self.state.clone(),
             logits,
         }
+    }
+}
+
+impl StepBuilder for PlanBuilder {
+    fn weights(&self) -> &[String] {
+        PlanBuilder::weights(self)
+    }
+    fn state_layout(&self) -> &StateLayout {
+        &self.state
+    }
+    fn build(&self, shape: StepShape, all_logits: bool) -> Plan {
+        PlanBuilder::build(self, shape, all_logits)
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use half::f16;
-use rwkv_core::backend::{Act, Op, Plan, ShiftKind};
+use rwkv_core::backend::{Act, Op, Plan, ShiftKind, Wkv7Args};
 use rwkv_core::model::{Tensor, TensorBytes};
 use rwkv_core::{DType, ModelDesc};
 use rwkv_cuda::CudaBackend;
@@ -250,7 +250,7 @@ impl RefRunner {
         let n_layer = plan
             .ops
             .iter()
-            .filter(|o| matches!(o, Op::Wkv7 { .. }))
+            .filter(|o| matches!(o, Op::Wkv7(Wkv7Args { .. })))
             .count();
         let lsl = self.states[0].len() / n_layer;
         for op in &plan.ops {
@@ -328,7 +328,7 @@ impl RefRunner {
                         }
                     }
                 }
-                Op::Wkv7 {
+                Op::Wkv7(Wkv7Args {
                     layer,
                     r,
                     w,
@@ -345,7 +345,7 @@ impl RefRunner {
                     ln_x_b,
                     gn_eps,
                     out,
-                } => {
+                }) => {
                     let c = plan.buffers[*r].width;
                     let nh = self.head;
                     let h_count = c / nh;

@@ -24,13 +24,28 @@
 //! precision of the stored values). Matrices are `[out, in]`: `y = W·x` for each activation row.
 //!
 //! ## State
-//! Per slot and layer, f32 `[ffn_x (C), att_x (C), S (H·N·N)]` ([`crate::ModelDesc::state_len`]).
-//! `S` is stored per head as `S[p][q]`, `p` the value channel (row), `q` the key channel (column).
+//! Each plan carries its [`StateLayout`]: layers, width, head size and the parts of a layer's
+//! state (for RWKV-7 f32 `[ffn_x (C), att_x (C), S (H·N·N)]`, `S` per head as `S[p][q]`, `p` the
+//! value channel (row), `q` the key channel (column)). Backends read geometry from it, never
+//! infer it from a state length.
+//!
+//! ## Checks
+//! [`Plan::validate`] checks a plan against the uploaded weights ([`WeightMeta`]) and
+//! [`Plan::check_step`] a step's tokens, slots and output; every backend calls both, then checks
+//! only what is its own (device limits, dtypes).
 //!
 //! ## Failure
-//! Every method returns [`crate::Error::Backend`] with a one-line reason (device lost, out of
-//! memory, op not supported by this backend, slot out of range). After an error in `execute`
-//! the states of the slots it touched are unspecified.
+//! Every method returns [`crate::Error::Backend`] with a [`crate::BackendErrorKind`] a caller can act on
+//! and a one-line reason: `OutOfMemory`, `DeviceLost`, `Unsupported` (op, dtype or shape),
+//! `InvalidArgument` (a contract violation: unknown plan, slot out of range, wrong lengths),
+//! `Unavailable` (cannot start), `Failed` (anything else). After an error in `execute` the states
+//! of the slots it touched are unspecified.
+
+mod state;
+mod validate;
+
+pub use state::{StateLayout, StatePart};
+pub use validate::{PlanFacts, WeightMeta};
 
 use crate::error::Result;
 use crate::model::Tensor;
@@ -113,6 +128,47 @@ pub enum ShiftKind {
     Ffn,
 }
 
+/// Buffers and weights of one [`Op::Wkv7`]: the RWKV-7 time-mix core of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wkv7Args {
+    pub layer: usize,
+    pub r: BufId,
+    /// The decay `w`, already in (0, 1).
+    pub w: BufId,
+    pub k: BufId,
+    pub v: BufId,
+    /// The in-context learning rate `a`, already sigmoided.
+    pub a: BufId,
+    /// The output gate.
+    pub g: BufId,
+    /// Layer 0 writes it, later layers read it.
+    pub v_first: BufId,
+    /// The value-residual mix (already sigmoided); `None` in layer 0.
+    pub v_mix: Option<BufId>,
+    pub k_k: WeightId,
+    pub k_a: WeightId,
+    pub r_k: WeightId,
+    pub ln_x_w: WeightId,
+    pub ln_x_b: WeightId,
+    pub gn_eps: f32,
+    pub out: BufId,
+}
+
+impl Wkv7Args {
+    /// Every activation buffer the op reads or writes (`out` last).
+    pub fn buffers(&self) -> Vec<BufId> {
+        let mut ids = vec![self.r, self.w, self.k, self.v, self.a, self.g, self.v_first];
+        ids.extend(self.v_mix);
+        ids.push(self.out);
+        ids
+    }
+
+    /// The per-channel vectors, each of the layer's width.
+    pub fn vectors(&self) -> [WeightId; 5] {
+        [self.k_k, self.k_a, self.r_k, self.ln_x_w, self.ln_x_b]
+    }
+}
+
 /// The fixed set of operations. Each documents its exact math; `rwkv-cpu` is the reference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -138,7 +194,7 @@ pub enum Op {
     },
     /// Independent matrix products, which a backend may run in one launch.
     MatMul { jobs: Vec<MatJob> },
-    /// The RWKV-7 time-mix core for `layer`, all heads (see docs/rwkv-math.md), per row in token
+    /// The RWKV-7 time-mix core for `layer` ([`Wkv7Args`]), all heads (see docs/rwkv-math.md), per row in token
     /// order within each sequence, state `S` of the slot updated in place:
     /// ```text
     /// if v_mix is Some:  v = v + (v_first − v) · v_mix      (v_mix already sigmoided)
@@ -151,24 +207,7 @@ pub enum Op {
     /// y += (Σ_q r_q k_q r_k[h,q]) · v   (per head)
     /// out = y · g
     /// ```
-    Wkv7 {
-        layer: usize,
-        r: BufId,
-        w: BufId,
-        k: BufId,
-        v: BufId,
-        a: BufId,
-        g: BufId,
-        v_first: BufId,
-        v_mix: Option<BufId>,
-        k_k: WeightId,
-        k_a: WeightId,
-        r_k: WeightId,
-        ln_x_w: WeightId,
-        ln_x_b: WeightId,
-        gn_eps: f32,
-        out: BufId,
-    },
+    Wkv7(Wkv7Args),
     /// `out[s] = x[s · n_tok + n_tok − 1]`: the last token's row of each sequence
     /// (`out` is a [`BufferDecl::last_only`] buffer).
     LastRows { x: BufId, out: BufId },
@@ -182,6 +221,8 @@ pub struct Plan {
     /// Canonical tensor names, in [`WeightId`] order; the same list for every plan of a model.
     pub weights: Vec<String>,
     pub ops: Vec<Op>,
+    /// Where each layer's state lies in a slot; `alloc_states` is called with its `len()`.
+    pub state: StateLayout,
     /// The buffer holding the logits at the end of the step (`[n_seq or rows, vocab]`).
     pub logits: BufId,
 }
@@ -233,16 +274,20 @@ pub trait Backend: Send {
     /// supported by this backend.
     fn upload_weight(&mut self, id: usize, name: &str, tensor: &Tensor) -> Result<()>;
 
-    /// Allocates `n_slots` zeroed states of `state_len` f32 each, dropping earlier ones.
+    /// Allocates `n_slots` zeroed states of `state_len` f32 each (at least the plans'
+    /// `state.len()`; values past a plan's layout are kept and never touched), dropping earlier
+    /// ones. `OutOfMemory` when they do not fit.
     fn alloc_states(&mut self, n_slots: usize, state_len: usize) -> Result<()>;
 
-    /// Compiles a plan (allocates its buffers, builds graphs/pipelines). Fails for an op or shape
-    /// the backend cannot run.
+    /// Compiles a plan (allocates its buffers, builds graphs/pipelines). `InvalidArgument` for a
+    /// plan that [`Plan::validate`] refuses or whose state layout is longer than the states,
+    /// `Unsupported` for an op or shape the backend cannot run, `OutOfMemory`.
     fn compile(&mut self, plan: &Plan) -> Result<PlanId>;
 
     /// Runs one step: `tokens` has `shape.rows()` ids (sequence-major), `slots` has `n_seq` distinct
     /// state slots in `0..n_slots`. Token ids are checked against the vocabulary. `out` says what
-    /// comes back to the host.
+    /// comes back to the host. `InvalidArgument` for arguments [`Plan::check_step`] refuses,
+    /// `DeviceLost` / `Failed` for the device.
     fn execute(
         &mut self,
         plan: PlanId,

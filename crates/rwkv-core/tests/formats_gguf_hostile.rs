@@ -12,10 +12,10 @@
 //! memory at once than [`ALLOC_BYTES_PER_FILE_BYTE`] per byte of the file plus
 //! [`ALLOC_FLOOR_BYTES`], counted by this binary's allocator.
 
+#[path = "formats_util/alloc_meter.rs"]
+mod alloc_meter;
 mod formats_util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,57 +34,9 @@ const ALLOC_BYTES_PER_FILE_BYTE: usize = 32;
 /// Fixed costs: hash sets' first buckets, error messages, the path.
 const ALLOC_FLOOR_BYTES: usize = 64 << 10;
 
-// Net heap bytes allocated by each thread (the test harness runs tests on several threads) and
-// their high-water mark. Signed: a thread may free blocks another allocated.
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-struct CountingAlloc;
-
-fn grew(n: usize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get().wrapping_add(n as isize));
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-fn shrank(n: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get().wrapping_sub(n as isize)));
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
-
 /// Runs `read` over a file of `file_len` bytes and fails when it held more than the budget.
 fn bounded<T>(case: &str, how: &str, file_len: usize, read: impl FnOnce() -> T) -> T {
-    let before = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(before));
-    let out = read();
-    let held = PEAK.with(Cell::get).wrapping_sub(before).max(0) as usize;
+    let (out, held) = alloc_meter::held_during(read);
     let budget = file_len * ALLOC_BYTES_PER_FILE_BYTE + ALLOC_FLOOR_BYTES;
     assert!(
         held <= budget,

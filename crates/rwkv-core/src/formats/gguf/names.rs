@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::container::{GgufArray, GgufFile, GgufValue};
 use crate::error::{Error, Result};
-use crate::formats::canonical::{split_fused_mixes, RawTensor};
+use crate::formats::canonical::{checked_numel, split_fused_mixes, RawTensor};
 use crate::formats::make_tensor;
 use crate::model::{LoraRanks, Model, ModelDesc, RwkvVersion, Tensor};
 use crate::tokenizer::Vocab;
@@ -184,7 +184,7 @@ pub(super) fn to_model(g: &GgufFile) -> Result<Model> {
         }
         let canon = format!("blocks.{block}.{canon_suffix}");
         let shape = if is_vector(canon_suffix) {
-            vec![shape.iter().product()]
+            vec![checked_numel(path, &info.name, &shape)?]
         } else {
             shape
         };

@@ -199,3 +199,24 @@ fn pickle_copy_amplification_is_bounded_by_the_pickle_size() {
     assert!(held < 256 * len, "a {len}-byte file held {held} bytes");
     assert_typed(result, "too much copying");
 }
+
+/// Found while writing the GGUF seed corpus: a model with the 256-id byte-level vocabulary
+/// (id = byte, what rwkv.cpp's tiny test models use) was written to GGUF with token 0 (byte
+/// 0x00) replaced by the end-of-text marker, so the file could not be read back. Fixed in
+/// `gguf::writer`: such a vocabulary is refused when writing.
+#[test]
+fn gguf_writer_refuses_a_vocabulary_whose_id_0_is_a_byte() {
+    let dir = formats_util::tmpdir("regress-vocab0");
+    let mut model = formats_util::random_model(0x0516, &formats_util::tiny_desc());
+    model.vocab = Some(Vocab::byte_level(256));
+    let path = dir.join("m.gguf");
+    let e = formats::write(&model, &path, formats::Format::Gguf).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains("id 0 is the token [0]"), "{e}");
+    assert!(!path.exists());
+    // World ids (byte + 1) round-trip.
+    model.vocab = Some(Vocab::byte_level(257));
+    formats::write(&model, &path, formats::Format::Gguf).unwrap();
+    let back = formats::load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(back.vocab, model.vocab);
+}

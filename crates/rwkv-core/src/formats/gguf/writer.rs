@@ -254,6 +254,14 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
         kv.push(u32_kv("general.quantization_version", 2));
     }
     if let Some(vocab) = &model.vocab {
+        // llama.cpp's rwkv tokens keep id 0 for end of text ("<s>"): a vocabulary whose id 0 is
+        // a real token (the 256-id byte-level one, id = byte) would come back without it.
+        if let Some(first @ [_, ..]) = vocab.token_bytes(0) {
+            return Err(Error::invalid(format!(
+                "{}: the vocabulary's id 0 is the token {first:?}; GGUF keeps id 0 for end of text, so it cannot hold this vocabulary",
+                path.display()
+            )));
+        }
         let tokens = vocab.to_gguf_tokens();
         let types: Vec<i32> = (0..tokens.len())
             .map(|i| if i == 0 { 3 } else { 1 })

@@ -215,7 +215,7 @@ pub fn random_container(rng: &mut Rng) -> GgufSpec {
         2 => 64,
         _ => 256,
     };
-    if alignment != 32 || rng.next_u64() % 2 == 0 {
+    if alignment != 32 || rng.next_u64().is_multiple_of(2) {
         let at = (rng.next_u64() as usize) % (kvs.len() + 1);
         kvs.insert(
             at,
@@ -250,7 +250,7 @@ pub fn random_container(rng: &mut Rng) -> GgufSpec {
     }
     GgufSpec {
         magic: *b"GGUF",
-        version: if rng.next_u64() % 4 == 0 { 2 } else { 3 },
+        version: if rng.next_u64().is_multiple_of(4) { 2 } else { 3 },
         n_tensors: None,
         n_kv: None,
         kvs,

@@ -1,5 +1,5 @@
 //! The tokenizer: over a vocabulary made from the input (all 256 single bytes plus up to 63
-//! tokens of 1-8 bytes, read through the JSON vocabulary reader), `decode(encode(text)) == text`
+//! tokens of 1-8 bytes, read through the World text vocabulary reader), `decode(encode(text)) == text`
 //! and every token `encode` picks is the longest vocabulary entry at its position (checked
 //! against a plain scan of the vocabulary).
 //!
@@ -31,18 +31,16 @@ fn split_input(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     (tokens, rest)
 }
 
-/// `{"1": [0], ..., "256": [255], "257": [extra bytes], ...}`.
-fn vocab_json(extra: &[&[u8]]) -> String {
+/// The World text format: `1 b'\x00' 1`, ..., `256 b'\xff' 1`, then `257 b'...' N` per extra
+/// token (every byte escaped, so any bytes make a valid line).
+fn vocab_txt(extra: &[&[u8]]) -> String {
     let singles = (0..=255u8).map(|b| vec![b]);
-    let entries: Vec<String> = singles
-        .chain(extra.iter().map(|t| t.to_vec()))
-        .enumerate()
-        .map(|(i, bytes)| {
-            let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
-            format!("\"{}\": [{}]", i + 1, list.join(","))
-        })
-        .collect();
-    format!("{{{}}}", entries.join(", "))
+    let mut out = String::new();
+    for (i, bytes) in singles.chain(extra.iter().map(|t| t.to_vec())).enumerate() {
+        let escaped: String = bytes.iter().map(|b| format!("\\x{b:02x}")).collect();
+        out.push_str(&format!("{} b'{escaped}' {}\n", i + 1, bytes.len()));
+    }
+    out
 }
 
 /// Longer texts only repeat what shorter ones exercise, and the plain scan is O(text × tokens).
@@ -51,9 +49,9 @@ const MAX_TEXT_BYTES: usize = 4096;
 fuzz_target!(|data: &[u8]| {
     let (extra, text) = split_input(data);
     let text = &text[..text.len().min(MAX_TEXT_BYTES)];
-    let json = vocab_json(&extra);
+    let txt = vocab_txt(&extra);
     let vocab =
-        Vocab::from_bytes(input_path(), json.as_bytes()).expect("a complete byte vocabulary");
+        Vocab::from_bytes(input_path(), txt.as_bytes()).expect("a complete byte vocabulary");
     let ids = within_memory_budget("tokenizer", text.len(), || vocab.encode(text));
     assert_eq!(vocab.decode(&ids).expect("encoded ids decode"), text);
     let mut pos = 0;

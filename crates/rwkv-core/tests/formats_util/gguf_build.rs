@@ -250,7 +250,11 @@ pub fn random_container(rng: &mut Rng) -> GgufSpec {
     }
     GgufSpec {
         magic: *b"GGUF",
-        version: if rng.next_u64().is_multiple_of(4) { 2 } else { 3 },
+        version: if rng.next_u64().is_multiple_of(4) {
+            2
+        } else {
+            3
+        },
         n_tensors: None,
         n_kv: None,
         kvs,

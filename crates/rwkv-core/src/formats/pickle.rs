@@ -3,6 +3,9 @@
 //! (OrderedDict, tensor rebuild functions, storage types); any other global is an error. Values
 //! are immutable and reference-counted; nesting depth, memo size and copying work are capped so a
 //! hostile pickle cannot exhaust the stack or memory. Also a writer for the same subset.
+//!
+//! (Why one file of ~900 lines: the reader, its caps and the writer share one opcode table and
+//! must change together; split, each half would be unreadable without the other.)
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -217,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 top_k,
                 seed,
+                ..Default::default()
             };
             let mut out = std::io::stdout().lock();
             let mut pending: Vec<u8> = Vec::new();
@@ -257,6 +258,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 top_k: 0,
                 seed,
+                ..Default::default()
             },
         ),
         Cmd::Logits {

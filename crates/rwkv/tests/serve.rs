@@ -80,6 +80,20 @@ fn metric(s: &Server, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
 }
 
+/// Waits (up to 10 s) for a metric to reach `value`: gauges are set at the end of the
+/// scheduler's turn, which may come just after an answer went out.
+fn wait_metric(s: &Server, name: &str, value: f64) {
+    let t0 = Instant::now();
+    while metric(s, name) != value {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{name} never became {value} (is {})",
+            metric(s, name)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Streams a completion; returns (text, finish_reason, usage chunk).
 fn stream(s: &Server, path: &str, mut body: Value) -> (String, String, Value) {
     body["stream"] = json!(true);
@@ -136,58 +150,78 @@ fn prompt(i: usize) -> String {
     p
 }
 
+/// What one request returns alone: the library's plain single-sequence greedy generation.
+fn alone_reference(prompts: &[String], max_tokens: usize) -> Vec<String> {
+    let mut e = engine(1);
+    let greedy = rwkv::SamplerParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    prompts
+        .iter()
+        .map(|p| {
+            let mut s = e.new_session().unwrap();
+            let ids = e.tokenize(p);
+            let mut bytes = Vec::new();
+            e.generate(&mut s, &ids, max_tokens, greedy, |_, b| {
+                bytes.extend_from_slice(b);
+                true
+            })
+            .unwrap();
+            e.close_session(s);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .collect()
+}
+
+/// Batching is invisible: 64 concurrent greedy streams each return exactly what the same
+/// request gives alone (the library's single-sequence generation, and the server answering it
+/// with nothing else running).
 #[test]
 fn sixty_four_concurrent_greedy_streams_equal_each_request_alone() {
-    let server = start(64, options(64));
-    let body =
-        |i: usize| json!({"model": MODEL, "prompt": prompt(i), "max_tokens": 12, "temperature": 0});
-    // Alone, one at a time, not streamed (cache off in a second server would be stricter; the
-    // cache is on here, so the concurrent run also exercises exact-prefix hits).
-    let alone: Vec<String> = (0..64)
-        .map(|i| {
-            let (code, v) = post(&server, "/v1/completions", &body(i));
-            assert_eq!(code, 200, "{v}");
-            v["choices"][0]["text"].as_str().unwrap().to_string()
-        })
-        .collect();
+    const N: usize = 64;
+    let prompts: Vec<String> = (0..N).map(prompt).collect();
+    let alone = alone_reference(&prompts, 12);
     assert!(
         alone.iter().any(|t| t != &alone[0]),
         "different prompts gave the same text"
     );
-    let server = Arc::new(server);
-    let threads: Vec<_> = (0..64)
-        .map(|i| {
-            let s = Arc::clone(&server);
-            std::thread::spawn(move || stream(&s, "/v1/completions", body(i)))
-        })
-        .collect();
-    for (i, t) in threads.into_iter().enumerate() {
-        let (text, finish, usage) = t.join().expect("client thread");
-        assert_eq!(text, alone[i], "request {i} differs when batched");
-        assert!(finish == "length" || finish == "stop");
-        assert_eq!(
-            usage["prompt_tokens"],
-            json!(prompt(i).len()),
-            "byte-level vocabulary"
-        );
-    }
-    // A fresh server without the cache: batched equals alone from cold prefill too.
-    let cold = start(
-        64,
-        ServeOptions {
-            cache_bytes: 0,
-            ..options(64)
-        },
-    );
-    let cold = Arc::new(cold);
-    let threads: Vec<_> = (0..64)
-        .map(|i| {
-            let s = Arc::clone(&cold);
-            std::thread::spawn(move || stream(&s, "/v1/completions", body(i)).0)
-        })
-        .collect();
-    for (i, t) in threads.into_iter().enumerate() {
-        assert_eq!(t.join().unwrap(), alone[i], "request {i} (no cache)");
+    let body =
+        |i: usize| json!({"model": MODEL, "prompt": prompt(i), "max_tokens": 12, "temperature": 0});
+    for cache_bytes in [1 << 30, 0] {
+        let server = Arc::new(start(
+            N,
+            ServeOptions {
+                cache_bytes,
+                ..options(N)
+            },
+        ));
+        // A few alone through the server first (with the cache on, their states are then
+        // cached, so the concurrent run also starts some requests from exact-prefix hits).
+        for i in 0..4 {
+            let (code, v) = post(&server, "/v1/completions", &body(i));
+            assert_eq!(code, 200, "{v}");
+            assert_eq!(v["choices"][0]["text"].as_str().unwrap(), alone[i]);
+        }
+        let threads: Vec<_> = (0..N)
+            .map(|i| {
+                let s = Arc::clone(&server);
+                std::thread::spawn(move || stream(&s, "/v1/completions", body(i)))
+            })
+            .collect();
+        for (i, t) in threads.into_iter().enumerate() {
+            let (text, finish, usage) = t.join().expect("client thread");
+            assert_eq!(
+                text, alone[i],
+                "request {i} differs when batched (cache {cache_bytes})"
+            );
+            assert!(finish == "length" || finish == "stop");
+            assert_eq!(
+                usage["prompt_tokens"],
+                json!(prompts[i].len()),
+                "byte-level vocabulary"
+            );
+        }
     }
 }
 
@@ -312,13 +346,9 @@ fn cancelled_stream_frees_its_slot() {
         assert!(n > 0, "server closed the stream");
         seen.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(metric(&server, "rwkv_running_sequences"), 1.0);
+    wait_metric(&server, "rwkv_running_sequences", 1.0);
     drop(conn);
-    let t0 = Instant::now();
-    while metric(&server, "rwkv_running_sequences") != 0.0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "slot not freed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metric(&server, "rwkv_running_sequences", 0.0);
     assert_eq!(metric(&server, "rwkv_requests_cancelled_total"), 1.0);
     // The freed slot serves new requests.
     let (code, _) = post(
@@ -339,45 +369,44 @@ fn full_queue_answers_503_and_every_accepted_request_completes() {
             ..options(1)
         },
     ));
-    let threads: Vec<_> = (0..12)
-        .map(|i| {
-            let s = Arc::clone(&server);
-            std::thread::spawn(move || {
-                let r = ureq::post(&url(&s, "/v1/completions")).send_json(json!({
-                    "model": MODEL, "prompt": prompt(i), "max_tokens": 64,
-                    "temperature": 0, "logit_bias": {"0": -100}}));
-                match r {
-                    Ok(r) => (200, None, r.into_json::<Value>().unwrap()),
-                    Err(ureq::Error::Status(c, r)) => {
-                        let retry = r.header("Retry-After").map(str::to_string);
-                        (c, retry, r.into_json::<Value>().unwrap_or(Value::Null))
-                    }
-                    Err(e) => panic!("{e}"),
+    let send = |i: usize, max_tokens: usize| {
+        let s = Arc::clone(&server);
+        std::thread::spawn(move || {
+            let r = ureq::post(&url(&s, "/v1/completions")).send_json(json!({
+                "model": MODEL, "prompt": prompt(i), "max_tokens": max_tokens,
+                "temperature": 0, "ignore_eos": true}));
+            match r {
+                Ok(r) => (200, None, r.into_json::<Value>().unwrap()),
+                Err(ureq::Error::Status(c, r)) => {
+                    let retry = r.header("Retry-After").map(str::to_string);
+                    (c, retry, r.into_json::<Value>().unwrap_or(Value::Null))
                 }
-            })
+                Err(e) => panic!("{e}"),
+            }
         })
-        .collect();
-    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let ok: Vec<_> = results.iter().filter(|r| r.0 == 200).collect();
-    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
-    assert_eq!(ok.len() + busy.len(), 12, "only 200 or 503: {results:?}");
-    assert!(
-        !busy.is_empty(),
-        "12 requests on 1 slot + 2 queue places never hit 503"
-    );
-    assert!(ok.len() >= 3, "slot + queue should take at least 3");
-    for (_, retry, v) in &busy {
+    };
+    // One request holds the only slot, two wait in the queue: the queue is full.
+    let mut accepted = vec![send(0, 200)];
+    wait_metric(&server, "rwkv_running_sequences", 1.0);
+    accepted.push(send(1, 20));
+    accepted.push(send(2, 20));
+    wait_metric(&server, "rwkv_queue_depth", 2.0);
+    let rejected: Vec<_> = (3..9).map(|i| send(i, 20)).collect();
+    for t in rejected {
+        let (code, retry, v) = t.join().unwrap();
+        assert_eq!(code, 503, "{v}");
         assert_eq!(retry.as_deref(), Some("1"));
         assert_eq!(v["error"]["code"], "queue_full");
     }
-    for (_, _, v) in &ok {
+    for (i, t) in accepted.into_iter().enumerate() {
+        let (code, _, v) = t.join().unwrap();
+        assert_eq!(code, 200, "{v}");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
-        assert_eq!(v["usage"]["completion_tokens"], json!(64));
+        let want = if i == 0 { 200 } else { 20 };
+        assert_eq!(v["usage"]["completion_tokens"], json!(want));
     }
-    assert_eq!(
-        metric(&server, "rwkv_requests_rejected_total"),
-        busy.len() as f64
-    );
+    assert_eq!(metric(&server, "rwkv_requests_rejected_total"), 6.0);
+    assert_eq!(metric(&server, "rwkv_requests_finished_total"), 3.0);
 }
 
 #[test]
@@ -639,7 +668,7 @@ fn a_backend_error_fails_that_request_with_500_and_the_server_keeps_serving() {
     let (code, v) = post(&server, "/v1/completions", &body);
     assert_eq!(code, 200, "{v}");
     assert_eq!(metric(&server, "rwkv_requests_failed_total"), 1.0);
-    assert_eq!(metric(&server, "rwkv_running_sequences"), 0.0);
+    wait_metric(&server, "rwkv_running_sequences", 0.0);
 }
 
 /// A Python with the official `openai` package: a venv under the test's target folder, made

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use rwkv_core::formats::load_state_file;
 use rwkv_core::{Error, Result};
 use tokio::sync::oneshot;
@@ -184,7 +185,11 @@ pub fn start(engine: Engine, opts: ServeOptions) -> Result<Server> {
         .name("rwkv-serve".into())
         .spawn(move || -> Result<()> {
             let served = runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
+                // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm
+                // holds each one back until the previous is acknowledged.
+                let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let router = routes::router(app);
                 axum::serve(listener, router)
                     .with_graceful_shutdown(stop_signal(shutdown_rx, handle_signals))

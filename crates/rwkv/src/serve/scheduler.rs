@@ -477,11 +477,12 @@ impl Scheduler {
             completion_tokens: seq.generated.len(),
             cached_tokens: seq.cached_tokens,
         };
+        // Counted before the answer goes out, so a client that reads /metrics next sees it.
+        self.metrics.requests_finished.inc();
         let _ = seq.job.events.send(Event::Done {
             finish_reason: reason,
             usage,
         });
-        self.metrics.requests_finished.inc();
         // The state now covers the prompt and every generated token but the last sampled one
         // (never fed; the end-of-text token is not in `generated`), and `last_logits` came after
         // them: exactly what a next turn that continues this text starts from.

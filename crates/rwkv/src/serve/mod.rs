@@ -128,6 +128,13 @@ pub fn start(engine: Engine, opts: ServeOptions) -> Result<Server> {
             "max-batch, max-queue and prefill-chunk must be at least 1",
         ));
     }
+    if engine.max_sessions() < opts.max_batch {
+        return Err(Error::invalid(format!(
+            "the engine has {} session slots; max-batch {} needs as many",
+            engine.max_sessions(),
+            opts.max_batch
+        )));
+    }
     let mut states = HashMap::new();
     for (name, path) in &opts.states {
         let values = load_state_file(path, engine.desc())?;

@@ -86,7 +86,8 @@ pub struct QueueFull;
 /// The HTTP side's end: submits jobs, bounded by `max_queue` waiting ones.
 #[derive(Clone)]
 pub struct SchedulerHandle {
-    tx: std_mpsc::Sender<Job>,
+    /// Jobs with the time they were accepted (time to first token counts from there).
+    tx: std_mpsc::Sender<(Job, Instant)>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
     metrics: Arc<Metrics>,
@@ -103,7 +104,7 @@ impl SchedulerHandle {
             return Err(QueueFull);
         }
         self.metrics.queue_depth.set(before as i64 + 1);
-        if self.tx.send(job).is_err() {
+        if self.tx.send((job, Instant::now())).is_err() {
             // The scheduler has stopped (shutdown): nothing will run this job.
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(QueueFull);
@@ -199,7 +200,7 @@ enum Step {
 }
 
 impl Scheduler {
-    fn run(mut self, rx: std_mpsc::Receiver<Job>) -> Engine {
+    fn run(mut self, rx: std_mpsc::Receiver<(Job, Instant)>) -> Engine {
         let mut open = true;
         loop {
             // Block only when there is nothing to do.
@@ -208,13 +209,13 @@ impl Scheduler {
                     break;
                 }
                 match rx.recv() {
-                    Ok(job) => self.waiting.push_back((job, Instant::now())),
+                    Ok(job) => self.waiting.push_back(job),
                     Err(_) => break,
                 }
             }
             while open {
                 match rx.try_recv() {
-                    Ok(job) => self.waiting.push_back((job, Instant::now())),
+                    Ok(job) => self.waiting.push_back(job),
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => open = false,
                 }

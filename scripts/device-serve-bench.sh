@@ -28,7 +28,8 @@ for shape in $shapes; do
         --max-queue 512 --cache-bytes 0 2>"/tmp/rwkv-serve-$shape.log" &
     pid=$!
     for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+        python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" \
+            >/dev/null 2>&1 && break
         kill -0 "$pid" 2>/dev/null || { cat "/tmp/rwkv-serve-$shape.log" >&2; exit 1; }
         sleep 1
     done

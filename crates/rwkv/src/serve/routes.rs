@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -469,5 +469,7 @@ fn stream_answer(
             }
         }
     });
-    Sse::new(stream)
+    // Comment lines while a request waits in the queue or prefills keep proxies from timing
+    // the stream out, and a write to a client that left ends the stream sooner.
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -160,6 +160,10 @@ impl Engine {
     pub fn desc(&self) -> &ModelDesc {
         &self.desc
     }
+    /// Sessions that can be open at once (`EngineOptions::max_sessions`).
+    pub fn max_sessions(&self) -> usize {
+        self.n_slots
+    }
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
     }

@@ -266,9 +266,13 @@ impl Gpu {
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         if major < 8 {
-            return Err(err(format!(
-                "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (tensor-core mma.sync f16)"
-            )));
+            return Err(Error::backend_kind(
+                "cuda",
+                BackendErrorKind::Unsupported,
+                format!(
+                    "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (tensor-core mma.sync f16)"
+                ),
+            ));
         }
         // SAFETY: dev is valid.
         let total_mem = check(unsafe { cu::device::total_mem(dev) }, "read device memory")?;

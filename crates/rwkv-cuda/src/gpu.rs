@@ -707,6 +707,17 @@ mod tests {
         for arch in ["sm_90", "sm_80"] {
             let image = compile(&src, arch).unwrap_or_else(|e| panic!("{e}"));
             assert!(image.starts_with(b"\x7fELF"), "{arch}: not a CUBIN");
+            // Every kernel of the table is a symbol of the image (a whole NUL-terminated
+            // name, after a NUL or the '.' of its section name).
+            for k in Kernel::all() {
+                let name = k.name().as_bytes();
+                let found = image.windows(name.len() + 2).any(|w| {
+                    (w[0] == 0 || w[0] == b'.')
+                        && &w[1..=name.len()] == name
+                        && w[name.len() + 1] == 0
+                });
+                assert!(found, "{arch}: no symbol {}", k.name());
+            }
         }
     }
 }

@@ -394,9 +394,6 @@ const _: () = assert!(size_of::<MatJobArgs>() == 72);
 
 /// Flag bit of a SIMT job's `n_tiles_n`: the int8-activation path (matvec.cu).
 pub(crate) const Q8_BIT: i32 = 1 << 24;
-/// Flag bit of a SIMT job's `n_tiles_n`: no weight loads before the PDL wait. Always set: the
-/// early loads measured slower (NOTES.md, v11: 279.3 vs 282.8 tok/s on 7.2B).
-pub(crate) const Q8_NOPRE_BIT: i32 = 1 << 26;
 
 /// Jobs per launch (`MAX_JOBS` in matvec.cu).
 pub(crate) const MAX_JOBS: usize = 8;

@@ -6,7 +6,7 @@ use rwkv_core::Result;
 
 use super::Lowering;
 use crate::gpu::{ArgList, Launch};
-use crate::kernels::{JobTable, Kernel, MatJobArgs, MatVecRows, MAX_JOBS, Q8_BIT, Q8_NOPRE_BIT};
+use crate::kernels::{JobTable, Kernel, MatJobArgs, MatVecRows, MAX_JOBS, Q8_BIT};
 use crate::repack::GpuDType;
 use crate::sparse::{
     sparse_eligible, sparse_grid, sparse_groups_per_warp, SparseCols, SPARSE_WARPS,
@@ -286,7 +286,7 @@ fn matvec_job(lw: &Lowering, j: &MatJob, o: &Operands, mut desc: String) -> (Tab
     let (lpr, ks) = matvec_layout(dtype, in_dim, out_dim);
     let q8 = if lw.options.q8x && rows == 1 && dtype == GpuDType::Q4K && in_dim % 256 == 0 {
         desc.push_str("/q8");
-        Q8_BIT | Q8_NOPRE_BIT
+        Q8_BIT
     } else {
         0
     };

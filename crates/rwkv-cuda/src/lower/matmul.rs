@@ -323,9 +323,11 @@ fn push_matmul(lw: &mut Lowering, jobs: &[MatJob]) -> Result<()> {
             return Err(invalid("MatMul: jobs of one op have different row counts"));
         }
         let desc = format!(" {}x{}:{:?}", o.w.rows, o.w.cols, o.w.dtype);
+        // Layouts built for an earlier plan exist whatever this plan's options say.
         let sparse = lw.sparse;
         if let Some(cols) = sparse
             .get(&j.weight)
+            .filter(|_| lw.options.sparse)
             .filter(|_| sparse_eligible(lw.plan, j, o.w.dtype, o.w.cols, o.w.rows))
         {
             sp.push(sparse_launch(lw, j, &o, cols, &desc)?);

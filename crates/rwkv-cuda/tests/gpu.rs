@@ -255,6 +255,22 @@ fn channel_mix_case(options: CudaOptions, rng: &mut Rng, c: usize, f: usize, acc
         let tol = if options.q8x { Q8_MATMUL_TOL } else { 2e-5 };
         assert!(e < tol, "channel mix {c}x{f}: rel err {e}");
     }
+    // The launches follow the plan's options: the zero-skipping kernel only with `sparse`, also
+    // for a plan compiled after `set_options` while the column layout built earlier still exists.
+    let sparse_launches = |be: &mut rwkv_cuda::CudaBackend, pid| {
+        let profile = be.profile_step(pid, &[1], &[0]).unwrap();
+        profile
+            .iter()
+            .filter(|(name, _)| name.starts_with("sparse_q4k"))
+            .count()
+    };
+    assert_eq!(sparse_launches(&mut be, pid), options.sparse as usize);
+    be.set_options(CudaOptions {
+        sparse: false,
+        ..options
+    });
+    let dense = be.compile(&plan).unwrap();
+    assert_eq!(sparse_launches(&mut be, dense), 0);
 }
 
 #[test]

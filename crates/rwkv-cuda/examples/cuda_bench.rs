@@ -1,9 +1,10 @@
 //! Microbenchmark of the CUDA backend on random weights of the released RWKV-7 shapes.
 //!
-//! `cuda_bench [1.5b|7.2b|tiny ...] [--reps N] [--profile] [--b1] [--env NAME=v1;v2;...]`: decode
-//! batch 1, prefill 512 tokens and decode of 64 sequences (`--b1`: batch 1 only; `--env`: each
-//! case once per value of the environment variable, set before its plan is compiled, for A/B
-//! runs in one process); large matrices in Q4_K (random blocks), LoRA in f16, vectors f32.
+//! `cuda_bench [1.5b|7.2b|tiny ...] [--reps N] [--profile] [--b1] [--opt KEY=v1;v2;...]`: decode
+//! batch 1, prefill 512 tokens and decode of 64 sequences (`--b1`: batch 1 only; `--opt`: each
+//! case once per value of one `CudaOptions` field, set before its plan is compiled, for A/B
+//! runs in one process: `graphs`, `sparse`, `ln_shift_vec`, `q8x` take 0 or 1, `mma_min_rows`
+//! a number); large matrices in Q4_K (random blocks), LoRA in f16, vectors f32.
 //! Prints tokens/s, bytes read per step and the fraction of the 3.02 TB/s copy bandwidth.
 
 use std::time::Instant;
@@ -13,7 +14,7 @@ use rwkv_core::backend::{Backend, StepOutput, StepShape};
 use rwkv_core::model::v7::{canonical_tensors, is_large_matrix, PlanBuilder};
 use rwkv_core::model::{LoraRanks, Tensor, TensorBytes};
 use rwkv_core::{DType, ModelDesc, RwkvVersion};
-use rwkv_cuda::CudaBackend;
+use rwkv_cuda::{CudaBackend, CudaOptions};
 
 const COPY_BW: f64 = 3.02e12;
 
@@ -119,6 +120,28 @@ fn tensor(rng: &mut Rng, name: &str, shape: &[usize]) -> Tensor {
     Tensor::new(dtype, shape.to_vec(), TensorBytes::owned(b)).expect("consistent tensor")
 }
 
+/// `options` with field `key` set to `value` (0 or 1 for the switches).
+fn with_option(mut options: CudaOptions, key: &str, value: &str) -> Result<CudaOptions, String> {
+    let flag = || match value {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(format!("--opt {key}={value}: expected 0 or 1")),
+    };
+    match key {
+        "graphs" => options.graphs = flag()?,
+        "sparse" => options.sparse = flag()?,
+        "ln_shift_vec" => options.ln_shift_vec = flag()?,
+        "q8x" => options.q8x = flag()?,
+        "mma_min_rows" => {
+            options.mma_min_rows = value
+                .parse()
+                .map_err(|_| format!("--opt mma_min_rows={value}: expected a number"))?
+        }
+        _ => return Err(format!("--opt: unknown option '{key}'")),
+    }
+    Ok(options)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -135,9 +158,9 @@ fn main() {
     let profile = args.iter().any(|a| a == "--profile");
     let b1_only = args.iter().any(|a| a == "--b1");
     // (name, values): each case is compiled and run once per value.
-    let env_ab: Option<(String, Vec<String>)> = args
+    let opt_ab: Option<(String, Vec<String>)> = args
         .iter()
-        .position(|a| a == "--env")
+        .position(|a| a == "--opt")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.split_once('='))
         .map(|(n, v)| (n.to_string(), v.split(';').map(str::to_string).collect()));
@@ -152,7 +175,7 @@ fn main() {
     let mut table = Vec::new();
     for shape in shapes {
         let d = desc(shape);
-        let mut be = match CudaBackend::new(0) {
+        let mut be = match CudaBackend::new(0, CudaOptions::default()) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("SKIPPED: no CUDA device: {e}");
@@ -210,7 +233,7 @@ fn main() {
                 },
             ),
         ];
-        let variants: Vec<Option<String>> = match &env_ab {
+        let variants: Vec<Option<String>> = match &opt_ab {
             Some((_, vals)) => vals.iter().cloned().map(Some).collect(),
             None => vec![None],
         };
@@ -219,9 +242,15 @@ fn main() {
             .filter(|(_, sh)| !b1_only || sh.rows() == 1)
             .flat_map(|c| variants.iter().map(move |v| (c.0, c.1, v.clone())));
         for (label, sh, variant) in runs {
-            let label = match (&env_ab, &variant) {
+            let label = match (&opt_ab, &variant) {
                 (Some((name, _)), Some(v)) => {
-                    std::env::set_var(name, v);
+                    match with_option(CudaOptions::default(), name, v) {
+                        Ok(o) => be.set_options(o),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            std::process::exit(2);
+                        }
+                    }
                     format!("{label} {name}={v}")
                 }
                 _ => label.to_string(),

@@ -347,16 +347,14 @@ __device__ __forceinline__ void q8_loads(const u8* qrow, const u8* mrow, int u, 
 
 // A whole block of the int8 path (matvec1 only): stage x as int8, then the rows' passes. Kept
 // apart from the f32 path so that neither's registers weigh on the other. PF units in flight
-// per lane; the first ones are loaded before the PDL wait (weights are constant), so their
-// latency overlaps the producing kernel's tail and the staging.
+// per lane. (Loading the first units before the PDL wait, 4 units in flight and 3 blocks per
+// SM were measured slower and removed: NOTES.md, v11.)
 template <int PF>
 __device__ __forceinline__ void matvec_q8_block(const MatJob& J, float* xsh, float (*part)[32][1], int passes, int rpb,
                                                 int ks, int warp, int kslice, int sub, int l, int lpr, int u0, int u1,
-                                                int units, long long row_base, bool prefetch) {
+                                                int units, long long row_base) {
     RawUnit w[PF];
     long long nb = J.in_dim / 256;
-    bool pre = prefetch && row_base < J.out_dim;
-    if (pre) q8_loads<PF>(J.wq + row_base * nb * 128, J.wm + row_base * nb * 16, u0 + l, u1, lpr, w);
     pdl_wait();
     uint4* xlo = (uint4*)xsh;
     uint4* xhi = xlo + units;
@@ -371,14 +369,12 @@ __device__ __forceinline__ void matvec_q8_block(const MatJob& J, float* xsh, flo
             const u8* qrow = J.wq + row * nb * 128;
             const u8* mrow = J.wm + row * nb * 16;
             for (int u = u0 + l; u < u1; u += PF * lpr) {
-                if (!pre) q8_loads<PF>(qrow, mrow, u, u1, lpr, w);
-                pre = false;
+                q8_loads<PF>(qrow, mrow, u, u1, lpr, w);
 #pragma unroll
                 for (int p = 0; p < PF; p++)
                     if (u + p * lpr < u1) q8_dot(w[p], u + p * lpr, xlo, xhi, meta, acc);
             }
         }
-        pre = false;
         for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (ks > 1) {
             __syncthreads();
@@ -436,16 +432,12 @@ __device__ __forceinline__ void matvec_impl(const JobTable& T, int rows, int sme
     int rg = blockIdx.y * R;
     int nr = min(R, rows - rg);
     int pst = J.in_dim + (J.in_dim >> 6) * 4;
-    // Int8 activations (flag bit 24, set by the host for batch-1 Q4_K jobs; RWKV_CUDA_Q8X=0 off;
-    // tuning bits: 25, 4 units in flight per lane instead of 2; 26, no loads before the PDL wait).
+    // Int8 activations (flag bit 24, set by the host for batch-1 Q4_K jobs unless
+    // CudaOptions::q8x is off).
     if (Q8 != 0 && R == 1 && ((J.n_tiles_n >> 24) & 1) && J.dtype == DT_Q4K && fast &&
         units * Q8_UNIT_BYTES <= smem_floats * 4) {
         long long rb = (long long)(bid - J.block_start) * passes * rpb + wrow * rpw + sub;
-        bool pre = !((J.n_tiles_n >> 26) & 1);
-        if ((J.n_tiles_n >> 25) & 1)
-            matvec_q8_block<4>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb, pre);
-        else
-            matvec_q8_block<2>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb, pre);
+        matvec_q8_block<2>(J, xsh, (float(*)[32][1])part, passes, rpb, ks, warp, kslice, sub, l, lpr, u0, u1, units, rb);
         return;
     }
     if (Q8 == 2) return;  // the host sends only eligible jobs to such kernels
@@ -522,10 +514,6 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1mix_kernel(co
     matvec_impl<1, 1>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec1q8_kernel(const JobTable T, int rows, int smem_floats) {
-    matvec_impl<1, 2>(T, rows, smem_floats);
-}
-// The same at 3 blocks per SM (80 registers: room for 4 units in flight without spills).
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 3) matvec1q8w_kernel(const JobTable T, int rows, int smem_floats) {
     matvec_impl<1, 2>(T, rows, smem_floats);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 4) matvec2_kernel(const JobTable T, int rows, int smem_floats) {

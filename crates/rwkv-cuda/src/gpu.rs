@@ -10,6 +10,8 @@ use cudarc::driver::{result as cu, sys};
 use cudarc::nvrtc::sys as nv;
 use rwkv_core::{BackendErrorKind, Error, Result};
 
+use crate::kernels::Kernel;
+
 pub(crate) fn err(what: impl Into<String>) -> Error {
     Error::backend("cuda", what)
 }
@@ -133,12 +135,40 @@ impl Drop for DevBuf {
 
 /// One recorded kernel launch: arguments kept as bytes so the list can be replayed or captured.
 pub(crate) struct Launch {
+    /// The kernel's name, with the job shapes for profiles.
     pub name: String,
     pub func: sys::CUfunction,
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub smem: u32,
     pub args: Vec<Vec<u8>>,
+}
+
+impl Launch {
+    /// A launch of `kernel` (looked up in `gpu`'s module), named after it.
+    pub fn new(
+        gpu: &mut Gpu,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: Vec<Vec<u8>>,
+    ) -> Result<Launch> {
+        Ok(Launch {
+            name: kernel.name().to_string(),
+            func: gpu.kernel(kernel)?,
+            grid,
+            block,
+            smem,
+            args,
+        })
+    }
+
+    /// Appends `what` (job shapes, layouts) to the name the profile shows.
+    pub fn described(mut self, what: &str) -> Launch {
+        self.name.push_str(what);
+        self
+    }
 }
 
 // SAFETY: a CUfunction handle is valid in any thread where its context is current.
@@ -178,7 +208,7 @@ pub(crate) struct Gpu {
     pub ctx: sys::CUcontext,
     pub stream: sys::CUstream,
     module: sys::CUmodule,
-    funcs: HashMap<String, sys::CUfunction>,
+    funcs: HashMap<Kernel, sys::CUfunction>,
     pub name: String,
     pub cc: (i32, i32),
     pub sm_count: i32,
@@ -188,8 +218,6 @@ pub(crate) struct Gpu {
     pub kernel_cache: String,
     /// Largest dynamic shared memory a block may opt into.
     pub smem_optin: usize,
-    /// Launch with programmatic dependent launch (sm_90+, RWKV_CUDA_PDL=0 disables).
-    pub pdl: bool,
 }
 
 // SAFETY: the CUDA handles may be used from any thread once the context is made current there,
@@ -238,9 +266,13 @@ impl Gpu {
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         if major < 8 {
-            return Err(err(format!(
-                "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (tensor-core mma.sync f16)"
-            )));
+            return Err(Error::backend_kind(
+                "cuda",
+                BackendErrorKind::Unsupported,
+                format!(
+                    "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (tensor-core mma.sync f16)"
+                ),
+            ));
         }
         // SAFETY: dev is valid.
         let total_mem = check(unsafe { cu::device::total_mem(dev) }, "read device memory")?;
@@ -289,10 +321,6 @@ impl Gpu {
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )?
             .max(0) as usize,
-            pdl: major >= 9
-                && std::env::var("RWKV_CUDA_PDL")
-                    .map(|v| v != "0")
-                    .unwrap_or(true),
         };
         gpu.load_kernels()?;
         Ok(gpu)
@@ -351,18 +379,19 @@ impl Gpu {
         Ok(())
     }
 
-    /// The kernel called `name` (looked up once).
-    pub fn func(&mut self, name: &str) -> Result<sys::CUfunction> {
-        if let Some(f) = self.funcs.get(name) {
+    /// The function of `kernel` in the loaded module (looked up once).
+    pub fn kernel(&mut self, kernel: Kernel) -> Result<sys::CUfunction> {
+        if let Some(f) = self.funcs.get(&kernel) {
             return Ok(*f);
         }
+        let name = kernel.name();
         let c = CString::new(name).map_err(|_| err("kernel name with NUL"))?;
         // SAFETY: module is loaded; name is NUL-terminated.
         let f = check(
             unsafe { cu::module::get_function(self.module, c) },
             &format!("find kernel {name}"),
         )?;
-        self.funcs.insert(name.to_string(), f);
+        self.funcs.insert(kernel, f);
         Ok(f)
     }
 
@@ -600,7 +629,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// `$XDG_CACHE_HOME/rwkv-hybrid/cuda`, else `~/.cache/rwkv-hybrid/cuda`; `RWKV_CUDA_CACHE`
-/// overrides, and `RWKV_CUDA_CACHE=off` disables the cache.
+/// overrides, and `RWKV_CUDA_CACHE=off` disables the cache. The only environment this crate
+/// reads: the cache is shared by every program using the crate (the CLI, tests, examples,
+/// `precompile`), which therefore all find it in the same place without passing it around.
 fn cache_dir() -> Option<PathBuf> {
     if let Ok(v) = std::env::var("RWKV_CUDA_CACHE") {
         return if v == "off" {
@@ -676,6 +707,17 @@ mod tests {
         for arch in ["sm_90", "sm_80"] {
             let image = compile(&src, arch).unwrap_or_else(|e| panic!("{e}"));
             assert!(image.starts_with(b"\x7fELF"), "{arch}: not a CUBIN");
+            // Every kernel of the table is a symbol of the image (a whole NUL-terminated
+            // name, after a NUL or the '.' of its section name).
+            for k in Kernel::all() {
+                let name = k.name().as_bytes();
+                let found = image.windows(name.len() + 2).any(|w| {
+                    (w[0] == 0 || w[0] == b'.')
+                        && &w[1..=name.len()] == name
+                        && w[name.len() + 1] == 0
+                });
+                assert!(found, "{arch}: no symbol {}", k.name());
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 use half::{bf16, f16};
 use rwkv_core::{DType, Result};
 
-use crate::gpu::err;
+use crate::invalid;
 
 /// Encodings the kernels read (the `DT_*` constants of kernels/common.cuh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +62,12 @@ pub(crate) fn repack_matrix(
 ) -> Result<Repacked> {
     let n = rows
         .checked_mul(cols)
-        .ok_or_else(|| err("matrix size overflows"))?;
+        .ok_or_else(|| invalid("matrix size overflows"))?;
     let want = dtype
         .tensor_bytes(&[rows, cols])
-        .ok_or_else(|| err(format!("{dtype} matrix {rows}x{cols} is not whole blocks")))?;
+        .ok_or_else(|| invalid(format!("{dtype} matrix {rows}x{cols} is not whole blocks")))?;
     if data.len() != want {
-        return Err(err(format!(
+        return Err(invalid(format!(
             "{dtype} matrix {rows}x{cols} has {} bytes, expected {want}",
             data.len()
         )));

@@ -8,7 +8,7 @@ use rwkv_core::backend::{Act, Backend, BufferDecl, MatJob, Op, Plan, StepOutput,
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::model::LoraRanks;
 use rwkv_core::{DType, ModelDesc, RwkvVersion};
-use rwkv_cuda::MMA_MIN_ROWS;
+use rwkv_cuda::{CudaOptions, MMA_MIN_ROWS};
 
 #[test]
 fn probe_lists_devices_or_says_why_not() {
@@ -29,6 +29,7 @@ fn probe_lists_devices_or_says_why_not() {
 /// One plan: Embed (f32 table) -> x; MatMul { y = act(W x + b), y2 = W2 x (+= into itself) }.
 #[allow(clippy::too_many_arguments)]
 fn matmul_case(
+    options: CudaOptions,
     rng: &mut Rng,
     dtype: DType,
     rows: usize,
@@ -38,7 +39,9 @@ fn matmul_case(
     bias: bool,
     tol: f64,
 ) {
-    let Some(mut be) = gpu_or_skip() else { return };
+    let Some(mut be) = gpu_with_or_skip(options) else {
+        return;
+    };
     let vocab = 37;
     let table = random_tensor(rng, DType::F32, vocab, in_dim, 1.0);
     let w = random_tensor(rng, dtype, out_dim, in_dim, 1.0 / (in_dim as f32).sqrt());
@@ -118,7 +121,10 @@ fn matmul_case(
         }
     }
     let e = rel_err(&got, &want);
-    eprintln!("matmul {dtype} rows {rows} {in_dim}->{out_dim} {act:?}: rel err {e:.2e}");
+    eprintln!(
+        "matmul {dtype} rows {rows} {in_dim}->{out_dim} {act:?} q8x {}: rel err {e:.2e}",
+        options.q8x
+    );
     assert!(
         e < tol,
         "{dtype} rows {rows} {in_dim}->{out_dim}: rel err {e} >= {tol}"
@@ -141,15 +147,20 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
         for rows in [1, 2, 3, 5, 8, 13, 16, 70] {
             let tol = if rows >= MMA_MIN_ROWS {
                 3e-3
-            } else if rows == 1 && dtype == DType::Q4K && q8x() {
+            } else if rows == 1 && dtype == DType::Q4K {
                 Q8_MATMUL_TOL
             } else {
                 2e-5
             };
-            matmul_case(&mut rng, dtype, rows, 512, 200, Act::None, false, tol);
+            let d = CudaOptions::default();
+            matmul_case(d, &mut rng, dtype, rows, 512, 200, Act::None, false, tol);
         }
-        matmul_case(&mut rng, dtype, 4, 256, 64, Act::Tanh, true, 2e-5);
-        matmul_case(&mut rng, dtype, 33, 256, 130, Act::Sigmoid, true, 3e-3);
+        // Batch 1 with f32 activations (int8 off): the exact path of every encoding.
+        let f32x = f32_activations();
+        matmul_case(f32x, &mut rng, dtype, 1, 512, 200, Act::None, false, 2e-5);
+        let d = CudaOptions::default();
+        matmul_case(d, &mut rng, dtype, 4, 256, 64, Act::Tanh, true, 2e-5);
+        matmul_case(d, &mut rng, dtype, 33, 256, 130, Act::Sigmoid, true, 3e-3);
     }
     // Widths that are no multiple of 32 / 64 (generic path), rank-like widths, every activation.
     for (rows, in_dim) in [(1, 40), (20, 40), (1, 96), (40, 96), (3, 480)] {
@@ -159,19 +170,22 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
             } else {
                 2e-5
             };
-            matmul_case(&mut rng, DType::F16, rows, in_dim, 72, act, true, tol);
-            matmul_case(&mut rng, DType::F32, rows, in_dim, 72, act, true, tol);
+            let d = CudaOptions::default();
+            matmul_case(d, &mut rng, DType::F16, rows, in_dim, 72, act, true, tol);
+            matmul_case(d, &mut rng, DType::F32, rows, in_dim, 72, act, true, tol);
         }
     }
 }
 
 /// The channel mix at batch 1: h = relu(W1 x)², then W2 h (Q4_K) added into x or written to y.
-/// W2 takes the zero-skipping column kernel (sparse.cu) unless RWKV_CUDA_SPARSE=0. Run with
-/// RWKV_CUDA_Q8X=0 too: its f32 variant. Rows
-/// 32..64 of W1 are zero, so a whole 32-column group of h is zero (skipped entirely); about
-/// half of the rest are zero through the relu.
-fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
-    let Some(mut be) = gpu_or_skip() else { return };
+/// W2 takes the zero-skipping column kernel (sparse.cu) when `options.sparse` is on (u8 inputs
+/// with `q8x`, else its f32 variant), the dense row layout otherwise. Rows 32..64 of W1 are
+/// zero, so a whole 32-column group of h is zero (skipped entirely); about half of the rest are
+/// zero through the relu.
+fn channel_mix_case(options: CudaOptions, rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
+    let Some(mut be) = gpu_with_or_skip(options) else {
+        return;
+    };
     let vocab = 23;
     let table = random_tensor(rng, DType::F32, vocab, c, 1.0);
     let mut w1 = random_tensor(rng, DType::F32, f, c, 1.0 / (c as f32).sqrt());
@@ -234,11 +248,29 @@ fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
             })
             .collect();
         let e = rel_err(&got, &want);
-        eprintln!("channel mix {c}x{f} accumulate {accumulate}: {zeros} zeros, rel err {e:.2e}");
+        eprintln!(
+            "channel mix {c}x{f} accumulate {accumulate} {options:?}: {zeros} zeros, rel err {e:.2e}"
+        );
         // u8 inputs per 32 (scale max/255) like the dense int8 path, else f32 throughout.
-        let tol = if q8x() { Q8_MATMUL_TOL } else { 2e-5 };
+        let tol = if options.q8x { Q8_MATMUL_TOL } else { 2e-5 };
         assert!(e < tol, "channel mix {c}x{f}: rel err {e}");
     }
+    // The launches follow the plan's options: the zero-skipping kernel only with `sparse`, also
+    // for a plan compiled after `set_options` while the column layout built earlier still exists.
+    let sparse_launches = |be: &mut rwkv_cuda::CudaBackend, pid| {
+        let profile = be.profile_step(pid, &[1], &[0]).unwrap();
+        profile
+            .iter()
+            .filter(|(name, _)| name.starts_with("sparse_q4k"))
+            .count()
+    };
+    assert_eq!(sparse_launches(&mut be, pid), options.sparse as usize);
+    be.set_options(CudaOptions {
+        sparse: false,
+        ..options
+    });
+    let dense = be.compile(&plan).unwrap();
+    assert_eq!(sparse_launches(&mut be, dense), 0);
 }
 
 #[test]
@@ -250,7 +282,23 @@ fn batch1_channel_mix_matches_reference() {
         (96, 512, true),
         (1024, 4096, true),
     ] {
-        channel_mix_case(&mut rng, c, f, acc);
+        channel_mix_case(CudaOptions::default(), &mut rng, c, f, acc);
+    }
+    // The zero-skipping product's f32 variant, and the dense row layout (both activations).
+    let dense = CudaOptions {
+        sparse: false,
+        ..CudaOptions::default()
+    };
+    for options in [
+        f32_activations(),
+        dense,
+        CudaOptions {
+            q8x: false,
+            ..dense
+        },
+    ] {
+        channel_mix_case(options, &mut rng, 256, 1024, true);
+        channel_mix_case(options, &mut rng, 1024, 4096, false);
     }
 }
 
@@ -283,7 +331,20 @@ fn upload_all(
 
 /// Whole model, several plans sharing states, against the f64 interpreter.
 fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
-    let Some(mut be) = gpu_or_skip() else { return };
+    model_case_with(CudaOptions::default(), seed, dtype, lora, c, head);
+}
+
+fn model_case_with(
+    options: CudaOptions,
+    seed: u64,
+    dtype: DType,
+    lora: DType,
+    c: usize,
+    head: usize,
+) {
+    let Some(mut be) = gpu_with_or_skip(options) else {
+        return;
+    };
     let mut rng = Rng(seed);
     let desc = tiny_desc(c, head);
     let model = random_model(&mut rng, &desc, dtype, lora);
@@ -345,7 +406,7 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
         check(&mut be, &mut reference, &chunk, 3, &[4, 2], &mut rng);
     }
     // Int8 batch-1 activations (Q4_K) loosen decode and the states decode steps leave.
-    let q8 = dtype == DType::Q4K && q8x();
+    let q8 = dtype == DType::Q4K && options.q8x;
     // Chunks of 2 x 7 rows take the tensor cores (f16 operands) and leave their f16 rounding in
     // the states: measured 1.2e-3 for f32 weights on the H100, so 5e-3 there; f32-only steps
     // would stay under 1e-3.
@@ -430,6 +491,20 @@ fn model_case(seed: u64, dtype: DType, lora: DType, c: usize, head: usize) {
 #[test]
 fn whole_model_q4k_matches_reference() {
     model_case(11, DType::Q4K, DType::F16, 256, 64);
+}
+
+/// Every fast path off: f32 activations, row layouts, scalar token shift, launches replayed
+/// one by one instead of a graph, tensor cores only from 16 rows (the 2 x 7 chunks go SIMT).
+#[test]
+fn whole_model_q4k_without_fast_paths_matches_reference() {
+    let plain = CudaOptions {
+        graphs: false,
+        mma_min_rows: 16,
+        sparse: false,
+        ln_shift_vec: false,
+        q8x: false,
+    };
+    model_case_with(plain, 16, DType::Q4K, DType::F16, 256, 64);
 }
 
 #[test]

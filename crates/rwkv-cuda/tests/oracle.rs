@@ -5,7 +5,7 @@
 //! Tolerances (relative L2 error of the logits): decode and batched decode run the SIMT kernels
 //! in f32 with another summation order than the CPU, so only rounding differs (< 2e-3 after the
 //! recurrence), except batch-1 Q4_K, whose activations are int8 by default (Q8_DECODE_TOL;
-//! RWKV_CUDA_Q8X=0 restores f32). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
+//! `CudaOptions::q8x` off restores f32). Prefill feeds the tensor cores f16 operands (weights dequantized to f16,
 //! activations rounded to f16, f32 accumulation): ~2^-11 relative per operand, < 1e-2 on logits.
 
 mod common;
@@ -167,7 +167,7 @@ fn synthetic_models_match_the_cpu_backend() {
             "{dtype}: rel err prefill {e_prefill:.2e} decode {e_decode:.2e} batch {e_batch:.2e} state {e_state:.2e} after write {e_after:.2e}"
         );
         // Batch-1 decode of Q4_K uses int8 activations by default (see Q8_DECODE_TOL).
-        let one_row_tol = if dtype == DType::Q4K && common::q8x() {
+        let one_row_tol = if dtype == DType::Q4K && gpu.options().q8x {
             Q8_DECODE_TOL
         } else {
             2e-3

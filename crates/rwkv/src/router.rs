@@ -184,7 +184,7 @@ mod cuda {
                     format!("no CUDA device {index} ({} found)", devices.len()),
                 )
             })?;
-        let b = rwkv_cuda::CudaBackend::new(index)?;
+        let b = rwkv_cuda::CudaBackend::new(index, cuda_options_from_env())?;
         Ok((Box::new(b), name))
     }
 
@@ -205,6 +205,87 @@ mod cuda {
         }
     }
 }
+
+// ===== begin: CUDA options from the environment =====
+// The `RWKV_CUDA_*` switches of the CUDA fast paths (A/B measurements, or a way around a fast
+// path that misbehaves on some device). Read here at the edge: rwkv-cuda reads none of them
+// (only its kernel cache folder, `RWKV_CUDA_CACHE`).
+
+/// [`rwkv_cuda::CudaOptions`] from the environment: `RWKV_CUDA_GRAPHS=0` (launches one by one,
+/// no CUDA graph), `RWKV_CUDA_SPARSE=0` (no zero-skipping products), `RWKV_CUDA_LNVEC=0` (scalar
+/// token-shift kernel), `RWKV_CUDA_Q8X=0` (f32 batch-1 activations), `RWKV_CUDA_MMA_MIN_ROWS=N`
+/// (tensor cores from N activation rows). Unset, or any other value of a switch, keeps the
+/// default; so does a row count that is not a number.
+#[cfg(feature = "cuda")]
+pub fn cuda_options_from_env() -> rwkv_cuda::CudaOptions {
+    cuda_options_from(|name| std::env::var(name).ok())
+}
+
+/// [`cuda_options_from_env`] over any source of variables.
+#[cfg(feature = "cuda")]
+fn cuda_options_from(var: impl Fn(&str) -> Option<String>) -> rwkv_cuda::CudaOptions {
+    let defaults = rwkv_cuda::CudaOptions::default();
+    let switch = |name: &str, default: bool| var(name).map_or(default, |v| v.trim() != "0");
+    rwkv_cuda::CudaOptions {
+        graphs: switch("RWKV_CUDA_GRAPHS", defaults.graphs),
+        mma_min_rows: var("RWKV_CUDA_MMA_MIN_ROWS")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(defaults.mma_min_rows),
+        sparse: switch("RWKV_CUDA_SPARSE", defaults.sparse),
+        ln_shift_vec: switch("RWKV_CUDA_LNVEC", defaults.ln_shift_vec),
+        q8x: switch("RWKV_CUDA_Q8X", defaults.q8x),
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_options_tests {
+    use super::cuda_options_from;
+    use rwkv_cuda::CudaOptions;
+
+    fn from(vars: &[(&str, &str)]) -> CudaOptions {
+        cuda_options_from(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn unset_variables_keep_the_defaults() {
+        assert_eq!(from(&[]), CudaOptions::default());
+        assert_eq!(from(&[("RWKV_CUDA_Q8X", "1")]), CudaOptions::default());
+    }
+
+    #[test]
+    fn each_switch_turns_its_fast_path_off() {
+        let all_off = from(&[
+            ("RWKV_CUDA_GRAPHS", "0"),
+            ("RWKV_CUDA_SPARSE", " 0"),
+            ("RWKV_CUDA_LNVEC", "0"),
+            ("RWKV_CUDA_Q8X", "0"),
+            ("RWKV_CUDA_MMA_MIN_ROWS", "16"),
+        ]);
+        assert_eq!(
+            all_off,
+            CudaOptions {
+                graphs: false,
+                mma_min_rows: 16,
+                sparse: false,
+                ln_shift_vec: false,
+                q8x: false,
+            }
+        );
+        let only_sparse = from(&[("RWKV_CUDA_SPARSE", "0")]);
+        assert!(!only_sparse.sparse && only_sparse.q8x && only_sparse.graphs);
+    }
+
+    #[test]
+    fn an_unparsable_row_count_keeps_the_default() {
+        let o = from(&[("RWKV_CUDA_MMA_MIN_ROWS", "many")]);
+        assert_eq!(o.mma_min_rows, CudaOptions::default().mma_min_rows);
+    }
+}
+// ===== end: CUDA options from the environment =====
 
 #[cfg(not(feature = "cuda"))]
 mod cuda {

@@ -11,20 +11,18 @@ use half::f16;
 use rwkv_core::backend::{Act, Op, Plan, ShiftKind, Wkv7Args};
 use rwkv_core::model::{Tensor, TensorBytes};
 use rwkv_core::{DType, ModelDesc};
-use rwkv_cuda::CudaBackend;
+use rwkv_cuda::{CudaBackend, CudaOptions};
 
-/// Whether the backend quantizes batch-1 Q4_K activations to int8 (its default; RWKV_CUDA_Q8X=0
-/// keeps f32), which loosens the decode tolerances.
-#[allow(dead_code)]
-pub fn q8x() -> bool {
-    std::env::var("RWKV_CUDA_Q8X")
-        .map(|v| v != "0")
-        .unwrap_or(true)
+/// Opens device 0 with default options, or prints why not and returns None; panics instead
+/// when RWKV_REQUIRE_GPU=1.
+pub fn gpu_or_skip() -> Option<CudaBackend> {
+    gpu_with_or_skip(CudaOptions::default())
 }
 
-/// Opens device 0, or prints why not and returns None; panics instead when RWKV_REQUIRE_GPU=1.
-pub fn gpu_or_skip() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
+/// Opens device 0 with `options`, or prints why not and returns None; panics instead when
+/// RWKV_REQUIRE_GPU=1.
+pub fn gpu_with_or_skip(options: CudaOptions) -> Option<CudaBackend> {
+    match CudaBackend::new(0, options) {
         Ok(b) => Some(b),
         Err(e) => {
             if std::env::var("RWKV_REQUIRE_GPU")
@@ -36,6 +34,14 @@ pub fn gpu_or_skip() -> Option<CudaBackend> {
             eprintln!("SKIPPED: no CUDA device: {e}");
             None
         }
+    }
+}
+
+/// Options with batch-1 activations kept in f32 (int8 off), for the exact-path tolerances.
+pub fn f32_activations() -> CudaOptions {
+    CudaOptions {
+        q8x: false,
+        ..CudaOptions::default()
     }
 }
 

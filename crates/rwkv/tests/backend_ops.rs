@@ -398,16 +398,14 @@ fn layer_norm_cases(seed: u64) -> Vec<Case> {
 /// Token shift of `mixes` outputs reading and updating the `kind` register of `layer` (of a
 /// two-layer state), optionally after a LayerNorm of its input (the pattern GPU backends fuse).
 fn token_shift_case(
-    seed: u64,
-    case_no: u64,
+    mut b: Builder,
     kind: ShiftKind,
     n_mix: usize,
-    (n_seq, n_tok): (usize, usize),
     c: usize,
     layer: usize,
     after_layer_norm: bool,
 ) -> Case {
-    let mut b = Builder::new(seed, case_no, shape(n_seq, n_tok));
+    let StepShape { n_seq, n_tok } = b.shape;
     let mut x = b.input("x", c, -2.0, 2.0);
     let mut outputs = Vec::new();
     if after_layer_norm {
@@ -457,28 +455,12 @@ fn token_shift_cases(seed: u64) -> Vec<Case> {
         for (i, rows) in shapes.into_iter().enumerate() {
             let c = if i % 2 == 0 { 64 } else { 160 };
             let no = 300 + (ki * 10 + i) as u64;
-            cases.push(token_shift_case(
-                seed,
-                no,
-                kind,
-                i + 1,
-                rows,
-                c,
-                i % 2,
-                false,
-            ));
+            let b = Builder::new(seed, no, shape(rows.0, rows.1));
+            cases.push(token_shift_case(b, kind, i + 1, c, i % 2, false));
         }
         let no = 330 + ki as u64;
-        cases.push(token_shift_case(
-            seed,
-            no,
-            kind,
-            6 - ki,
-            (2, 3),
-            2048,
-            1,
-            true,
-        ));
+        let b = Builder::new(seed, no, shape(2, 3));
+        cases.push(token_shift_case(b, kind, 6 - ki, 2048, 1, true));
     }
     cases
 }

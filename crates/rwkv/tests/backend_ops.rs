@@ -50,7 +50,7 @@ impl Rng {
 }
 
 /// The run's seed: `RWKV_TEST_SEED`, else the clock; printed so a failure can be replayed.
-fn seed() -> u64 {
+fn seed(suite: &str) -> u64 {
     let s = std::env::var("RWKV_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -60,7 +60,7 @@ fn seed() -> u64 {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
-    println!("backend_ops: seed {s} (replay with RWKV_TEST_SEED={s})");
+    println!("{suite}: seed {s} (replay with RWKV_TEST_SEED={s})");
     s
 }
 
@@ -1079,22 +1079,22 @@ fn run_suite(suite: &str, cases: Vec<Case>) {
 
 #[test]
 fn embed_every_dtype() {
-    run_suite("embed", embed_cases(seed()));
+    run_suite("embed", embed_cases(seed("embed")));
 }
 
 #[test]
 fn layer_norm_in_place_and_not() {
-    run_suite("layer_norm", layer_norm_cases(seed()));
+    run_suite("layer_norm", layer_norm_cases(seed("layer_norm")));
 }
 
 #[test]
 fn token_shift_att_and_ffn_with_registers() {
-    run_suite("token_shift", token_shift_cases(seed()));
+    run_suite("token_shift", token_shift_cases(seed("token_shift")));
 }
 
 #[test]
 fn matmul_every_dtype_act_bias_accumulate_and_row_count() {
-    let seed = seed();
+    let seed = seed("matmul");
     let mut cases = matmul_cases(seed);
     for (i, rows) in [(1, 1), (2, 4), (1, 32)].into_iter().enumerate() {
         cases.push(mixed_matmul_case(seed, 700 + i as u64, rows));
@@ -1105,12 +1105,12 @@ fn matmul_every_dtype_act_bias_accumulate_and_row_count() {
 
 #[test]
 fn wkv7_head_sizes_tokens_and_v_mix() {
-    run_suite("wkv7", wkv7_cases(seed()));
+    run_suite("wkv7", wkv7_cases(seed("wkv7")));
 }
 
 #[test]
 fn last_rows_and_head() {
-    let seed = seed();
+    let seed = seed("last_rows");
     let cases = [(1, 1), (3, 1), (3, 5), (2, 40)]
         .into_iter()
         .enumerate()

@@ -1,0 +1,74 @@
+//! The commands of the `rwkv` binary, one module per command or group, and what they share:
+//! the model/backend options, opening an engine, printing to stdout.
+
+pub mod convert;
+pub mod doctor;
+pub mod generate;
+pub mod inspect;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use rwkv::cli_util::{load_model_spec, parse_dtype, Progress};
+use rwkv::{BackendChoice, Engine, EngineOptions, Error, Result};
+use rwkv_core::tokenizer::Vocab;
+
+/// Model and backend options shared by the commands that run a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model file (.gguf, .st/.safetensors, .pth, rwkv.cpp .bin) or synth:SHAPE[:DTYPE[:SEED]].
+    #[arg(short = 'm', long = "model")]
+    pub model: String,
+    /// auto, cuda, webgpu or cpu (default: $RWKV_BACKEND, else auto).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Convert the large matrices at load: q4k, q8_0 or f16.
+    #[arg(long)]
+    pub quant: Option<String>,
+    /// Vocabulary file (.txt or .json), for models whose file has none.
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+}
+
+fn backend_choice(arg: &Option<String>) -> Result<BackendChoice> {
+    match arg {
+        Some(b) => BackendChoice::parse(b),
+        None => BackendChoice::from_env(),
+    }
+}
+
+pub fn open_engine(m: &ModelArgs, max_sessions: usize) -> Result<Engine> {
+    let quant = m.quant.as_deref().map(parse_dtype).transpose()?;
+    let choice = backend_choice(&m.backend)?;
+    let t0 = std::time::Instant::now();
+    let model = load_model_spec(&m.model, quant)?;
+    let opts = EngineOptions {
+        backend: choice,
+        quant,
+        max_sessions,
+    };
+    let progress = Progress::new(&format!("{} to the device", m.model));
+    let cb = |d: u64, t: u64| progress.update(d, t);
+    let mut engine = Engine::from_model(&model, &opts, Some(&cb))?;
+    progress.finish();
+    engine.load_seconds = t0.elapsed().as_secs_f64();
+    eprintln!("rwkv: backend {}", engine.backend_choice());
+    if let Some(v) = &m.vocab {
+        engine.set_vocab(Vocab::from_file(v)?);
+    }
+    Ok(engine)
+}
+
+/// Prints one line on stdout; a closed pipe (`| head`) ends the program quietly, not with a panic.
+pub fn emit(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(line.as_bytes())
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.map_err(|e| Error::io("stdout", e)),
+    }
+}

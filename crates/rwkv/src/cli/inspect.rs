@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use rwkv::cli_util::{load_model_spec, parse_ids};
+use rwkv::cli_util::{format_bytes, load_model_spec, parse_ids};
 use rwkv::{Error, Result};
 use rwkv_core::tokenizer::Vocab;
 
@@ -123,6 +123,16 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let spec = a.model.as_str();
     let model = load_model_spec(spec, None)?;
     let d = &model.desc;
+    // What the tokenizer in the file covers: a byte-level one gives text for only 256 of the
+    // model's ids, which users should not mistake for a full vocabulary.
+    let tokenizer = model.vocab.as_ref().map(|v| {
+        if v.is_byte_level() {
+            "byte-level"
+        } else {
+            "world"
+        }
+    });
+    let text_tokens = model.vocab.as_ref().map(|v| v.text_tokens());
     let counts: std::collections::BTreeMap<String, usize> = model
         .dtype_counts()
         .into_iter()
@@ -145,6 +155,8 @@ pub fn info(a: InfoArgs) -> Result<()> {
             "tensors": model.tensors.len(),
             "tensors_per_dtype": counts,
             "has_vocab": model.vocab.is_some(),
+            "tokenizer": tokenizer,
+            "vocab_text_tokens": text_tokens,
         });
         emit(&j.to_string())?;
     } else {
@@ -157,22 +169,18 @@ pub fn info(a: InfoArgs) -> Result<()> {
             d.n_head(),
             d.head_size
         );
-        println!(
-            "vocab:       {}{}",
-            d.vocab_size,
-            if model.vocab.is_some() {
-                " (tokenizer in file)"
-            } else {
-                ""
-            }
-        );
+        let tokenizer = match &model.vocab {
+            Some(v) => format!("tokenizer in the model: {}", v.describe()),
+            None => "no tokenizer in the model: give --vocab FILE".to_string(),
+        };
+        println!("vocab:       {} token ids ({tokenizer})", d.vocab_size);
         println!("ffn:         {}", d.ffn_size);
         println!(
             "lora ranks:  w {} a {} v {} g {}",
             d.lora.w, d.lora.a, d.lora.v, d.lora.g
         );
         println!("params:      {:.3} B", d.n_params() as f64 / 1e9);
-        println!("size:        {:.3} GB", model.total_bytes() as f64 / 1e9);
+        println!("size:        {}", format_bytes(model.total_bytes()));
         let per: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("tensors:     {} ({})", model.tensors.len(), per.join(", "));
     }

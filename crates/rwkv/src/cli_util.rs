@@ -1,4 +1,5 @@
-//! Small helpers shared by the CLI subcommands: model specs, progress, number parsing.
+//! Small helpers shared by the CLI subcommands: model specs, progress, number parsing, sizes
+//! (always binary units: KiB, MiB, GiB).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -73,6 +74,21 @@ pub fn parse_list(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// A size in binary units, as every command prints sizes: "812.4 MiB", "1.53 GiB", "96.0 KiB".
+pub fn format_bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let x = n as f64;
+    if x >= KIB * KIB * KIB {
+        format!("{:.2} GiB", x / (KIB * KIB * KIB))
+    } else if x >= KIB * KIB {
+        format!("{:.1} MiB", x / (KIB * KIB))
+    } else if x >= KIB {
+        format!("{:.1} KiB", x / KIB)
+    } else {
+        format!("{n} B")
+    }
+}
+
 /// A one-line progress display on stderr, only when stderr is a terminal.
 pub struct Progress {
     label: String,
@@ -81,9 +97,15 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// "loading LABEL: 40% (…)".
     pub fn new(label: &str) -> Progress {
+        Progress::titled(&format!("loading {label}"))
+    }
+
+    /// "TITLE: 40% (…)".
+    pub fn titled(title: &str) -> Progress {
         Progress {
-            label: label.to_string(),
+            label: title.to_string(),
             on: std::io::stderr().is_terminal(),
             last: std::cell::Cell::new(u64::MAX),
         }
@@ -99,11 +121,11 @@ impl Progress {
         }
         self.last.set(pct);
         eprint!(
-            "\rloading {}: {:3}% ({:.2} / {:.2} GB)",
+            "\r{}: {:3}% ({} / {})",
             self.label,
             pct,
-            done as f64 / 1e9,
-            total as f64 / 1e9
+            format_bytes(done),
+            format_bytes(total)
         );
     }
 
@@ -111,5 +133,17 @@ impl Progress {
         if self.on && self.last.get() != u64::MAX {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_binary_units() {
+        use super::format_bytes;
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(100 << 20), "100.0 MiB");
+        assert_eq!(format_bytes(3 << 29), "1.50 GiB");
     }
 }

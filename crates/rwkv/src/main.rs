@@ -11,7 +11,7 @@ use rwkv::{bench, Result};
 #[derive(Parser)]
 #[command(
     name = "rwkv",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RWKV_BUILD_COMMIT"), ")"),
     about = "RWKV inference: CUDA, WebGPU and CPU behind one API"
 )]
 struct Cli {
@@ -35,6 +35,10 @@ enum Cmd {
     Info(cli::inspect::InfoArgs),
     /// Write a model with random weights of a released RWKV-7 shape.
     Synth(cli::convert::SynthArgs),
+    /// Quantize a model once into a GGUF file (llama.cpp's rwkv7 layout), instead of at every load.
+    Quantize(cli::convert::QuantizeArgs),
+    /// Write a model in another format (.gguf, .st, .pth), without quantizing.
+    Convert(cli::convert::ConvertArgs),
     /// Measure load, prefill and decode speed (in the manner of llama-bench).
     Bench(bench::BenchArgs),
     /// List backends and devices, and why any is unavailable.
@@ -69,6 +73,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Detokenize(a) => cli::inspect::detokenize(a),
         Cmd::Info(a) => cli::inspect::info(a),
         Cmd::Synth(a) => cli::convert::synth(a),
+        Cmd::Quantize(a) => cli::convert::quantize(a),
+        Cmd::Convert(a) => cli::convert::convert(a),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Doctor(a) => cli::doctor::doctor(a),
     }

@@ -97,15 +97,27 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// "loading LABEL: 40% (…)".
+    /// "loading NAME: 40% (…)", NAME being `label`'s last path component.
     pub fn new(label: &str) -> Progress {
-        Progress::titled(&format!("loading {label}"))
+        let name = Path::new(label)
+            .file_name()
+            .map_or(label.into(), |n| n.to_string_lossy());
+        Progress::titled(&format!("loading {name}"))
     }
 
-    /// "TITLE: 40% (…)".
+    /// "TITLE: 40% (…)". A long title is cut from the front: the line must fit a terminal's
+    /// width, or every update would wrap onto a new line instead of overwriting the last.
     pub fn titled(title: &str) -> Progress {
+        const MAX_TITLE_CHARS: usize = 48;
+        let chars = title.chars().count();
+        let label = if chars > MAX_TITLE_CHARS {
+            let tail: String = title.chars().skip(chars - (MAX_TITLE_CHARS - 1)).collect();
+            format!("…{tail}")
+        } else {
+            title.to_string()
+        };
         Progress {
-            label: title.to_string(),
+            label,
             on: std::io::stderr().is_terminal(),
             last: std::cell::Cell::new(u64::MAX),
         }
@@ -121,7 +133,9 @@ impl Progress {
         }
         self.last.set(pct);
         eprint!(
-            "\r{}: {:3}% ({} / {})",
+            // \x1b[K clears what a longer previous update left on the line (stderr is a
+            // terminal here).
+            "\r{}: {:3}% ({} / {})\x1b[K",
             self.label,
             pct,
             format_bytes(done),

@@ -57,11 +57,10 @@ impl QuantRecipe {
         let wanted = match self {
             QuantRecipe::Uniform(d) => d,
             QuantRecipe::Q4KM => {
-                if name == "head.weight" {
-                    DType::Q6K
-                } else if is_value_matrix(name)
-                    && layer_of(name).is_some_and(|i| gets_more_bits(i, n_layer))
-                {
+                let more_bits = name == "head.weight"
+                    || (is_value_matrix(name)
+                        && layer_of(name).is_some_and(|i| gets_more_bits(i, n_layer)));
+                if more_bits {
                     DType::Q6K
                 } else {
                     DType::Q4K

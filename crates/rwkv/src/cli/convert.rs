@@ -114,7 +114,13 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         }
     }
     remove_partial_file_on_ctrl_c(&a.output)?;
-    let progress = Progress::titled(&format!("writing {}", a.output.display()));
+    let name = a
+        .output
+        .file_name()
+        .map_or(a.output.display().to_string(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+    let progress = Progress::titled(&format!("writing {name}"));
     let report = |done: u64, total: u64| progress.update(done, total);
     let in_bytes = model.total_bytes();
     // Each tensor is converted as it is written: memory holds one at a time.

@@ -71,7 +71,10 @@ pub fn open_engine(m: &ModelArgs, max_sessions: usize) -> Result<Engine> {
         quant,
         max_sessions,
     };
-    let progress = Progress::new(&format!("{} to the device", m.model));
+    let name = std::path::Path::new(&m.model)
+        .file_name()
+        .map_or(m.model.clone(), |n| n.to_string_lossy().into_owned());
+    let progress = Progress::titled(&format!("uploading {name}"));
     let cb = |d: u64, t: u64| progress.update(d, t);
     let mut engine = Engine::from_model(&model, &opts, Some(&cb))?;
     progress.finish();

@@ -813,3 +813,84 @@ fn sizes_are_binary_units_everywhere() {
     assert!(info.contains(" MiB") && !info.contains(" GB"), "{info}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// rwkv.cpp's tiny trained RWKV-7 (a 256-id byte-level model) and its expected logits after
+/// the bytes `"in`, from ../shared; None (with a message) when the reference data is absent.
+fn trained_tiny_model() -> Option<(PathBuf, Vec<f64>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refdata/rwkv.cpp/tests");
+    let model = dir.join("tiny-rwkv-7v0-834K-FP32.bin");
+    let expected = dir.join("expected-logits-7v0-834K.bin");
+    if !model.exists() || !expected.exists() {
+        eprintln!(
+            "SKIPPED: {} not found (../shared reference data absent)",
+            model.display()
+        );
+        return None;
+    }
+    let bytes = std::fs::read(&expected).unwrap();
+    let logits = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    Some((model, logits))
+}
+
+#[test]
+fn a_trained_rwkv_cpp_model_quantizes_to_gguf_and_refuses_the_world_vocabulary() {
+    let Some((model, expected)) = trained_tiny_model() else {
+        return;
+    };
+    let d = tmpdir("trained");
+    let logits_of = |m: &Path| -> Vec<f64> {
+        let (out, _) = ok(&[
+            "logits",
+            "-m",
+            s(m),
+            "--tokens",
+            "34,105,110",
+            "--backend",
+            "cpu",
+        ]);
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        j["logits"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    // Its rows of 64 are not whole 256-value K blocks: those matrices fall back to Q8_0; the
+    // FFN value matrices (rows of 256) get Q4_K, or Q6_K in the layers q4_k_m favours.
+    for (kind, want) in [
+        ("q8_0", &[("q8_0", 74)][..]),
+        ("q4_k_m", &[("q8_0", 62), ("q4k", 7), ("q6k", 5)]),
+    ] {
+        let out = d.join(format!("tiny7-{kind}.gguf"));
+        ok(&["quantize", s(&model), s(&out), "-t", kind]);
+        let types = tensors_per_dtype(&out);
+        for (dtype, n) in want {
+            assert_eq!(types[dtype], *n, "{kind}: {types}");
+        }
+        // Measured 0.011 for both, against logits spread over 4.2.
+        let diff = max_diff(&logits_of(&out), &expected);
+        assert!(diff < 0.05, "{kind}: max |Δlogit| {diff}");
+    }
+    let world = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/refdata/vocab/rwkv_vocab_v20230424.txt");
+    if world.exists() {
+        // Used to be "token id 1136 is outside the vocabulary (size 256)" at the first token.
+        let e = fails(&[
+            "generate",
+            "-m",
+            s(&model),
+            "--backend",
+            "cpu",
+            "--vocab",
+            s(&world),
+            "-p",
+            "hello",
+        ]);
+        assert!(e.contains("disagree") && e.contains("256 token ids"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -551,6 +551,8 @@ fn ctrl_c_at_the_chat_prompt_ends_the_chat_with_the_summary() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Held open until the end: `wait` would close it, and end of input also ends the chat.
+    let stdin = child.stdin.take();
     // Wait for the model to be loaded (the backend line), then Ctrl-C while it waits for input.
     let mut stderr = child.stderr.take().unwrap();
     let mut seen = Vec::new();
@@ -563,6 +565,7 @@ fn ctrl_c_at_the_chat_prompt_ends_the_chat_with_the_summary() {
     std::thread::sleep(Duration::from_millis(300));
     ctrl_c(&child);
     let status = child.wait().unwrap();
+    drop(stdin);
     stderr.read_to_end(&mut seen).unwrap();
     let err = String::from_utf8_lossy(&seen);
     assert_eq!(status.code(), Some(130), "{err}");

@@ -86,15 +86,16 @@ rows = [
     ("GPU", gpu),
     ("backend", f"{r['backend']} ({r['backend_choice']})"),
     ("device", r["device"]),
-    ("model", f"{r['model']} ({r['size_bytes']/2**30:.2f} GiB, {r['params']/1e9:.2f} B params)"),
+    ("model", f"{r['model']}: {r.get('model_type', '?')} ({r['size_bytes']/2**30:.2f} GiB, {r['params']/1e9:.2f} B params)"),
     ("load time", f"{r['load_seconds']:.2f} s read/build + {r['upload_seconds']:.2f} s upload"),
     ("prefill tok/s", "; ".join(f"{t['test']}: {tps(t)}" for t in pre) or "not run"),
     ("generation tok/s", "; ".join(f"{t['test']}: {tps(t)}" for t in gen) or "not run"),
 ]
 b1 = next((t for t in gen if " b" not in t["test"]), None)
 if b1:
-    gbs = r["decode_bytes_per_token"] * b1["tps_mean"] / 1e9
-    rows.append(("decode bandwidth", f"{r['decode_bytes_per_token']/1e9:.3f} GB/token × {b1['tps_mean']:.1f} tok/s = {gbs:.0f} GB/s"))
+    # Binary units, as every size the CLI prints (GiB = 2^30 bytes).
+    gibs = r["decode_bytes_per_token"] * b1["tps_mean"] / 2**30
+    rows.append(("decode bandwidth", f"{r['decode_bytes_per_token']/2**30:.3f} GiB/token × {b1['tps_mean']:.1f} tok/s = {gibs:.0f} GiB/s"))
 rows.append(("quality hash", f"{q.get('greedy_hash', 'not run')} (greedy, {q.get('greedy_tokens', 0)} tokens)"))
 if q.get("ref_max_abs_diff") is not None:
     rows.append(("reference check", f"vs CPU reference, {q['ref_positions']} positions: max abs diff {q['ref_max_abs_diff']:.3e}, top-1 agreement {100*q['ref_top1_agreement']:.1f}%"))

@@ -117,6 +117,23 @@ impl DType {
         }
     }
 
+    /// ggml's name of the type, as llama.cpp's tools print it (`Q4_K`, `Q8_0`, `F16`, ...).
+    pub const fn ggml_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4K => "Q4_K",
+            DType::Q5K => "Q5_K",
+            DType::Q6K => "Q6_K",
+        }
+    }
+
     /// Parses a name as [`DType::name`] prints it; also accepts ggml spellings (`Q4_K`, `q4_k`).
     pub fn parse(s: &str) -> Option<DType> {
         let l = s.to_ascii_lowercase().replace("_k", "k");
@@ -139,6 +156,7 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_ggml_id(d.ggml_id()), Some(d));
             assert_eq!(DType::parse(d.name()), Some(d));
+            assert_eq!(DType::parse(d.ggml_name()), Some(d));
         }
         assert_eq!(DType::parse("Q4_K"), Some(DType::Q4K));
         assert_eq!(DType::parse("q8_0"), Some(DType::Q8_0));

@@ -216,7 +216,7 @@ impl<B: AsyncBackend> Runner<B> {
     pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         match tokens.iter().find(|&&t| t as usize >= self.desc.vocab_size) {
             Some(t) => Err(Error::invalid(format!(
-                "token id {t} is outside the vocabulary (size {})",
+                "token id {t} is outside the model's vocabulary ({} ids)",
                 self.desc.vocab_size
             ))),
             None => Ok(()),

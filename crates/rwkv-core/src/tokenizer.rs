@@ -164,21 +164,63 @@ impl Vocab {
     }
 
     /// The bytes of `ids` concatenated. Id 0 (end of text) adds nothing; ids out of range or
-    /// unused are an error.
+    /// unused are an error, which says which of the two it is.
     pub fn decode(&self, ids: &[u32]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             match self.token_bytes(id) {
                 Some(bytes) => out.extend_from_slice(bytes),
+                None if (id as usize) < self.tokens.len() => {
+                    return Err(Error::invalid(format!(
+                        "token id {id} has no text: {}",
+                        self.describe()
+                    )))
+                }
                 None => {
                     return Err(Error::invalid(format!(
-                        "token id {id} is not in the vocabulary (size {})",
+                        "token id {id} is outside the vocabulary ({} ids)",
                         self.tokens.len()
                     )))
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Tokens that have text (every used id but the end-of-text id 0).
+    pub fn text_tokens(&self) -> usize {
+        self.tokens
+            .iter()
+            .filter(|t| t.as_ref().is_some_and(|b| !b.is_empty()))
+            .count()
+    }
+
+    /// The largest id that is used (has text or is the end-of-text id), if any.
+    pub fn last_used_id(&self) -> Option<u32> {
+        self.tokens
+            .iter()
+            .rposition(|t| t.is_some())
+            .map(|i| i as u32)
+    }
+
+    /// Whether every token is a single byte ([`Vocab::byte_level`], or a file that holds only
+    /// bytes): such a vocabulary gives text only for ids 1..=256 of a model's larger id range.
+    pub fn is_byte_level(&self) -> bool {
+        self.tokens.iter().flatten().all(|b| b.len() <= 1)
+    }
+
+    /// One phrase for messages: "a byte-level vocabulary in which 256 of 65536 ids have text".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} in which {} of {} ids have text",
+            if self.is_byte_level() {
+                "a byte-level vocabulary"
+            } else {
+                "a vocabulary"
+            },
+            self.text_tokens(),
+            self.tokens.len()
+        )
     }
 
     /// The bytes of token `id` (empty for id 0), or None for an unused or out-of-range id.

@@ -197,11 +197,41 @@ fn byte_level_layout_and_decode_errors() {
     assert_eq!(v.token_bytes(256), Some(&[255u8][..]));
     assert_eq!(v.token_bytes(257), None);
     assert_eq!(v.decode(&[105, 0, 106]).unwrap(), b"hi");
-    assert!(matches!(v.decode(&[300]), Err(Error::Invalid(_))));
-    assert!(v.decode(&[70000]).is_err());
+    // An unused id inside the range and an id past it are different mistakes; the messages say
+    // which (the first used to claim id 300 was "not in the vocabulary (size 65536)").
+    match v.decode(&[300]) {
+        Err(Error::Invalid(m)) => assert!(
+            m.contains("300 has no text")
+                && m.contains("byte-level")
+                && m.contains("256 of 65536 ids have text"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match v.decode(&[70000]) {
+        Err(Error::Invalid(m)) => assert!(
+            m.contains("70000 is outside the vocabulary (65536 ids)"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(v.is_byte_level());
+    assert_eq!(v.text_tokens(), 256);
+    assert_eq!(v.last_used_id(), Some(256));
     // 256 ids: rwkv.cpp's tiny models, id = byte.
     let tiny = Vocab::byte_level(256);
     assert_eq!(tiny.encode(b"\"in"), vec![34, 105, 110]);
+    assert_eq!(tiny.last_used_id(), Some(255));
+    let words = Vocab::from_file(&write_temp(
+        "words.txt",
+        txt_vocab("1000 'hello' 5\n").as_bytes(),
+    ))
+    .unwrap();
+    assert!(!words.is_byte_level());
+    assert_eq!(
+        (words.text_tokens(), words.last_used_id()),
+        (257, Some(1000))
+    );
     assert_eq!(Vocab::default().encode(b"abc"), Vec::<u32>::new());
 }
 

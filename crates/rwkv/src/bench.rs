@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
-use rwkv_core::Model;
+use rwkv_core::model::v7;
+use rwkv_core::{DType, Model};
 
-use crate::cli_util::{load_model_spec, parse_dtype, parse_list};
+use crate::cli_util::{format_bytes, load_model_spec, parse_dtype, parse_list};
 use crate::engine::{Engine, EngineOptions};
 use crate::router::BackendChoice;
 use crate::sampler::argmax;
@@ -13,6 +14,23 @@ use crate::{Error, Result};
 
 /// Prompt of the quality check.
 pub const QUALITY_PROMPT: &str = "The Eiffel Tower is located in the city of";
+
+/// Caps on the sizes a run asks for, checked before anything is allocated: a typo such as
+/// `-p 5120000000` should be an error, not gigabytes of token ids or state slots.
+const MAX_TOKENS_PER_TEST: usize = 1 << 20;
+const MAX_BATCH: usize = 4096;
+const MAX_REPETITIONS: usize = 1000;
+
+/// How the results are printed (`-o`, as llama-bench's).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// A Markdown table, then load time, bandwidth and quality lines.
+    Md,
+    /// One header line and one line per test.
+    Csv,
+    /// One JSON object with every field (what benchmark.sh reads).
+    Json,
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -37,7 +55,10 @@ pub struct BenchArgs {
     /// Convert the large matrices at load: q4k, q8_0 or f16.
     #[arg(long)]
     pub quant: Option<String>,
-    /// Print one JSON object instead of the table.
+    /// Output format: md (a table), csv or json.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+    pub output: OutputFormat,
+    /// The same as `-o json`.
     #[arg(long)]
     pub json: bool,
     /// Skip the quality check (hash + CPU reference comparison).
@@ -72,7 +93,12 @@ pub struct Quality {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
+    /// The model as given (`-m`): a file or a synth: spec.
     pub model: String,
+    /// What the model is, as llama-bench's model column says it: "rwkv7 1.5B Q4_K".
+    pub model_type: String,
+    /// The commit the binary was built from, or "unknown".
+    pub build_commit: String,
     pub size_bytes: u64,
     pub params: u64,
     pub backend: String,
@@ -87,16 +113,60 @@ pub struct BenchReport {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        args.output
+    };
     let report = bench(args)?;
-    if args.json {
-        println!(
+    match format {
+        OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-    } else {
-        print_table(&report);
+        ),
+        OutputFormat::Csv => print!("{}", csv(&report)),
+        OutputFormat::Md => print_table(&report),
     }
     Ok(())
+}
+
+/// llama-bench's model column: version, size and type, e.g. "rwkv7 1.5B Q4_K". The size is the
+/// parameter count (millions below a billion: the 0.1B shape is "191M"); the type is that of
+/// the large matrices: one name when they share it, "Q4_K_M" for Q4_K with Q6_K (the mix
+/// `rwkv quantize --type q4_k_m` writes), else the types by bytes held, joined with "+".
+pub fn model_type(model: &Model) -> String {
+    let d = &model.desc;
+    let params = d.n_params() as f64;
+    let size = if params < 1e9 {
+        format!("{:.0}M", params / 1e6)
+    } else {
+        format!("{:.1}B", params / 1e9)
+    };
+    let mut bytes_per_type: Vec<(DType, u64)> = Vec::new();
+    for (name, t) in &model.tensors {
+        if v7::is_large_matrix(name) {
+            match bytes_per_type.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some((_, b)) => *b += t.data.len() as u64,
+                None => bytes_per_type.push((t.dtype, t.data.len() as u64)),
+            }
+        }
+    }
+    bytes_per_type.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let types: Vec<DType> = bytes_per_type.iter().map(|(d, _)| *d).collect();
+    let kind = match types.as_slice() {
+        [] => "none".to_string(),
+        [one] => one.ggml_name().to_string(),
+        [DType::Q4K, DType::Q6K] => "Q4_K_M".to_string(),
+        many => many
+            .iter()
+            .map(|d| d.ggml_name())
+            .collect::<Vec<_>>()
+            .join("+"),
+    };
+    format!(
+        "rwkv{} {size} {kind}",
+        d.version.name().trim_start_matches('v')
+    )
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -124,17 +194,48 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
-    let quant = args.quant.as_deref().map(parse_dtype).transpose()?;
+    let quant = args
+        .quant
+        .as_deref()
+        .map(parse_dtype)
+        .transpose()
+        .map_err(|e| Error::invalid(format!("--quant: {e}")))?;
     let choice = match &args.backend {
-        Some(b) => BackendChoice::parse(b)?,
-        None => BackendChoice::from_env()?,
+        Some(b) => {
+            BackendChoice::parse(b).map_err(|e| Error::invalid(format!("--backend: {e}")))?
+        }
+        None => {
+            BackendChoice::from_env().map_err(|e| Error::invalid(format!("RWKV_BACKEND: {e}")))?
+        }
     };
-    let batches = parse_list(&args.batch)?;
-    if args.reps == 0 || batches.contains(&0) {
-        return Err(Error::invalid(
-            "repetitions and batch sizes must be at least 1",
-        ));
+    let flag = |name: &'static str| move |e: Error| Error::invalid(format!("{name}: {e}"));
+    let batches = parse_list(&args.batch).map_err(flag("-b/--batch"))?;
+    if !(1..=MAX_REPETITIONS).contains(&args.reps) {
+        return Err(Error::invalid(format!(
+            "-r/--repetitions must be from 1 to {MAX_REPETITIONS}, not {}",
+            args.reps
+        )));
     }
+    if let Some(b) = batches.iter().find(|&&b| !(1..=MAX_BATCH).contains(&b)) {
+        return Err(Error::invalid(format!(
+            "-b/--batch sizes must be from 1 to {MAX_BATCH}, not {b}"
+        )));
+    }
+    // Sizes given on the command line are checked before the (long) model load; the CPU
+    // defaults below are small and need no check.
+    let sizes = |given: &Option<String>, name: &'static str| -> Result<()> {
+        if let Some(list) = given {
+            let sizes = parse_list(list).map_err(flag(name))?;
+            if let Some(n) = sizes.iter().find(|&&n| n > MAX_TOKENS_PER_TEST) {
+                return Err(Error::invalid(format!(
+                    "{name} sizes must be from 0 to {MAX_TOKENS_PER_TEST}, not {n}"
+                )));
+            }
+        }
+        Ok(())
+    };
+    sizes(&args.n_prompt, "-p/--n-prompt")?;
+    sizes(&args.n_gen, "-n/--n-gen")?;
     let max_batch = batches.iter().copied().max().unwrap_or(1);
 
     let t0 = Instant::now();
@@ -241,6 +342,8 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport> {
         .sum();
     Ok(BenchReport {
         model: args.model.clone(),
+        model_type: model_type(&model),
+        build_commit: crate::BUILD_COMMIT.to_string(),
         size_bytes: model.total_bytes(),
         params: model.desc.n_params(),
         backend: info.backend.clone(),
@@ -315,14 +418,56 @@ fn quality(engine: &mut Engine, model: &Model, ref_tokens: usize) -> Result<Qual
     })
 }
 
+/// Text for a CSV field: quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One header line and one line per test, with llama-bench's column names where one exists.
+fn csv(r: &BenchReport) -> String {
+    let mut out = String::from(
+        "build_commit,model_filename,model_type,model_size,model_n_params,backend,device,test,n_tokens,avg_ts,stddev_ts,samples_ts,greedy_hash\n",
+    );
+    let hash = r
+        .quality
+        .as_ref()
+        .map_or(String::new(), |q| q.greedy_hash.clone());
+    for t in &r.tests {
+        let samples: Vec<String> = t.runs.iter().map(|v| format!("{v:.3}")).collect();
+        let fields = [
+            r.build_commit.clone(),
+            r.model.clone(),
+            r.model_type.clone(),
+            r.size_bytes.to_string(),
+            r.params.to_string(),
+            r.backend.clone(),
+            r.device.clone(),
+            t.test.clone(),
+            t.tokens_per_run.to_string(),
+            format!("{:.3}", t.tps_mean),
+            format!("{:.3}", t.tps_std),
+            samples.join(";"),
+            hash.clone(),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
 fn print_table(r: &BenchReport) {
     println!("| model | size | params | backend | device | test | t/s |");
     println!("| --- | ---: | ---: | --- | --- | --- | ---: |");
     for t in &r.tests {
         println!(
-            "| {} | {:.2} GiB | {:.2} B | {} | {} | {} | {:.2} ± {:.2} |",
-            r.model,
-            r.size_bytes as f64 / (1u64 << 30) as f64,
+            "| {} | {} | {:.2} B | {} | {} | {} | {:.2} ± {:.2} |",
+            r.model_type,
+            format_bytes(r.size_bytes),
             r.params as f64 / 1e9,
             r.backend,
             r.device,
@@ -332,6 +477,7 @@ fn print_table(r: &BenchReport) {
         );
     }
     println!();
+    println!("model: {}", r.model);
     println!(
         "load: {:.2} s (model) + {:.2} s (upload to {})",
         r.load_seconds, r.upload_seconds, r.backend
@@ -341,12 +487,13 @@ fn print_table(r: &BenchReport) {
         .iter()
         .find(|t| t.test.starts_with("tg") && !t.test.contains(" b"))
     {
+        let per_token = r.decode_bytes_per_token as f64;
         println!(
-            "decode reads {:.3} GB of weights per token: {} at {:.1} tok/s is {:.0} GB/s",
-            r.decode_bytes_per_token as f64 / 1e9,
+            "decode reads {} of weights per token: {} at {:.1} tok/s is {:.1} GiB/s",
+            format_bytes(r.decode_bytes_per_token),
             t.test,
             t.tps_mean,
-            r.decode_bytes_per_token as f64 * t.tps_mean / 1e9
+            per_token * t.tps_mean / (1u64 << 30) as f64
         );
     }
     if let Some(q) = &r.quality {
@@ -364,4 +511,5 @@ fn print_table(r: &BenchReport) {
             _ => println!("; the CPU backend is the reference itself"),
         }
     }
+    println!("build: {}", r.build_commit);
 }

@@ -1,4 +1,5 @@
-//! Small helpers shared by the CLI subcommands: model specs, progress, number parsing.
+//! Small helpers shared by the CLI subcommands: model specs, progress, number parsing, sizes
+//! (always binary units: KiB, MiB, GiB).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -73,6 +74,21 @@ pub fn parse_list(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// A size in binary units, as every command prints sizes: "812.4 MiB", "1.53 GiB", "96.0 KiB".
+pub fn format_bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let x = n as f64;
+    if x >= KIB * KIB * KIB {
+        format!("{:.2} GiB", x / (KIB * KIB * KIB))
+    } else if x >= KIB * KIB {
+        format!("{:.1} MiB", x / (KIB * KIB))
+    } else if x >= KIB {
+        format!("{:.1} KiB", x / KIB)
+    } else {
+        format!("{n} B")
+    }
+}
+
 /// A one-line progress display on stderr, only when stderr is a terminal.
 pub struct Progress {
     label: String,
@@ -81,9 +97,27 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// "loading NAME: 40% (…)", NAME being `label`'s last path component.
     pub fn new(label: &str) -> Progress {
+        let name = Path::new(label)
+            .file_name()
+            .map_or(label.into(), |n| n.to_string_lossy());
+        Progress::titled(&format!("loading {name}"))
+    }
+
+    /// "TITLE: 40% (…)". A long title is cut from the front: the line must fit a terminal's
+    /// width, or every update would wrap onto a new line instead of overwriting the last.
+    pub fn titled(title: &str) -> Progress {
+        const MAX_TITLE_CHARS: usize = 48;
+        let chars = title.chars().count();
+        let label = if chars > MAX_TITLE_CHARS {
+            let tail: String = title.chars().skip(chars - (MAX_TITLE_CHARS - 1)).collect();
+            format!("…{tail}")
+        } else {
+            title.to_string()
+        };
         Progress {
-            label: label.to_string(),
+            label,
             on: std::io::stderr().is_terminal(),
             last: std::cell::Cell::new(u64::MAX),
         }
@@ -99,11 +133,13 @@ impl Progress {
         }
         self.last.set(pct);
         eprint!(
-            "\rloading {}: {:3}% ({:.2} / {:.2} GB)",
+            // \x1b[K clears what a longer previous update left on the line (stderr is a
+            // terminal here).
+            "\r{}: {:3}% ({} / {})\x1b[K",
             self.label,
             pct,
-            done as f64 / 1e9,
-            total as f64 / 1e9
+            format_bytes(done),
+            format_bytes(total)
         );
     }
 
@@ -111,5 +147,17 @@ impl Progress {
         if self.on && self.last.get() != u64::MAX {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_binary_units() {
+        use super::format_bytes;
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(100 << 20), "100.0 MiB");
+        assert_eq!(format_bytes(3 << 29), "1.50 GiB");
     }
 }

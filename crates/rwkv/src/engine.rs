@@ -60,6 +60,10 @@ pub struct Engine {
     backend_why: String,
     desc: ModelDesc,
     vocab: Vocab,
+    /// Ids below the model's vocabulary size that have no text in `vocab` (unused ids; for a
+    /// byte-level vocabulary, all but 256): `generate` never samples them, since they would
+    /// print nothing.
+    textless_ids: Vec<u32>,
     free_slots: Vec<usize>,
     n_slots: usize,
     /// Seconds spent loading (file read + upload).
@@ -149,6 +153,7 @@ impl Engine {
         Ok(Engine {
             core,
             backend_why: why,
+            textless_ids: textless_ids(&vocab, model.desc.vocab_size),
             desc: model.desc.clone(),
             vocab,
             free_slots: (0..opts.max_sessions).rev().collect(),
@@ -167,9 +172,20 @@ impl Engine {
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
     }
-    /// Replaces the vocabulary (e.g. `--vocab FILE` for a model file without one).
-    pub fn set_vocab(&mut self, vocab: Vocab) {
+    /// Replaces the vocabulary (e.g. `--vocab FILE` for a model file without one). A vocabulary
+    /// with ids the model has no logits for is refused: the two belong to different models.
+    pub fn set_vocab(&mut self, vocab: Vocab) -> Result<()> {
+        let n = self.desc.vocab_size;
+        if let Some(last) = vocab.last_used_id().filter(|&id| id as usize >= n) {
+            return Err(Error::invalid(format!(
+                "the vocabulary and the model disagree: the vocabulary uses ids up to {last} \
+                 ({}), the model has {n} token ids; use the model's own vocabulary",
+                vocab.describe()
+            )));
+        }
+        self.textless_ids = textless_ids(&vocab, n);
         self.vocab = vocab;
+        Ok(())
     }
     /// One line: which backend runs and why it was chosen.
     pub fn backend_choice(&self) -> &str {
@@ -292,8 +308,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Generates up to `max_tokens` after `prompt`, calling `on_token(id, bytes)` as each comes;
-    /// stops early when `on_token` returns false or the end-of-text token (0) is sampled.
+    /// Sets the logits of ids without text in the vocabulary to −∞, so that no sampler picks a
+    /// token that prints nothing.
+    pub fn mask_textless(&self, logits: &mut [f32]) {
+        for &id in &self.textless_ids {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Generates up to `max_tokens` after `prompt` (empty: after what the session was fed
+    /// last), calling `on_token(id, bytes)` as each comes; stops early when `on_token` returns
+    /// false or the end-of-text token (0) is sampled. Ids without text are never sampled.
     /// Returns the generated ids.
     pub fn generate(
         &mut self,
@@ -311,6 +338,7 @@ impl Engine {
         };
         let mut out = Vec::new();
         for _ in 0..max_tokens {
+            self.mask_textless(&mut logits);
             let next = sampler.sample(&logits);
             if next == 0 {
                 break;
@@ -324,4 +352,12 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Ids below `vocab_size` that `vocab` has no text for. Id 0, the end-of-text token, has text
+/// (empty) in every vocabulary that has it.
+fn textless_ids(vocab: &Vocab, vocab_size: usize) -> Vec<u32> {
+    (0..vocab_size as u32)
+        .filter(|&id| vocab.token_bytes(id).is_none())
+        .collect()
 }

@@ -12,6 +12,10 @@
 //! # Ok::<(), rwkv::Error>(())
 //! ```
 
+/// The commit this crate was built from (`git rev-parse --short=9 HEAD` at build time), or
+/// "unknown" where the build had no git repository.
+pub const BUILD_COMMIT: &str = env!("RWKV_BUILD_COMMIT");
+
 pub mod bench;
 pub mod cli_util;
 pub mod engine;

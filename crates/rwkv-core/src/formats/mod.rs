@@ -14,6 +14,7 @@ pub(crate) mod canonical;
 pub mod gguf;
 pub(crate) mod pickle;
 pub mod pth;
+pub mod recipe;
 pub mod rwkvcpp;
 pub mod safetensors;
 pub mod state;
@@ -651,16 +652,22 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// Writes `path` atomically: `body` writes `<path>.tmp-<pid>` in the same directory, which is
-/// then flushed, fsynced and renamed over `path`. On any error the temporary file is removed and
-/// `path` is untouched.
+/// The temporary file [`write`] fills before renaming it to `path`: `<path>.tmp-<pid>`, in the
+/// same directory so the rename is atomic. A program that ends itself on Ctrl-C removes it.
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    PathBuf::from(tmp_name)
+}
+
+/// Writes `path` atomically: `body` writes [`temp_path_for`] `path`, which is then flushed,
+/// fsynced and renamed over `path`. On any error the temporary file is removed and `path` is
+/// untouched.
 pub(crate) fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut CountingWriter<BufWriter<File>>) -> Result<()>,
 ) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
+    let tmp = temp_path_for(path);
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, file));

@@ -1,13 +1,15 @@
 //! Block (de)quantization of ggml's types (layouts: docs/gguf-formats.md §3).
 //!
-//! Dequantization is bit-exact with ggml/gguf-py. Quantization supports what `--quant` offers:
-//! F32, F16, BF16, Q8_0 (ggml's reference formula) and Q4K (our own scale/min search).
+//! Dequantization is bit-exact with ggml/gguf-py. Quantization supports what `--quant` and
+//! `rwkv quantize` offer: F32, F16, BF16, Q8_0 (ggml's reference formula) and Q4K, Q5K, Q6K
+//! (our own scale searches).
 
 // The workspace's rust-version (1.85) predates `usize::is_multiple_of`.
 #![allow(clippy::manual_is_multiple_of)]
 
 mod dequant;
-mod q4k;
+mod k_affine;
+mod q6k;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -57,11 +59,11 @@ pub fn dequantize(dtype: DType, src: &[u8], out: &mut [f32]) -> Result<()> {
 const PARALLEL_MIN_VALUES: usize = 1 << 20;
 
 /// Quantizes `src` (a whole number of rows of `cols` values) to `dtype`
-/// (F32, F16, BF16, Q8_0, Q4K; others are an error).
+/// (F32, F16, BF16, Q8_0, Q4K, Q5K, Q6K; others are an error).
 ///
 /// Rows are quantized independently, in parallel over `available_parallelism()` threads when the
-/// tensor is large. F16/BF16 round to nearest even. Q8_0 and Q4K reject non-finite values (a
-/// scale cannot represent them) and Q4K rejects values too large for its f16 super-scales.
+/// tensor is large. F16/BF16 round to nearest even. Q8_0 and the K types reject non-finite values
+/// (a scale cannot represent them) and values too large for their f16 scales.
 pub fn quantize(dtype: DType, src: &[f32], cols: usize) -> Result<Vec<u8>> {
     let quantize_rows: fn(&[f32], &mut [u8]) -> Result<()> = match dtype {
         DType::F32 => |src, dst| {
@@ -93,10 +95,12 @@ pub fn quantize(dtype: DType, src: &[f32], cols: usize) -> Result<Vec<u8>> {
             Ok(())
         },
         DType::Q8_0 => quantize_q8_0,
-        DType::Q4K => q4k::quantize_q4_k,
+        DType::Q4K => k_affine::quantize_q4_k,
+        DType::Q5K => k_affine::quantize_q5_k,
+        DType::Q6K => q6k::quantize_q6_k,
         other => {
             return Err(Error::invalid(format!(
-                "quantize: {other} is not supported (use f32, f16, bf16, q8_0 or q4k)"
+                "quantize: {other} is not supported (use f32, f16, bf16, q8_0, q4k, q5k or q6k)"
             )))
         }
     };

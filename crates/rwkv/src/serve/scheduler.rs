@@ -86,8 +86,7 @@ pub struct QueueFull;
 /// The HTTP side's end: submits jobs, bounded by `max_queue` waiting ones.
 #[derive(Clone)]
 pub struct SchedulerHandle {
-    /// Jobs with the time they were accepted (time to first token counts from there).
-    tx: std_mpsc::Sender<(Job, Instant)>,
+    tx: std_mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
     metrics: Arc<Metrics>,
@@ -104,7 +103,7 @@ impl SchedulerHandle {
             return Err(QueueFull);
         }
         self.metrics.queue_depth.set(before as i64 + 1);
-        if self.tx.send((job, Instant::now())).is_err() {
+        if self.tx.send(job).is_err() {
             // The scheduler has stopped (shutdown): nothing will run this job.
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(QueueFull);
@@ -200,7 +199,7 @@ enum Step {
 }
 
 impl Scheduler {
-    fn run(mut self, rx: std_mpsc::Receiver<(Job, Instant)>) -> Engine {
+    fn run(mut self, rx: std_mpsc::Receiver<Job>) -> Engine {
         let mut open = true;
         loop {
             // Block only when there is nothing to do.
@@ -209,13 +208,13 @@ impl Scheduler {
                     break;
                 }
                 match rx.recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.waiting.push_back((job, Instant::now())),
                     Err(_) => break,
                 }
             }
             while open {
                 match rx.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.waiting.push_back((job, Instant::now())),
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => open = false,
                 }
@@ -380,7 +379,10 @@ impl Scheduler {
             return;
         }
         let tokens: Vec<u32> = ready.iter().filter_map(|s| s.next_token).collect();
-        let all_greedy = ready.iter().all(|s| s.plain_greedy);
+        // The device's argmax cannot skip ids without text: a byte-level vocabulary (synthetic
+        // models) has tens of thousands, so its greedy steps pick on the host like the rest.
+        let all_greedy =
+            ready.iter().all(|s| s.plain_greedy) && !self.engine.vocab().is_byte_level();
         let v = self.engine.desc().vocab_size;
         let result = {
             let mut sessions: Vec<&mut Session> =
@@ -403,7 +405,10 @@ impl Scheduler {
                     self.engine.close_session(seq.session);
                 }
             }
-            Ok((ids, logits)) => {
+            Ok((ids, mut logits)) => {
+                if let Some(l) = logits.as_mut() {
+                    l.chunks_mut(v).for_each(|row| self.engine.mask_textless(row));
+                }
                 let picks = match (ids, &logits) {
                     (Some(ids), _) => {
                         for (seq, &id) in ready.iter_mut().zip(&ids) {
@@ -428,7 +433,10 @@ impl Scheduler {
     }
 
     fn after_logits(&mut self, seq: &mut Seq, logits: &[f32]) -> Step {
-        let token = seq.sampler.sample(logits);
+        // Ids without text are never picked (as Engine::generate does).
+        let mut masked = logits.to_vec();
+        self.engine.mask_textless(&mut masked);
+        let token = seq.sampler.sample(&masked);
         self.after_token(seq, token)
     }
 

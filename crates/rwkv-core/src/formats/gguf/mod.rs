@@ -18,7 +18,7 @@ pub use container::{
     tensor_type_counts, GgufArray, GgufFile, GgufTensorInfo, GgufValue, DEFAULT_ALIGNMENT,
     MAX_STREAMED_HEADER_BYTES,
 };
-pub use writer::write;
+pub use writer::{write, write_with_types};
 
 use crate::error::Result;
 use crate::model::{ByteSource, FileBytes, Model};

@@ -1,5 +1,6 @@
 //! Writes a canonical [`Model`] as a GGUF v3 file llama.cpp can load.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 
@@ -7,7 +8,9 @@ use super::container::{GgufArray, GgufValue, DEFAULT_ALIGNMENT};
 use super::names::{is_vector, BLOCK_NAMES, GLOBAL_NAMES, LERP_FUSED};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::formats::{plain_elem_bytes, plain_to_f32, write_atomic, write_err, CountingWriter};
+use crate::formats::{
+    convert_tensor, plain_elem_bytes, plain_to_f32, write_atomic, write_err, CountingWriter,
+};
 use crate::model::v7;
 use crate::model::{Model, Tensor};
 
@@ -103,25 +106,60 @@ fn file_type(d: DType) -> u32 {
     }
 }
 
-/// A tensor to write: llama.cpp name, ggml dims, type, bytes.
+/// A tensor to write: llama.cpp name, ggml dims, the type it is written as, where its bytes come
+/// from.
 struct OutTensor<'a> {
     name: String,
     dims: Vec<u64>,
     dtype: DType,
-    data: std::borrow::Cow<'a, [u8]>,
+    bytes: u64,
+    data: OutData<'a>,
 }
 
-fn out_tensor<'a>(name: String, t: &'a Tensor, squeeze: bool) -> Result<OutTensor<'a>> {
+/// An output tensor's bytes: built here (the fused mixes) or a model tensor, read (and converted
+/// when its type changes) only when its turn to be written comes, so one tensor at a time is in
+/// memory.
+enum OutData<'a> {
+    Built(Vec<u8>),
+    Model {
+        canonical: String,
+        tensor: &'a Tensor,
+    },
+}
+
+fn out_tensor<'a>(
+    path: &Path,
+    name: String,
+    canonical: String,
+    t: &'a Tensor,
+    squeeze: bool,
+    dtype: DType,
+) -> Result<OutTensor<'a>> {
     let dims = if squeeze {
         vec![t.n_elements() as u64]
     } else {
         t.shape.iter().rev().map(|&d| d as u64).collect()
     };
+    let bytes = dtype.tensor_bytes(&t.shape).ok_or_else(|| {
+        Error::model(
+            path,
+            format!(
+                "tensor '{canonical}' {:?} cannot be stored as {dtype}: its rows of {} values are not whole blocks of {}",
+                t.shape,
+                t.shape.last().copied().unwrap_or(0),
+                dtype.block_elems()
+            ),
+        )
+    })? as u64;
     Ok(OutTensor {
         name,
         dims,
-        dtype: t.dtype,
-        data: t.data.read()?,
+        dtype,
+        bytes,
+        data: OutData::Model {
+            canonical,
+            tensor: t,
+        },
     })
 }
 
@@ -164,7 +202,8 @@ fn fused_mixes(path: &Path, model: &Model, i: usize) -> Result<OutTensor<'static
         name: format!("blk.{i}.{LERP_FUSED}"),
         dims: vec![c as u64, 1, 1, 6],
         dtype,
-        data: std::borrow::Cow::Owned(bytes),
+        bytes: bytes.len() as u64,
+        data: OutData::Built(bytes),
     })
 }
 
@@ -176,6 +215,19 @@ fn u32_kv(key: &str, v: usize) -> (String, GgufValue) {
 /// names, dummy layer-0 `v0/v1/v2` as llama.cpp expects, tokenizer tokens when the model has a
 /// vocabulary).
 pub fn write(model: &Model, path: &Path) -> Result<()> {
+    write_with_types(model, path, &|_, t| t.dtype, None)
+}
+
+/// [`write`], storing each tensor as `tensor_type(canonical name, tensor)` says: tensors whose
+/// type changes are converted (dequantized, then quantized row by row) one at a time while the
+/// file is written, so memory holds about one tensor, not the converted model. `progress` gets
+/// (bytes of tensor data written, bytes in all). The fused token-shift mixes keep their type.
+pub fn write_with_types(
+    model: &Model,
+    path: &Path,
+    tensor_type: &dyn Fn(&str, &Tensor) -> DType,
+    progress: Option<&dyn Fn(u64, u64)>,
+) -> Result<()> {
     let d = &model.desc;
     let sizes = [
         (d.n_embd, "n_embd"),
@@ -195,9 +247,21 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
             )));
         }
     }
+    let src = model.source.as_path();
+    let global = |ours: &str, canon: &str| -> Result<OutTensor> {
+        let t = model.tensor(canon)?;
+        out_tensor(
+            src,
+            ours.to_string(),
+            canon.to_string(),
+            t,
+            false,
+            tensor_type(canon, t),
+        )
+    };
     let mut out: Vec<OutTensor> = Vec::new();
     for (ours, canon) in GLOBAL_NAMES.iter().take(3) {
-        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false)?);
+        out.push(global(ours, canon)?);
     }
     for i in 0..d.n_layer {
         out.push(fused_mixes(&model.source, model, i)?);
@@ -212,19 +276,27 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
                 (0, "att.v2") => "att.a2",
                 (_, s) => s,
             };
-            let t = model.tensor(&format!("blocks.{i}.{source}"))?;
+            let canonical = format!("blocks.{i}.{source}");
+            let t = model.tensor(&canonical)?;
+            let dtype = tensor_type(&canonical, t);
             out.push(out_tensor(
+                src,
                 format!("blk.{i}.{ours}"),
+                canonical,
                 t,
                 is_vector(canon_suffix),
+                dtype,
             )?);
         }
     }
     for (ours, canon) in GLOBAL_NAMES.iter().skip(3) {
-        out.push(out_tensor(ours.to_string(), model.tensor(canon)?, false)?);
+        out.push(global(ours, canon)?);
     }
 
-    let matrix_type = model.tensor("blocks.0.att.key.weight")?.dtype;
+    let matrix_type = out
+        .iter()
+        .find(|t| t.name == "blk.0.time_mix_key.weight")
+        .map_or(DType::F32, |t| t.dtype);
     let any_quant = out.iter().any(|t| t.dtype.is_quantized());
     let mut kv: Vec<(String, GgufValue)> = vec![
         (
@@ -283,7 +355,7 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
     let mut next = 0u64;
     for t in &out {
         offsets.push(next);
-        next = (next + t.data.len() as u64).div_ceil(align) * align;
+        next = (next + t.bytes).div_ceil(align) * align;
     }
     write_atomic(path, |w: &mut CountingWriter<_>| {
         let io = write_err(path);
@@ -308,9 +380,35 @@ pub fn write(model: &Model, path: &Path) -> Result<()> {
             w.write_all(&off.to_le_bytes()).map_err(&io)?;
         }
         w.pad_to(align).map_err(&io)?;
+        let total: u64 = out.iter().map(|t| t.bytes).sum();
+        let mut done = 0u64;
         for t in &out {
-            w.write_all(&t.data).map_err(&io)?;
+            let converted;
+            let data = match &t.data {
+                OutData::Built(b) => Cow::Borrowed(&b[..]),
+                OutData::Model { tensor, .. } if tensor.dtype == t.dtype => tensor.data.read()?,
+                OutData::Model { canonical, tensor } => {
+                    converted = convert_tensor(src, canonical, tensor, t.dtype)?;
+                    converted.data.read()?
+                }
+            };
+            if data.len() as u64 != t.bytes {
+                return Err(Error::model(
+                    src,
+                    format!(
+                        "tensor '{}' has {} bytes, {} expected",
+                        t.name,
+                        data.len(),
+                        t.bytes
+                    ),
+                ));
+            }
+            w.write_all(&data).map_err(&io)?;
             w.pad_to(align).map_err(&io)?;
+            done += t.bytes;
+            if let Some(p) = progress {
+                p(done, total);
+            }
         }
         Ok(())
     })

@@ -1,38 +1,69 @@
-//! Q4_K quantization (our own search; layout in docs/gguf-formats.md §3).
+//! Q4_K and Q5_K quantization (our own search; layouts in docs/gguf-formats.md §3).
 //!
 //! A 256-value super-block is 8 sub-blocks of 32. Each value is `d·sc[j]·q − dmin·mn[j]` with
-//! 4-bit `q`, 6-bit `sc`/`mn` and f16 `d`/`dmin`. We
+//! `q` of 4 bits (Q4_K, levels 0..=15) or 5 bits (Q5_K, 0..=31), 6-bit `sc`/`mn` and f16
+//! `d`/`dmin`. Both share the search, generic over the top level `NMAX`; only the packing
+//! differs. We
 //! 1. fit each sub-block's float scale and min (min >= 0, i.e. offset <= 0 as the format needs)
 //!    by trying a fan of quantization grids and least-squares refitting on each,
 //! 2. set `d`/`dmin` so the largest sub-block scale/min maps to 63,
 //! 3. round each sub-block's scale/min to 6 bits, trying the neighbours ±1 of each and keeping
 //!    the pair with the smallest squared error after re-quantizing,
-//! 4. write the 4-bit quants for the chosen pair.
+//! 4. write the quants for the chosen pair.
 
 use super::dequant::unpack_k_scales;
 use crate::error::{Error, Result};
 
 const SUB: usize = 32;
-/// Grids tried per sub-block: (max − min)·iscale spans QMAX_LO ..= QMAX_LO + (GRIDS−1)·GRID_STEP
-/// quant steps; spans above 15 clip the extremes, which pays off for bell-shaped data.
+/// Grids tried per sub-block: (max − min)·iscale spans NMAX − 1 ..= NMAX − 1 + (GRIDS−1)·GRID_STEP
+/// quant steps; spans above NMAX clip the extremes, which pays off for bell-shaped data.
 const GRIDS: usize = 9;
-const QMAX_LO: f32 = 14.0;
 const GRID_STEP: f32 = 0.25;
+/// Top quant level of Q4_K (4 bits) and Q5_K (5 bits).
+const Q4_NMAX: u8 = 15;
+const Q5_NMAX: u8 = 31;
 
 pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) -> Result<()> {
     for (x, block) in src.chunks_exact(256).zip(dst.chunks_exact_mut(144)) {
-        quantize_block(x, block)?;
+        let fit = fit_block::<Q4_NMAX>(x, "q4k")?;
+        fit.write_header(block);
+        let qs = &mut block[16..144];
+        for c in 0..4 {
+            for l in 0..32 {
+                qs[32 * c + l] = fit.quants[64 * c + l] | (fit.quants[64 * c + 32 + l] << 4);
+            }
+        }
     }
     Ok(())
 }
 
-/// Nearest 4-bit level of `t` (already scaled into quant units), as a float. Adding and
+/// Q5_K: the Q4_K header and nibbles, plus the fifth bits in `qh` (bit 2c for the low half of
+/// 64-value chunk c, bit 2c+1 for its high half).
+pub(super) fn quantize_q5_k(src: &[f32], dst: &mut [u8]) -> Result<()> {
+    for (x, block) in src.chunks_exact(256).zip(dst.chunks_exact_mut(176)) {
+        let fit = fit_block::<Q5_NMAX>(x, "q5k")?;
+        fit.write_header(block);
+        let (qh, qs) = block[16..176].split_at_mut(32);
+        qh.fill(0);
+        for c in 0..4 {
+            for l in 0..32 {
+                let lo = fit.quants[64 * c + l];
+                let hi = fit.quants[64 * c + 32 + l];
+                qs[32 * c + l] = (lo & 15) | ((hi & 15) << 4);
+                qh[l] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Nearest level 0..=NMAX of `t` (already scaled into quant units), as a float. Adding and
 /// subtracting 1.5·2^23 rounds to an integer (ties to even) in plain float arithmetic, so the
 /// loops below vectorize; `f32::round` would be a libm call and `as` casts saturate.
 #[inline(always)]
-fn nearest_level(t: f32) -> f32 {
+fn nearest_level<const NMAX: u8>(t: f32) -> f32 {
     const ROUNDER: f32 = 12_582_912.0;
-    (t.clamp(0.0, 15.0) + ROUNDER) - ROUNDER
+    (t.clamp(0.0, NMAX as f32) + ROUNDER) - ROUNDER
 }
 
 /// Lanes the sub-block loops accumulate in: independent partial sums let them vectorize.
@@ -42,25 +73,25 @@ fn lane_sum(v: [f32; LANES]) -> f32 {
     v.iter().sum()
 }
 
-/// Squared error of `x` against `scale·q − min` with q the nearest 4-bit level.
+/// Squared error of `x` against `scale·q − min` with q the nearest level.
 #[inline]
-fn requantized_error(x: &[f32], scale: f32, min: f32) -> f32 {
+fn requantized_error<const NMAX: u8>(x: &[f32], scale: f32, min: f32) -> f32 {
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let mut err = [0f32; LANES];
     for chunk in x.chunks_exact(LANES) {
         for (e, &v) in err.iter_mut().zip(chunk) {
-            let diff = scale * nearest_level((v + min) * inv) - min - v;
+            let diff = scale * nearest_level::<NMAX>((v + min) * inv) - min - v;
             *e += diff * diff;
         }
     }
     lane_sum(err)
 }
 
-/// The nearest 4-bit levels of `x` for `scale`/`min`, as `requantized_error` picks them.
-fn levels(x: &[f32], scale: f32, min: f32, q_out: &mut [u8]) {
+/// The nearest levels of `x` for `scale`/`min`, as `requantized_error` picks them.
+fn levels<const NMAX: u8>(x: &[f32], scale: f32, min: f32, q_out: &mut [u8]) {
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (q, &v) in q_out.iter_mut().zip(x) {
-        *q = nearest_level((v + min) * inv) as u8;
+        *q = nearest_level::<NMAX>((v + min) * inv) as u8;
     }
 }
 
@@ -68,7 +99,7 @@ fn levels(x: &[f32], scale: f32, min: f32, q_out: &mut [u8]) {
 ///
 /// Each grid fixes the quants; for fixed quants the least-squares (scale, offset) and its
 /// squared error have closed forms in a few sums, so a candidate costs one pass over the values.
-fn fit_sub_block(x: &[f32]) -> (f32, f32) {
+fn fit_sub_block<const NMAX: u8>(x: &[f32]) -> (f32, f32) {
     let lo = x.iter().fold(0f32, |m, &v| m.min(v));
     let hi = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let range = hi - lo;
@@ -79,14 +110,15 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
     let sum_x: f32 = x.iter().sum();
     let sum_xx: f32 = x.iter().map(|v| v * v).sum();
-    let mut best = (range / 15.0, -lo);
+    let nmax = NMAX as f32;
+    let mut best = (range / nmax, -lo);
     let mut best_err = f32::INFINITY;
     for g in 0..GRIDS {
-        let iscale = (QMAX_LO + g as f32 * GRID_STEP) / range;
+        let iscale = (nmax - 1.0 + g as f32 * GRID_STEP) / range;
         let (mut sq, mut sqq, mut sxq) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for chunk in x.chunks_exact(LANES) {
             for (l, &v) in chunk.iter().enumerate() {
-                let qi = nearest_level((v - lo) * iscale);
+                let qi = nearest_level::<NMAX>((v - lo) * iscale);
                 sq[l] += qi;
                 sqq[l] += qi * qi;
                 sxq[l] += v * qi;
@@ -121,23 +153,45 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
     best
 }
 
-fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<()> {
+/// One super-block's chosen scales and quants, before packing.
+struct BlockFit {
+    d: half::f16,
+    dmin: half::f16,
+    sc: [u8; 8],
+    mn: [u8; 8],
+    quants: [u8; 256],
+}
+
+impl BlockFit {
+    /// `d`, `dmin` and the packed 6-bit scales: the first 16 bytes of Q4_K and Q5_K blocks.
+    fn write_header(&self, out: &mut [u8]) {
+        out[0..2].copy_from_slice(&self.d.to_le_bytes());
+        out[2..4].copy_from_slice(&self.dmin.to_le_bytes());
+        let packed = pack_k_scales(&self.sc, &self.mn);
+        out[4..16].copy_from_slice(&packed);
+        debug_assert_eq!(unpack_k_scales(&packed), (self.sc, self.mn));
+    }
+}
+
+fn fit_block<const NMAX: u8>(x: &[f32], type_name: &str) -> Result<BlockFit> {
     if !x.iter().all(|v| v.is_finite()) {
-        return Err(Error::invalid("quantize q4k: non-finite value"));
+        return Err(Error::invalid(format!(
+            "quantize {type_name}: non-finite value"
+        )));
     }
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
     for j in 0..8 {
-        (scales[j], mins[j]) = fit_sub_block(&x[SUB * j..SUB * (j + 1)]);
+        (scales[j], mins[j]) = fit_sub_block::<NMAX>(&x[SUB * j..SUB * (j + 1)]);
     }
     let max_scale = scales.iter().fold(0f32, |m, &v| m.max(v));
     let max_min = mins.iter().fold(0f32, |m, &v| m.max(v));
     let d = half::f16::from_f32(max_scale / 63.0);
     let dmin = half::f16::from_f32(max_min / 63.0);
     if !d.is_finite() || !dmin.is_finite() {
-        return Err(Error::invalid(
-            "quantize q4k: values too large for f16 super-scales",
-        ));
+        return Err(Error::invalid(format!(
+            "quantize {type_name}: values too large for f16 super-scales"
+        )));
     }
     let (df, dminf) = (d.to_f32(), dmin.to_f32());
 
@@ -162,7 +216,7 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<()> {
                 // Same f32 products the dequantizer forms.
                 let eff_scale = df * try_sc as f32;
                 let eff_min = dminf * try_mn as f32;
-                let err = requantized_error(xs, eff_scale, eff_min);
+                let err = requantized_error::<NMAX>(xs, eff_scale, eff_min);
                 if err < best_err {
                     best_err = err;
                     sc[j] = try_sc as u8;
@@ -172,21 +226,16 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<()> {
         }
         let eff_scale = df * sc[j] as f32;
         let eff_min = dminf * mn[j] as f32;
-        levels(xs, eff_scale, eff_min, &mut quants[SUB * j..SUB * (j + 1)]);
+        levels::<NMAX>(xs, eff_scale, eff_min, &mut quants[SUB * j..SUB * (j + 1)]);
     }
 
-    out[0..2].copy_from_slice(&d.to_le_bytes());
-    out[2..4].copy_from_slice(&dmin.to_le_bytes());
-    let packed = pack_k_scales(&sc, &mn);
-    out[4..16].copy_from_slice(&packed);
-    debug_assert_eq!(unpack_k_scales(&packed), (sc, mn));
-    let qs = &mut out[16..144];
-    for c in 0..4 {
-        for l in 0..32 {
-            qs[32 * c + l] = quants[64 * c + l] | (quants[64 * c + 32 + l] << 4);
-        }
-    }
-    Ok(())
+    Ok(BlockFit {
+        d,
+        dmin,
+        sc,
+        mn,
+        quants,
+    })
 }
 
 /// Inverse of `unpack_k_scales`: 8 six-bit scales and mins into 12 bytes.

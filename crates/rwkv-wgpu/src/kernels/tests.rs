@@ -59,7 +59,7 @@ fn coop_kernel_parses_and_validates_for_every_dtype() {
                 "{kind:?}: Q4_K alone is read through vec4"
             );
             let module = validate(&format!("{kernel:?} sg {subgroups} f16 {f16}"), &src);
-            // Workgroup memory within what plan.rs checks against the device limit.
+            // Workgroup memory within what plan/choice.rs checks against the device limit.
             let bytes: u32 = module
                 .global_variables
                 .iter()
@@ -175,7 +175,7 @@ fn prefill_wkv_kernels_validate() {
                 "{kernel:?}"
             );
             let module = validate(&format!("{kernel:?} sg {subgroups}"), &src);
-            // Workgroup memory: what plan.rs checks against the device (the chunk, plus
+            // Workgroup memory: what plan/choice.rs checks against the device (the chunk, plus
             // the lane sums of the variant without subgroups, its fallback).
             let bytes: u32 = module
                 .global_variables

@@ -4,7 +4,7 @@
 use rwkv_core::backend::Act;
 use rwkv_core::Result;
 
-use crate::gpu::backend_err;
+use crate::gpu::{backend_err, unsupported};
 use crate::kernels::Kernel;
 
 /// Bytes between the parameter blocks of two dispatches (the largest uniform offset alignment
@@ -78,7 +78,7 @@ impl Grid {
         let x = total.clamp(1, self.max_dim);
         let y = total.div_ceil(x).max(1);
         if y > self.max_dim {
-            return Err(backend_err(format!(
+            return Err(unsupported(format!(
                 "{total} workgroups exceed the device's grid"
             )));
         }

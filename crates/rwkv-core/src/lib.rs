@@ -11,6 +11,7 @@ pub mod error;
 pub mod formats;
 pub mod model;
 pub mod quant;
+pub mod runner;
 pub mod sampler;
 pub mod synth;
 pub mod tokenizer;

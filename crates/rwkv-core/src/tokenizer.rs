@@ -16,6 +16,8 @@ const MAX_VOCAB_FILE_BYTES: u64 = 64 << 20;
 /// Largest token id we accept. Real vocabularies stay below 2^18; the cap bounds the id table
 /// (24 bytes per id, ~50 MB at the cap) a hostile file can make us allocate.
 const MAX_TOKEN_ID: u32 = 1 << 21;
+/// Unused ids a vocabulary may leave beyond twice its token count (see `Vocab::from_entries`).
+const MAX_ID_GAP: usize = 256;
 
 /// A vocabulary: token id → bytes. Id 0 is the end-of-text token and has no bytes.
 #[derive(Clone, Default)]
@@ -200,6 +202,20 @@ impl Vocab {
         min_len: usize,
     ) -> std::result::Result<Vocab, String> {
         let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
+        // Every id up to the largest costs a table slot, used or not: ids must be nearly dense,
+        // or a one-line file naming id 2,000,000 would allocate 48 MB (real vocabularies number
+        // their tokens 1, 2, 3, ...; GGUF marks unused ids with explicit padding tokens).
+        let dense_limit = entries
+            .len()
+            .saturating_mul(2)
+            .saturating_add(MAX_ID_GAP)
+            .max(min_len);
+        if max_id as usize >= dense_limit {
+            return Err(format!(
+                "token id {max_id} is far beyond the {} tokens defined (ids must be nearly consecutive)",
+                entries.len()
+            ));
+        }
         let len = (max_id as usize + 1).max(min_len);
         let mut tokens: Vec<Option<Vec<u8>>> = vec![None; len];
         tokens[0] = Some(Vec::new());

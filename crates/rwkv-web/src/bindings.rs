@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use js_sys::{Float32Array, Function, Promise, Uint32Array, Uint8Array};
-use rwkv_core::backend::{PlanId, StepOutput, StepShape};
 use rwkv_core::formats::{self, Format, LoadOptions};
 use rwkv_core::model::{self as rwkv_model, ByteSource, Model};
+use rwkv_core::runner::{Chunking, FeedOutput, Runner};
 use rwkv_core::synth::{self, SynthShape};
 use rwkv_core::tokenizer::Vocab;
 use rwkv_core::{DType, Error, Result};
@@ -35,13 +35,10 @@ fn js_err(e: Error) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
-/// A model on the GPU, ready to run.
+/// A model on the GPU, ready to run: the shared engine core on WebGPU, one slot.
 struct Engine {
-    backend: WgpuBackend,
+    core: Runner<WgpuBackend>,
     vocab_size: usize,
-    state_len: usize,
-    plan_one: PlanId,
-    plan_chunk: PlanId,
     logits: Vec<f32>,
     /// Tokens to feed before the next sample (the prompt, then the last sampled token).
     pending: Vec<u32>,
@@ -52,40 +49,16 @@ struct Engine {
 }
 
 impl Engine {
-    async fn reset(&mut self) -> Result<()> {
-        let zeros = vec![0f32; self.state_len];
-        self.backend.write_state_async(SLOT, &zeros).await?;
-        self.needs_reset = false;
-        Ok(())
-    }
-
     /// Runs `tokens` through the model on the slot's state; afterwards `self.logits` holds the
     /// logits after the last token.
     async fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::invalid("no tokens to run"));
-        }
         if self.needs_reset {
-            self.reset().await?;
+            self.core.reset(SLOT).await?;
+            self.needs_reset = false;
         }
-        let mut rest = tokens;
-        while !rest.is_empty() {
-            let (plan, n) = if rest.len() >= CHUNK {
-                (self.plan_chunk, CHUNK)
-            } else {
-                (self.plan_one, 1)
-            };
-            let out = if n == rest.len() {
-                StepOutput::Logits(&mut self.logits)
-            } else {
-                StepOutput::None
-            };
-            self.backend
-                .execute_async(plan, &rest[..n], &[SLOT], out)
-                .await?;
-            rest = &rest[n..];
-        }
-        Ok(())
+        self.core
+            .feed(SLOT, tokens, FeedOutput::Last(&mut self.logits))
+            .await
     }
 }
 
@@ -117,56 +90,27 @@ async fn open(
         max_binding_bytes: max_binding_bytes.filter(|b| *b >= 4.0).map(|b| b as u64),
         ..WgpuOptions::default()
     };
-    let mut backend = WgpuBackend::new_async(options).await?;
+    let backend = WgpuBackend::new_async(options).await?;
     let desc = model.desc.clone();
-    let builder = rwkv_model::step_builder(&desc)?;
-    let total = model.total_bytes();
-    let mut done = 0u64;
-    report(on_progress, 0, total).await;
-    for (id, name) in builder.weights().iter().enumerate() {
-        // Each tensor leaves wasm memory as soon as it is on the GPU.
-        let tensor = model
-            .tensors
-            .remove(name)
-            .ok_or_else(|| Error::model(&model.source, format!("missing tensor '{name}'")))?;
-        // A streamed tensor is fetched from the JS array here: with the removal above, about one
-        // tensor is in wasm memory at a time.
-        let resident = tensor.resident()?;
-        backend.upload_weight_async(id, name, &resident).await?;
-        done += resident.data.len() as u64;
-        drop(resident);
-        drop(tensor);
+    // Prompts in steps of CHUNK tokens, the rest one by one: two plans to compile.
+    let mut core = Runner::new(backend, &model, 1, Chunking::FixedThenOnes { max: CHUNK })?;
+    report(on_progress, 0, model.total_bytes()).await;
+    // Each tensor leaves wasm memory as soon as it is on the GPU: the core takes it out of the
+    // model and fetches a streamed one from the JS array only for its upload.
+    while let Some((done, total)) = core.upload_next(&mut model).await? {
         report(on_progress, done, total).await;
     }
-    backend
-        .alloc_states_async(1, builder.state_layout().len())
-        .await?;
-    let plan_one = backend
-        .compile_async(&builder.build(StepShape { n_seq: 1, n_tok: 1 }, false))
-        .await?;
-    let plan_chunk = backend
-        .compile_async(&builder.build(
-            StepShape {
-                n_seq: 1,
-                n_tok: CHUNK,
-            },
-            false,
-        ))
-        .await?;
     let info = format!(
         "{{\"device\":{},\"model\":{},\"source\":{:?},\"format\":{:?},\"vocab\":{}}}",
-        serde_json::to_string(&backend.device_info()).unwrap_or_default(),
+        serde_json::to_string(&core.backend.device_info()).unwrap_or_default(),
         serde_json::to_string(&desc).unwrap_or_default(),
         model.source.display().to_string(),
         model.format,
         vocab.len(),
     );
     let engine = Engine {
-        backend,
+        core,
         vocab_size: desc.vocab_size,
-        state_len: desc.state_len(),
-        plan_one,
-        plan_chunk,
         logits: vec![0f32; desc.vocab_size],
         pending: Vec::new(),
         needs_reset: false,

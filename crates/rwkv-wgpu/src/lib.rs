@@ -652,3 +652,49 @@ impl Backend for WgpuBackend {
         block_on(self.write_state_async(slot, values))
     }
 }
+
+/// The engine core ([`rwkv_core::runner::Runner`]) drives WebGPU through its awaitable methods,
+/// so the browser never blocks.
+impl rwkv_core::runner::AsyncBackend for WgpuBackend {
+    fn upload_weight(
+        &mut self,
+        id: usize,
+        name: &str,
+        tensor: &Tensor,
+    ) -> impl std::future::Future<Output = Result<()>> {
+        self.upload_weight_async(id, name, tensor)
+    }
+    fn alloc_states(
+        &mut self,
+        n_slots: usize,
+        state_len: usize,
+    ) -> impl std::future::Future<Output = Result<()>> {
+        self.alloc_states_async(n_slots, state_len)
+    }
+    fn compile(&mut self, plan: &Plan) -> impl std::future::Future<Output = Result<PlanId>> {
+        self.compile_async(plan)
+    }
+    fn execute(
+        &mut self,
+        plan: PlanId,
+        tokens: &[u32],
+        slots: &[usize],
+        out: StepOutput<'_>,
+    ) -> impl std::future::Future<Output = Result<()>> {
+        self.execute_async(plan, tokens, slots, out)
+    }
+    fn read_state(
+        &mut self,
+        slot: usize,
+        out: &mut [f32],
+    ) -> impl std::future::Future<Output = Result<()>> {
+        self.read_state_async(slot, out)
+    }
+    fn write_state(
+        &mut self,
+        slot: usize,
+        values: &[f32],
+    ) -> impl std::future::Future<Output = Result<()>> {
+        self.write_state_async(slot, values)
+    }
+}

@@ -1,12 +1,11 @@
 //! The library API, the same on every backend: load a model, open sessions (each a state),
 //! feed tokens, sample, generate as a stream, save/restore state, run sessions as a batch.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use rwkv_core::backend::{Backend, PlanId, StepOutput, StepShape};
+use rwkv_core::backend::{Backend, StepOutput};
 use rwkv_core::formats::{self, LoadOptions};
-use rwkv_core::model::{self, StepBuilder};
+use rwkv_core::runner::{block_on_ready, Chunking, FeedOutput, Runner};
 use rwkv_core::tokenizer::Vocab;
 use rwkv_core::{DType, Error, Model, ModelDesc, Result};
 
@@ -54,14 +53,13 @@ impl Session {
     }
 }
 
-/// A model on a backend.
+/// A model on a backend: sessions, sampling and batches over the shared engine core
+/// ([`rwkv_core::runner::Runner`], which the browser bindings use too).
 pub struct Engine {
-    backend: Box<dyn Backend>,
+    core: Runner<Box<dyn Backend>>,
     backend_why: String,
     desc: ModelDesc,
     vocab: Vocab,
-    builder: Box<dyn StepBuilder>,
-    plans: HashMap<(StepShape, bool), PlanId>,
     free_slots: Vec<usize>,
     n_slots: usize,
     /// Seconds spent loading (file read + upload).
@@ -125,42 +123,34 @@ impl Engine {
     /// Uploads a model to a backend the caller opened (tests run the same code on every backend).
     pub fn with_backend(
         model: &Model,
-        mut backend: Box<dyn Backend>,
+        backend: Box<dyn Backend>,
         why: String,
         opts: &EngineOptions,
         progress: Option<&dyn Fn(u64, u64)>,
     ) -> Result<Engine> {
         let t0 = std::time::Instant::now();
-        let builder = model::step_builder(&model.desc)
-            .map_err(|e| Error::model(&model.source, e.to_string()))?;
         if opts.max_sessions == 0 {
             return Err(Error::invalid("max_sessions must be at least 1"));
         }
-        let total = model.total_bytes();
-        let mut done = 0u64;
-        for (id, name) in builder.weights().iter().enumerate() {
-            let t = model.tensor(name)?;
-            // A tensor streamed from a byte source is fetched here and dropped after its upload,
-            // so one tensor at a time is in memory; mapped and owned ones are used in place.
-            let t = t.resident()?;
-            backend.upload_weight(id, name, &t)?;
-            done += t.data.len() as u64;
+        let chunking = Chunking::PowersOfTwo { max: MAX_CHUNK };
+        let mut core = Runner::new(backend, model, opts.max_sessions, chunking)?;
+        // The core takes each tensor out of its copy as it uploads it; the copy shares the
+        // tensors' bytes (mapped or reference-counted) with `model`.
+        let mut pending = model.clone();
+        while let Some((done, total)) = block_on_ready(core.upload_next(&mut pending))? {
             if let Some(p) = progress {
                 p(done, total);
             }
         }
-        backend.alloc_states(opts.max_sessions, builder.state_layout().len())?;
         let vocab = match &model.vocab {
             Some(v) => v.clone(),
             None => Vocab::byte_level(model.desc.vocab_size),
         };
         Ok(Engine {
-            backend,
+            core,
             backend_why: why,
             desc: model.desc.clone(),
             vocab,
-            builder,
-            plans: HashMap::new(),
             free_slots: (0..opts.max_sessions).rev().collect(),
             n_slots: opts.max_sessions,
             load_seconds: t0.elapsed().as_secs_f64(),
@@ -169,6 +159,10 @@ impl Engine {
 
     pub fn desc(&self) -> &ModelDesc {
         &self.desc
+    }
+    /// Sessions that can be open at once (`EngineOptions::max_sessions`).
+    pub fn max_sessions(&self) -> usize {
+        self.n_slots
     }
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
@@ -182,7 +176,7 @@ impl Engine {
         &self.backend_why
     }
     pub fn device_info(&self) -> rwkv_core::backend::DeviceInfo {
-        self.backend.info()
+        self.core.backend.info()
     }
 
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
@@ -201,8 +195,7 @@ impl Engine {
                 self.n_slots
             ))
         })?;
-        self.backend
-            .write_state(slot, &vec![0.0; self.desc.state_len()])?;
+        block_on_ready(self.core.reset(slot))?;
         Ok(Session {
             slot,
             last_logits: None,
@@ -214,68 +207,22 @@ impl Engine {
         self.free_slots.push(s.slot);
     }
 
-    fn plan(&mut self, shape: StepShape, all: bool) -> Result<PlanId> {
-        if let Some(&p) = self.plans.get(&(shape, all)) {
-            return Ok(p);
-        }
-        let plan = self.builder.build(shape, all);
-        let id = self.backend.compile(&plan)?;
-        self.plans.insert((shape, all), id);
-        Ok(id)
-    }
-
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        match tokens.iter().find(|&&t| t as usize >= self.desc.vocab_size) {
-            Some(t) => Err(Error::invalid(format!(
-                "token id {t} is outside the vocabulary (size {})",
-                self.desc.vocab_size
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// Feeds tokens to a session; returns the logits after the last one.
     pub fn feed(&mut self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::invalid("no tokens to feed"));
-        }
-        self.check_tokens(tokens)?;
         let mut logits = vec![0f32; self.desc.vocab_size];
-        let mut rest = tokens;
-        while !rest.is_empty() {
-            // Largest power of two ≤ min(rest, MAX_CHUNK): few plans, big steps.
-            let n = prev_power_of_two(rest.len().min(MAX_CHUNK));
-            let (chunk, tail) = rest.split_at(n);
-            let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, false)?;
-            let out = if tail.is_empty() {
-                StepOutput::Logits(&mut logits)
-            } else {
-                StepOutput::None
-            };
-            self.backend.execute(plan, chunk, &[s.slot], out)?;
-            rest = tail;
-        }
+        block_on_ready(
+            self.core
+                .feed(s.slot, tokens, FeedOutput::Last(&mut logits)),
+        )?;
         s.last_logits = Some(logits.clone());
         Ok(logits)
     }
 
     /// Feeds tokens and returns the logits after every one of them (`tokens.len() · vocab`).
     pub fn feed_all(&mut self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::invalid("no tokens to feed"));
-        }
-        self.check_tokens(tokens)?;
         let v = self.desc.vocab_size;
         let mut all = vec![0f32; tokens.len() * v];
-        let mut start = 0;
-        while start < tokens.len() {
-            let n = prev_power_of_two((tokens.len() - start).min(MAX_CHUNK));
-            let plan = self.plan(StepShape { n_seq: 1, n_tok: n }, true)?;
-            let out = StepOutput::Logits(&mut all[start * v..(start + n) * v]);
-            self.backend
-                .execute(plan, &tokens[start..start + n], &[s.slot], out)?;
-            start += n;
-        }
+        block_on_ready(self.core.feed(s.slot, tokens, FeedOutput::All(&mut all)))?;
         s.last_logits = Some(all[(tokens.len() - 1) * v..].to_vec());
         Ok(all)
     }
@@ -289,7 +236,7 @@ impl Engine {
     ) -> Result<Vec<f32>> {
         let v = self.desc.vocab_size;
         let mut logits = vec![0f32; sessions.len() * v];
-        self.batch_step(sessions, tokens, StepOutput::Logits(&mut logits))?;
+        self.batch_step(sessions, tokens, 1, StepOutput::Logits(&mut logits))?;
         for (i, s) in sessions.iter_mut().enumerate() {
             s.last_logits = Some(logits[i * v..(i + 1) * v].to_vec());
         }
@@ -303,7 +250,7 @@ impl Engine {
         tokens: &[u32],
     ) -> Result<Vec<u32>> {
         let mut next = vec![0u32; sessions.len()];
-        self.batch_step(sessions, tokens, StepOutput::Argmax(&mut next))?;
+        self.batch_step(sessions, tokens, 1, StepOutput::Argmax(&mut next))?;
         for s in sessions.iter_mut() {
             s.last_logits = None;
         }
@@ -318,67 +265,31 @@ impl Engine {
         tokens: &[u32],
         n_tok: usize,
     ) -> Result<()> {
-        if sessions.is_empty() || n_tok == 0 || tokens.len() != sessions.len() * n_tok {
-            return Err(Error::invalid(
-                "prefill_batch needs n_tok tokens for each session",
-            ));
-        }
-        self.check_tokens(tokens)?;
-        let slots: Vec<usize> = sessions.iter().map(|s| s.slot).collect();
-        let plan = self.plan(
-            StepShape {
-                n_seq: sessions.len(),
-                n_tok,
-            },
-            false,
-        )?;
-        self.backend.execute(plan, tokens, &slots, StepOutput::None)
+        self.batch_step(sessions, tokens, n_tok, StepOutput::None)
     }
 
-    /// One decode step (one token per session) with the given output.
+    /// One step of `n_tok` tokens per session with the given output.
     fn batch_step(
         &mut self,
         sessions: &[&mut Session],
         tokens: &[u32],
+        n_tok: usize,
         out: StepOutput<'_>,
     ) -> Result<()> {
-        let slots = self.batch_slots(sessions, tokens)?;
-        let shape = StepShape {
-            n_seq: sessions.len(),
-            n_tok: 1,
-        };
-        let plan = self.plan(shape, false)?;
-        self.backend.execute(plan, tokens, &slots, out)
-    }
-
-    fn batch_slots(&self, sessions: &[&mut Session], tokens: &[u32]) -> Result<Vec<usize>> {
-        if sessions.is_empty() || tokens.len() != sessions.len() {
-            return Err(Error::invalid(
-                "a batch step takes one token for each session",
-            ));
-        }
-        self.check_tokens(tokens)?;
-        Ok(sessions.iter().map(|s| s.slot).collect())
+        let slots: Vec<usize> = sessions.iter().map(|s| s.slot).collect();
+        block_on_ready(self.core.step(&slots, tokens, n_tok, out))
     }
 
     /// The session's state (`desc().state_len()` values), e.g. to save a prompt's state.
     pub fn save_state(&mut self, s: &Session) -> Result<Vec<f32>> {
-        let mut v = vec![0f32; self.desc.state_len()];
-        self.backend.read_state(s.slot, &mut v)?;
-        Ok(v)
+        block_on_ready(self.core.read_state(s.slot))
     }
 
     /// Restores a state saved by [`Engine::save_state`].
     pub fn restore_state(&mut self, s: &mut Session, state: &[f32]) -> Result<()> {
-        if state.len() != self.desc.state_len() {
-            return Err(Error::invalid(format!(
-                "state has {} values, this model's has {}",
-                state.len(),
-                self.desc.state_len()
-            )));
-        }
+        block_on_ready(self.core.write_state(s.slot, state))?;
         s.last_logits = None;
-        self.backend.write_state(s.slot, state)
+        Ok(())
     }
 
     /// Generates up to `max_tokens` after `prompt`, calling `on_token(id, bytes)` as each comes;
@@ -412,20 +323,5 @@ impl Engine {
             logits = self.feed(s, &[next])?;
         }
         Ok(out)
-    }
-}
-
-fn prev_power_of_two(n: usize) -> usize {
-    debug_assert!(n > 0);
-    1 << (usize::BITS - 1 - n.leading_zeros())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn chunks_are_powers_of_two() {
-        assert_eq!(super::prev_power_of_two(1), 1);
-        assert_eq!(super::prev_power_of_two(700), 512);
-        assert_eq!(super::prev_power_of_two(3), 2);
     }
 }

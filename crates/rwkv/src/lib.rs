@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cli_util;
 pub mod engine;
 pub mod router;
+pub mod serve;
 pub use rwkv_core::sampler;
 
 pub use engine::{Engine, EngineOptions, Session};

@@ -39,6 +39,39 @@ struct ModelArgs {
     vocab: Option<PathBuf>,
 }
 
+/// Options of `rwkv serve`.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together (state slots).
+    #[arg(long = "max-batch", default_value_t = 64)]
+    max_batch: usize,
+    /// Requests that may wait for a slot; more get 503 with Retry-After.
+    #[arg(long = "max-queue", default_value_t = 256)]
+    max_queue: usize,
+    /// Longest prompt accepted, in tokens.
+    #[arg(long = "max-prompt-tokens", default_value_t = 16384)]
+    max_prompt_tokens: usize,
+    /// Prompt tokens per prefill step (the longest a new prompt holds up running streams).
+    #[arg(long = "prefill-chunk", default_value_t = rwkv::engine::MAX_CHUNK)]
+    prefill_chunk: usize,
+    /// State cache budget in bytes (0 turns it off).
+    #[arg(long = "cache-bytes", default_value_t = 1 << 30)]
+    cache_bytes: usize,
+    /// Require `Authorization: Bearer KEY`.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Name clients give as `model` (default: the model file's stem, or the synth spec).
+    #[arg(long = "model-name")]
+    model_name: Option<String>,
+    /// A state-tuned initial state, NAME=FILE (.pth or .st); requests pick it with "state": NAME.
+    #[arg(long = "state", value_name = "NAME=FILE")]
+    states: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text after a prompt, streaming it as it comes.
@@ -127,6 +160,13 @@ enum Cmd {
     },
     /// Measure load, prefill and decode speed (in the manner of llama-bench).
     Bench(bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
+    Serve {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        s: ServeArgs,
+    },
     /// List backends and devices, and why any is unavailable.
     Doctor {
         #[arg(long)]
@@ -217,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 top_k,
                 seed,
+                ..Default::default()
             };
             let mut out = std::io::stdout().lock();
             let mut pending: Vec<u8> = Vec::new();
@@ -257,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 top_k: 0,
                 seed,
+                ..Default::default()
             },
         ),
         Cmd::Logits {
@@ -355,6 +397,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Serve { m, s } => serve(&m, s),
         Cmd::Doctor { json } => doctor(json),
     }
 }
@@ -519,4 +562,38 @@ fn chat(m: &ModelArgs, n: usize, params: SamplerParams) -> Result<()> {
         println!();
     }
     Ok(())
+}
+
+fn serve(m: &ModelArgs, s: ServeArgs) -> Result<()> {
+    let mut states = Vec::new();
+    for spec in &s.states {
+        let (name, file) = spec
+            .split_once('=')
+            .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+            .ok_or_else(|| Error::invalid(format!("--state {spec}: expected NAME=FILE")))?;
+        states.push((name.to_string(), PathBuf::from(file)));
+    }
+    let model_name = s.model_name.clone().unwrap_or_else(|| {
+        std::path::Path::new(&m.model)
+            .file_stem()
+            .filter(|_| !m.model.starts_with("synth:"))
+            .map_or(m.model.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    let engine = open_engine(m, s.max_batch)?;
+    rwkv::serve::run(
+        engine,
+        rwkv::serve::ServeOptions {
+            host: s.host,
+            port: s.port,
+            model_name,
+            max_batch: s.max_batch,
+            max_queue: s.max_queue,
+            prefill_chunk: s.prefill_chunk,
+            max_prompt_tokens: s.max_prompt_tokens,
+            cache_bytes: s.cache_bytes,
+            api_key: s.api_key,
+            states,
+            handle_signals: true,
+        },
+    )
 }

@@ -136,6 +136,7 @@ fn saved_state_restores_and_generation_is_deterministic() {
             top_p: 0.9,
             top_k: 0,
             seed: 9,
+            ..Default::default()
         };
         let first = e.generate(&mut s, &[], 12, params, |_, _| true).unwrap();
 

@@ -50,7 +50,7 @@ pub struct PlanFacts {
 
 impl Plan {
     /// Checks every op against the buffer declarations, the state layout and the uploaded
-    /// `weights` (in [`WeightId`] order), so that a backend's `execute` has only run-time
+    /// `weights` (in [`WeightId`] order; the plan's names must be their first names), so that a backend's `execute` has only run-time
     /// inputs left to check. Errors are `InvalidArgument` backend errors of `backend`.
     pub fn validate(&self, backend: &str, weights: &[WeightMeta]) -> Result<PlanFacts> {
         let fail =
@@ -63,7 +63,8 @@ impl Plan {
             .n_seq
             .checked_mul(shape.n_tok)
             .ok_or_else(|| fail(format!("step shape {shape:?} overflows")))?;
-        if self.weights.len() != weights.len() {
+        // A plan may use a prefix of what was uploaded (tests reuse one backend), never more.
+        if self.weights.len() > weights.len() {
             return Err(fail(format!(
                 "plan names {} weights, {} were uploaded",
                 self.weights.len(),

@@ -152,7 +152,7 @@ fn infer_desc(path: &Path, t: &BTreeMap<String, RawTensor>, layout: Layout) -> R
     let r_k = get(path, t, "blocks.0.att.r_k")?;
     let head_size = match r_k.shape.as_slice() {
         // (H, N), rwkv.cpp dims [N, H] read back the same way.
-        [.., h, n] if h * n == n_embd => *n,
+        [.., h, n] if h.checked_mul(*n) == Some(n_embd) => *n,
         // Already flattened: released models all use N = 64.
         [n] if *n == n_embd && n_embd % 64 == 0 => 64,
         s => {
@@ -188,9 +188,23 @@ fn infer_desc(path: &Path, t: &BTreeMap<String, RawTensor>, layout: Layout) -> R
     })
 }
 
+/// The number of values of `shape`, checked: a shape with a zero dimension holds no bytes, so
+/// its other dimensions can be anything a file says and their product may overflow.
+pub(crate) fn checked_numel(path: &Path, name: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("tensor '{name}' shape {shape:?} is too large"),
+            )
+        })
+}
+
 /// Reshapes a stored vector ((1,1,C), (H,N), (C,1,1) ...) to `[numel]`.
 fn squeeze(path: &Path, raw: RawTensor, name: &str) -> Result<Tensor> {
-    let n: usize = raw.shape.iter().product();
+    let n = checked_numel(path, name, &raw.shape)?;
     make_tensor(path, name, raw.dtype, vec![n], raw.data)
 }
 
@@ -299,9 +313,12 @@ pub(crate) fn split_fused_mixes(
     raw: RawTensor,
     out: &mut BTreeMap<String, Tensor>,
 ) -> Result<()> {
-    let n: usize = raw.shape.iter().product();
+    let n = checked_numel(path, name, &raw.shape)?;
     let part = raw.dtype.tensor_bytes(&[c]);
-    let (true, Some(part)) = (n == 6 * c && raw.shape.last() == Some(&c), part) else {
+    let (true, Some(part)) = (
+        c.checked_mul(6) == Some(n) && raw.shape.last() == Some(&c),
+        part,
+    ) else {
         return Err(Error::model(
             path,
             format!(

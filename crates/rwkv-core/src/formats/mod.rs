@@ -16,7 +16,10 @@ pub(crate) mod pickle;
 pub mod pth;
 pub mod rwkvcpp;
 pub mod safetensors;
+pub mod state;
 pub mod zip;
+
+pub use state::{load_state_file, write_state_file};
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -3,6 +3,9 @@
 //! (OrderedDict, tensor rebuild functions, storage types); any other global is an error. Values
 //! are immutable and reference-counted; nesting depth, memo size and copying work are capped so a
 //! hostile pickle cannot exhaust the stack or memory. Also a writer for the same subset.
+//!
+//! (Why one file of ~900 lines: the reader, its caps and the writer share one opcode table and
+//! must change together; split, each half would be unreadable without the other.)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +23,10 @@ const MAX_MEMO: usize = 1 << 22;
 const MAX_STACK: usize = 1 << 24;
 /// Elements copied when a shared list/dict is modified (copy-on-write): bounds quadratic work.
 const MAX_COPY_WORK: u64 = 1 << 26;
+/// Copied elements allowed per byte of pickle. Copies can stay alive (on the stack, in the
+/// memo), so a fixed cap alone let a 30 KB pickle hold ~800 MB; torch.save's pickles copy a
+/// state dict once per 1000-item SETITEMS batch, far below one element per byte.
+const COPY_WORK_PER_BYTE: u64 = 4;
 /// Longest module/name line of a GLOBAL opcode.
 const MAX_GLOBAL_LINE: usize = 256;
 
@@ -292,7 +299,10 @@ impl<'a> Machine<'a> {
                 _ => 1,
             };
             self.copy_work += n;
-            if self.copy_work > MAX_COPY_WORK {
+            let budget = (self.bytes.len() as u64)
+                .saturating_mul(COPY_WORK_PER_BYTE)
+                .min(MAX_COPY_WORK);
+            if self.copy_work > budget {
                 return Err(Error::format(
                     self.path,
                     "data.pkl: too much copying (hostile pickle?)",

@@ -127,7 +127,14 @@ pub fn read_model(path: &Path) -> Result<Model> {
 
 /// [`read_model`] over bytes already in memory; `path` names them in errors.
 pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
-    let index = zip::read_index(path, &map)?;
+    let raws = read_tensors(path, &map)?;
+    model_from_official(path, raws, Layout::Official, "pth")
+}
+
+/// The checkpoint's float tensors under their own names, as views of `map` (also used for
+/// state files, which hold `blocks.N.att.time_state` tensors instead of a model).
+pub(crate) fn read_tensors(path: &Path, map: &Arc<FileBytes>) -> Result<Vec<RawTensor>> {
+    let index = zip::read_index(path, map)?;
     let (prefix, pkl) = find_pickle(path, &index)?;
     if let Some(order) = index.get(&format!("{prefix}byteorder")) {
         let order = &map[order.data.clone()];
@@ -169,10 +176,10 @@ pub fn read_model_from(path: &Path, map: Arc<FileBytes>) -> Result<Model> {
             name: name.clone(),
             dtype,
             shape,
-            data: mapped(&map, range),
+            data: mapped(map, range),
         });
     }
-    model_from_official(path, raws, Layout::Official, "pth")
+    Ok(raws)
 }
 
 fn storage_name(d: DType) -> &'static str {

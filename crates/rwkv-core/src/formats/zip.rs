@@ -272,10 +272,11 @@ fn read_central_entry(
     }
     l.bytes(lextra_len.into(), "local extra field")?;
     let data_start = local + l.pos();
-    let data_end = data_start as u64 + size;
-    if data_end > cd_start as u64 {
-        return Err(bad(format!("data ({size} bytes at offset {data_start}) runs past the start of the central directory")));
-    }
+    // `size` comes from the file (zip64: any u64), so the end is checked, not added blindly.
+    let data_end = (data_start as u64)
+        .checked_add(size)
+        .filter(|&end| end <= cd_start as u64)
+        .ok_or_else(|| bad(format!("data ({size} bytes at offset {data_start}) runs past the start of the central directory")))?;
     let data = data_start..data_end as usize;
     Ok((
         ZipEntry {

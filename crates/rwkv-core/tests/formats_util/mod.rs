@@ -1,6 +1,8 @@
 //! Shared helpers for the formats_* integration tests.
 #![allow(dead_code)]
 
+pub mod gguf_build;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

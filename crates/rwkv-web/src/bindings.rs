@@ -84,6 +84,8 @@ async fn open(
     on_progress: &Option<Function>,
 ) -> Result<(Engine, String)> {
     rwkv_model::validate(&model)?;
+    // No environment in the browser: every switch is passed here (the defaults, which leave
+    // out what browsers lack, e.g. cooperative matrices, plus the page's binding cap).
     let options = WgpuOptions {
         max_binding_bytes: max_binding_bytes.filter(|b| *b >= 4.0).map(|b| b as u64),
         ..WgpuOptions::default()

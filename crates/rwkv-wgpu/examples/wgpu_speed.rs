@@ -2,15 +2,17 @@
 //!
 //! `cargo run --release -p rwkv-wgpu --example wgpu_speed -- [shape] [dtype] [steps] [n_seq] [n_tok] [plain]`
 //! e.g. `-- tiny q4k 16 1 1`; `plain` turns shader-f16, subgroups and cooperative
-//! matrices off (`RWKV_WGPU_COOP=0` only the latter; `emulate` runs the
-//! cooperative-matrix kernel emulated where the device has none, slowly: a dry run); `profile` adds GPU
-//! time per op kind (timestamp queries) for one step. The Q4_K matrix-vector kernel of decode
-//! (fewer than 8 rows) is chosen by `RWKV_WGPU_MATVEC=old|sg` and `RWKV_WGPU_MATVEC_RPS=1|2|4`
-//! (defaults sg, 2), e.g. `RWKV_WGPU_MATVEC=old cargo run --release -p rwkv-wgpu --example
-//! wgpu_speed -- 7.2b q4k 8 1 1`; the line with the result names the kernel that ran. `ab`
-//! then loads the model a second time with the other kernel (old <-> sg) and alternates rounds
-//! of `steps` steps between the two; `sweep` does the same with old and sg at 1, 2 and 4 rows
-//! per subgroup (one device, one process: less drift than separate runs).
+//! matrices off (`nocoop` only the latter, `nogemm` the f16 scratch products: the
+//! `WgpuOptions` switches; `index_checks` keeps wgpu's runtime checks; `wkv_lanes=J` forces
+//! the prefill WKV scan's lanes); `emulate` runs the cooperative-matrix kernel emulated where
+//! the device has none, slowly: a dry run); `profile` adds GPU time per op kind (timestamp
+//! queries) for one step. The Q4_K matrix-vector kernel of decode (fewer than 8 rows) is
+//! chosen by `matvec=old|sg` and `rps=1|2|4` (defaults sg, 2), e.g. `cargo run --release -p
+//! rwkv-wgpu --example wgpu_speed -- 7.2b q4k 8 1 1 matvec=old`; the line with the result names
+//! the kernel that ran. `ab` then loads the model a second time with the other kernel (old <->
+//! sg) and alternates rounds of `steps` steps between the two; `sweep` does the same with old
+//! and sg at 1, 2 and 4 rows per subgroup (one device, one process: less drift than separate
+//! runs).
 
 use std::time::Instant;
 
@@ -33,10 +35,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let emulate = args.iter().any(|a| a == "emulate");
     let ab = args.iter().any(|a| a == "ab");
     let sweep = args.iter().any(|a| a == "sweep");
+    let value = |key: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+    };
+    let rows_per_subgroup: u32 = value("rps").unwrap_or("2").parse()?;
+    let matvec = match value("matvec") {
+        Some("old") => MatVecChoice::Old,
+        _ => MatVecChoice::Subgroup { rows_per_subgroup },
+    };
+    let wkv_scan_lanes = value("wkv_lanes").map(str::parse).transpose()?;
 
     let model = synth_model(shape, dtype, 1)?;
     let mut options = WgpuOptions {
         emulate_coop: emulate,
+        allow_coop: !args.iter().any(|a| a == "nocoop"),
+        f16_gemm: !args.iter().any(|a| a == "nogemm"),
+        index_checks: args.iter().any(|a| a == "index_checks"),
+        matvec,
+        wkv_scan_lanes,
         ..Default::default()
     };
     if plain {
@@ -91,9 +108,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let choices = if sweep {
             vec![MatVecChoice::Old, sg(1), sg(2), sg(4)]
         } else if backend.q4k_matvec().starts_with("sg") {
-            vec![MatVecChoice::Env, MatVecChoice::Old]
+            vec![matvec, MatVecChoice::Old]
         } else {
-            vec![MatVecChoice::Env, sg(2)]
+            vec![matvec, sg(rows_per_subgroup)]
         };
         let shape = StepShape { n_seq, n_tok };
         let mut runs = Vec::new();

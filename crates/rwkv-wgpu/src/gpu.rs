@@ -11,21 +11,38 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rwkv_core::{Error, Result};
+use rwkv_core::{BackendErrorKind, Error, Result};
 
 pub(crate) const BACKEND_NAME: &str = "webgpu";
 
+/// Anything else the device reported (`BackendErrorKind::Failed`).
 pub(crate) fn backend_err(what: impl Into<String>) -> Error {
     Error::backend(BACKEND_NAME, what)
 }
 
 /// A call that breaks the backend contract (unknown plan, slot or weight id).
 pub(crate) fn invalid(what: impl Into<String>) -> Error {
-    Error::backend_kind(
-        BACKEND_NAME,
-        rwkv_core::BackendErrorKind::InvalidArgument,
-        what,
-    )
+    Error::backend_kind(BACKEND_NAME, BackendErrorKind::InvalidArgument, what)
+}
+
+/// A buffer or binding larger than the device allows, or an allocation the device refused.
+pub(crate) fn out_of_memory(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND_NAME, BackendErrorKind::OutOfMemory, what)
+}
+
+/// An op, shape or head size this device cannot run (grid or workgroup limits).
+pub(crate) fn unsupported(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND_NAME, BackendErrorKind::Unsupported, what)
+}
+
+/// No adapter, or a device that will not open.
+fn unavailable(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND_NAME, BackendErrorKind::Unavailable, what)
+}
+
+/// The device was lost, hung, or rejected a submission.
+fn device_lost(what: impl Into<String>) -> Error {
+    Error::backend_kind(BACKEND_NAME, BackendErrorKind::DeviceLost, what)
 }
 
 /// Which adapter [`crate::WgpuBackend::new`] takes.
@@ -42,40 +59,48 @@ pub enum AdapterChoice {
     Name(String),
 }
 
-/// Options for [`crate::WgpuBackend::new`].
+/// Options for [`crate::WgpuBackend::new`]: every switch of the backend. The backend reads no
+/// environment variable; the `rwkv` CLI maps its `RWKV_WGPU_*` variables onto these fields
+/// (`rwkv::router::wgpu_options_from_env`), the browser passes them explicitly.
 #[derive(Debug, Clone)]
 pub struct WgpuOptions {
+    /// Which adapter to open (default: wgpu's high-performance pick).
     pub adapter: AdapterChoice,
-    /// Use `shader-f16` when the adapter has it.
+    /// Use `shader-f16` when the adapter has it (default on).
     pub allow_f16: bool,
-    /// Use subgroup operations when the adapter has them.
+    /// Use subgroup operations when the adapter has them (default on).
     pub allow_subgroups: bool,
     /// Use cooperative matrices (tensor cores, wgpu's experimental
-    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, native only) for products of many rows when the adapter
-    /// offers 16x16x16 f16 -> f32 tiles and subgroups of 32. The environment variable
-    /// `RWKV_WGPU_COOP=0` also turns them off.
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, native only) for products of 16 rows and more when
+    /// the adapter offers 16x16x16 f16 -> f32 tiles and subgroups of 32 (default on; H100 1.5B
+    /// pp512 2,234 tok/s with, 622 without). Never in the browser.
     pub allow_coop: bool,
+    /// Where cooperative matrices are used, run products of 32 rows and more on f16 scratch
+    /// copies of their operands (`gemm_f16.wgsl`, 128x128 tiles) instead of decoding weights
+    /// inside `matmul_coop.wgsl`'s 64x64 tiles (default on; off for A/B measurements or a
+    /// driver that mis-runs it).
+    pub f16_gemm: bool,
     /// Runs the cooperative-matrix kernel with its tensor-core operations emulated in plain WGSL
     /// (slow; needs shader-f16 only), so tests exercise that path on any device. Not for use.
     #[doc(hidden)]
     pub emulate_coop: bool,
-    /// Invocations per state row of the prefill WKV scan (1, 2 or 4; `None`: the default, see
-    /// `plan::wkv_scan_geometry`), for tests and A/B measurements; the environment variable
-    /// `RWKV_WGPU_WKV_LANES` sets it too. Ignored where that many lanes do not fit.
+    /// Invocations per state row of the prefill WKV scan (1, 2 or 4; `None`: the measured
+    /// default, see `plan::choice::wkv_scan_geometry`), for tests of every variant. Ignored
+    /// where that many lanes do not fit. Not for use.
     #[doc(hidden)]
     pub wkv_scan_lanes: Option<u32>,
-    /// Which Q4_K matrix-vector kernel products of fewer than 8 rows use (A/B measurements and
-    /// tests; the default follows `RWKV_WGPU_MATVEC` / `RWKV_WGPU_MATVEC_RPS`).
-    #[doc(hidden)]
+    /// Which Q4_K matrix-vector kernel products of fewer than 8 rows use (default: the
+    /// subgroup kernel with 2 rows per subgroup where the device's subgroup size is fixed).
     pub matvec: MatVecChoice,
     /// Cap on the bytes of one storage binding / buffer below the adapter's limits (for tests of
     /// matrix splitting, or to mimic a browser's 128 MiB default).
     pub max_binding_bytes: Option<u64>,
-    /// Keep wgpu's index clamping in every kernel access even where the platform bounds-checks
-    /// buffer accesses itself (see [`index_checks_needed`]). The environment variable
-    /// `RWKV_WGPU_INDEX_CHECKS=1` does the same.
+    /// Keep wgpu's index clamping and loop bounding in every kernel even where the platform
+    /// bounds-checks buffer accesses itself (see [`index_checks_needed`]; default off: the
+    /// loop counters cost 3.4x on the H100's products).
     pub index_checks: bool,
-    /// How long to wait for one step or read-back before reporting the device as hung.
+    /// How long to wait for one step or read-back before reporting the device as hung
+    /// (default 120 s).
     pub wait_timeout: Duration,
 }
 
@@ -86,6 +111,7 @@ impl Default for WgpuOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_coop: true,
+            f16_gemm: true,
             emulate_coop: false,
             wkv_scan_lanes: None,
             matvec: MatVecChoice::default(),
@@ -98,23 +124,26 @@ impl Default for WgpuOptions {
 
 /// The Q4_K matrix-vector kernel for products of fewer than 8 activation rows
 /// ([`WgpuOptions::matvec`]).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatVecChoice {
-    /// From the environment: `RWKV_WGPU_MATVEC=old|sg` (default `sg`) and
-    /// `RWKV_WGPU_MATVEC_RPS=1|2|4` (default 2); `sg` applies where the device has subgroups of
-    /// one fixed size.
-    #[default]
-    Env,
     /// `matvec_q4k.wgsl` (64 invocations, 4 rows, workgroup reduction).
     Old,
-    /// `matvec_q4k_sg.wgsl` with `rows_per_subgroup` (1, 2 or 4) where the device has subgroups
-    /// of one fixed size (the old kernel elsewhere).
+    /// `matvec_q4k_sg.wgsl` with `rows_per_subgroup` (1, 2 or 4; the default 2 won the H100
+    /// A/B against 1 and 4 on 1.5B and 7.2B) where the device has subgroups of one fixed size
+    /// (the old kernel elsewhere).
     Subgroup { rows_per_subgroup: u32 },
     /// `matvec_q4k_sg.wgsl` on any device, its grid laid out for subgroups of `size` (a power of
     /// two from 4 to 256): for tests on adapters whose subgroup size is not fixed, of other
     /// sizes than the device's, or without subgroups (sums through workgroup memory).
     Forced { size: u32, rows_per_subgroup: u32 },
+}
+
+impl Default for MatVecChoice {
+    fn default() -> Self {
+        MatVecChoice::Subgroup {
+            rows_per_subgroup: MATVEC_DEFAULT_RPS,
+        }
+    }
 }
 
 /// Subgroup size and rows per subgroup of `matvec_q4k_sg.wgsl` on a device.
@@ -129,20 +158,6 @@ pub(crate) struct MatVecSg {
 /// workgroups for the H100's 132 SMs; 4 rows per subgroup would leave 128).
 const MATVEC_DEFAULT_RPS: u32 = 2;
 
-/// `RWKV_WGPU_MATVEC` (old | sg) and `RWKV_WGPU_MATVEC_RPS` (1 | 2 | 4), read once per device;
-/// other values are ignored (defaults: sg, 2).
-fn matvec_env() -> MatVecChoice {
-    let rows_per_subgroup = match env_var("RWKV_WGPU_MATVEC_RPS").as_deref() {
-        Some("1") => 1,
-        Some("4") => 4,
-        _ => MATVEC_DEFAULT_RPS,
-    };
-    match env_var("RWKV_WGPU_MATVEC").as_deref() {
-        Some("old") => MatVecChoice::Old,
-        _ => MatVecChoice::Subgroup { rows_per_subgroup },
-    }
-}
-
 /// The subgroup matrix-vector kernel's configuration on a device, or `None` for the old kernel.
 /// It needs 256 invocations per workgroup, a subgroup size that divides them (a power of two,
 /// at least 4) and, unless forced, subgroups in use whose size is fixed (min = max): the grid
@@ -153,14 +168,10 @@ fn matvec_sg(
     info: &wgpu::AdapterInfo,
     limits: &wgpu::Limits,
 ) -> Option<MatVecSg> {
-    let choice = match choice {
-        MatVecChoice::Env => matvec_env(),
-        c => c,
-    };
     let wide_enough = limits.max_compute_invocations_per_workgroup >= 256
         && limits.max_compute_workgroup_size_x >= 256;
     let (size, rows_per_subgroup) = match choice {
-        MatVecChoice::Env | MatVecChoice::Old => return None,
+        MatVecChoice::Old => return None,
         MatVecChoice::Forced {
             size,
             rows_per_subgroup,
@@ -282,35 +293,6 @@ fn coop_capable(adapter: &wgpu::Adapter) -> bool {
         })
 }
 
-/// The environment variable `name` (the A/B switches of this crate); never in the browser.
-fn env_var(name: &str) -> Option<String> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::env::var(name).ok()
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = name;
-        None
-    }
-}
-
-/// Whether the switch `name` is set to "0", "off" or "false".
-pub(crate) fn env_off(name: &str) -> bool {
-    matches!(env_var(name).as_deref(), Some("0" | "off" | "false"))
-}
-
-/// `RWKV_WGPU_COOP=0` (or "off", "false") turns cooperative matrices off, for A/B measurements.
-/// Never on in the browser.
-fn coop_env_allows() -> bool {
-    !cfg!(target_arch = "wasm32") && !env_off("RWKV_WGPU_COOP")
-}
-
-/// `RWKV_WGPU_WKV_LANES=1|2|4`: lanes per state row of the prefill WKV scan, for A/B runs.
-fn wkv_lanes_env() -> Option<u32> {
-    env_var("RWKV_WGPU_WKV_LANES")?.trim().parse().ok()
-}
-
 /// Whether the kernels must keep wgpu's runtime checks (index clamping and loop bounding) on
 /// `backend`.
 ///
@@ -326,17 +308,8 @@ fn wkv_lanes_env() -> Option<u32> {
 /// from host-validated parameters (sizes far below u32::MAX, so the step cannot wrap).
 pub(crate) fn index_checks_needed(backend: wgpu::Backend, options: &WgpuOptions) -> bool {
     cfg!(target_arch = "wasm32")
-        || matches!(
-            env_var("RWKV_WGPU_INDEX_CHECKS").as_deref(),
-            Some("1" | "on" | "true")
-        )
         || options.index_checks
         || !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12)
-}
-
-/// `RWKV_WGPU_DIV_CHECKS=0` compiles the kernels without wgpu's division guards.
-fn div_checks_wanted() -> bool {
-    env_var("RWKV_WGPU_DIV_CHECKS").as_deref() != Some("0")
 }
 
 fn instance() -> wgpu::Instance {
@@ -373,9 +346,8 @@ pub(crate) struct Gpu {
     /// Kernels compiled with wgpu's index clamping and loop bounding (see
     /// [`index_checks_needed`]).
     pub index_checks: bool,
-    /// Division-by-zero guards in kernels compiled without the other checks
-    /// (`RWKV_WGPU_DIV_CHECKS=0` drops them, for A/B measurements).
-    pub div_checks: bool,
+    /// Products of many rows on f16 scratch operands where `coop` ([`WgpuOptions::f16_gemm`]).
+    pub f16_gemm: bool,
     /// Largest buffer we create and bind (min of binding and buffer limits and the option).
     pub max_binding: u64,
     // The browser has no blocking wait.
@@ -403,13 +375,13 @@ impl Gpu {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| backend_err(format!("no wgpu adapter: {e}")))?
+                    .map_err(|e| unavailable(format!("no wgpu adapter: {e}")))?
             }
             AdapterChoice::Index(i) => {
                 let mut all = instance.enumerate_adapters(wgpu::Backends::all()).await;
                 let n = all.len();
                 if *i >= n {
-                    return Err(backend_err(format!(
+                    return Err(unavailable(format!(
                         "no wgpu adapter: index {i}, only {n} adapters"
                     )));
                 }
@@ -421,7 +393,7 @@ impl Gpu {
                 all.into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
                     .ok_or_else(|| {
-                        backend_err(format!("no wgpu adapter: none named like '{name}'"))
+                        unavailable(format!("no wgpu adapter: none named like '{name}'"))
                     })?
             }
         };
@@ -436,8 +408,7 @@ impl Gpu {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        let mut coop =
-            options.allow_coop && f16 && subgroups && coop_env_allows() && coop_capable(&adapter);
+        let mut coop = options.allow_coop && f16 && subgroups && coop_capable(&adapter);
         let coop_emulated = !coop && options.emulate_coop && f16;
         // Pass-level timestamps, for WgpuBackend::profile_step only.
         let timestamps = have.contains(wgpu::Features::TIMESTAMP_QUERY);
@@ -461,7 +432,7 @@ impl Gpu {
             // and stores address workgroup tiles at offsets inside them by construction (the
             // tests run the same offsets through the emulated kernel), and its storage accesses
             // keep wgpu's usual bounds checks. Never requested in the browser; `allow_coop:
-            // false` / RWKV_WGPU_COOP=0 leave it off.
+            // false` leaves it off.
             let experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
             let with_coop = features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
             opened = adapter
@@ -482,7 +453,7 @@ impl Gpu {
         }
         let (device, queue) = opened.map_err(|e| {
             let e = e.map(|e| e.to_string()).unwrap_or_default();
-            backend_err(format!("{}: cannot open device: {e}", info.name))
+            unavailable(format!("{}: cannot open device: {e}", info.name))
         })?;
         let lost = Arc::new(Mutex::new(None));
         let lost_sink = lost.clone();
@@ -520,9 +491,9 @@ impl Gpu {
             coop: coop || coop_emulated,
             coop_emulated,
             timestamps,
-            wkv_scan_lanes: options.wkv_scan_lanes.or_else(wkv_lanes_env),
+            wkv_scan_lanes: options.wkv_scan_lanes,
             index_checks,
-            div_checks: div_checks_wanted(),
+            f16_gemm: options.f16_gemm,
             max_binding,
             wait_timeout: options.wait_timeout,
             lost,
@@ -533,7 +504,7 @@ impl Gpu {
     /// Fails when the device was lost or an error escaped the error scopes.
     pub fn check_alive(&self) -> Result<()> {
         if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
-            return Err(backend_err(format!("{}: {msg}", self.info.name)));
+            return Err(device_lost(format!("{}: {msg}", self.info.name)));
         }
         let first = self.uncaptured.lock().ok().and_then(|mut v| {
             let first = v.first().cloned();
@@ -556,7 +527,7 @@ impl Gpu {
         let v_err = validation.pop().await;
         let o_err = oom.pop().await;
         if let Some(e) = o_err {
-            return Err(backend_err(format!(
+            return Err(out_of_memory(format!(
                 "{what}: out of device memory: {}",
                 one_line(&e.to_string())
             )));
@@ -579,7 +550,7 @@ impl Gpu {
             Ok(_) => {}
             Err(wgpu::PollError::Timeout) => {
                 self.check_alive()?;
-                return Err(backend_err(format!(
+                return Err(device_lost(format!(
                     "{}: GPU did not finish within {:?}",
                     self.info.name, self.wait_timeout
                 )));
@@ -587,7 +558,7 @@ impl Gpu {
             Err(e) => {
                 // A failed submission (lost device, rejected command buffer) ends up here.
                 self.check_alive()?;
-                return Err(backend_err(format!(
+                return Err(device_lost(format!(
                     "{}: waiting for the GPU failed: {e}",
                     self.info.name
                 )));
@@ -607,7 +578,7 @@ impl Gpu {
             Ok(_) | Err(wgpu::PollError::Timeout) => self.check_alive(),
             Err(e) => {
                 self.check_alive()?;
-                Err(backend_err(format!(
+                Err(device_lost(format!(
                     "{}: submission failed: {e}",
                     self.info.name
                 )))
@@ -639,7 +610,8 @@ impl Gpu {
         };
         if !matches!(mapped, Some(Ok(()))) {
             self.check_alive()?;
-            return Err(backend_err(format!(
+            // Our read-back buffers are never destroyed or mapped twice: the device is gone.
+            return Err(device_lost(format!(
                 "{}: mapping the read-back buffer failed",
                 self.info.name
             )));
@@ -666,7 +638,7 @@ impl Gpu {
             self.limits.max_buffer_size
         };
         if size > limit {
-            return Err(backend_err(format!(
+            return Err(out_of_memory(format!(
                 "{}: buffer '{label}' needs {size} bytes, the device allows {limit} per buffer",
                 self.info.name
             )));

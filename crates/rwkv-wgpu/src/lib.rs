@@ -117,7 +117,7 @@ impl WgpuBackend {
 
     /// The Q4_K matrix-vector kernel of products of fewer than 8 rows on this device, e.g.
     /// "sg (subgroups of 32, 2 rows per subgroup)" or "old (64 invocations, 4 rows)"
-    /// (`RWKV_WGPU_MATVEC`, `RWKV_WGPU_MATVEC_RPS`).
+    /// ([`WgpuOptions::matvec`]).
     pub fn q4k_matvec(&self) -> String {
         match self.gpu.matvec_sg {
             Some(m) => format!(

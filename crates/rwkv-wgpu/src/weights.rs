@@ -8,7 +8,7 @@
 use rwkv_core::model::Tensor;
 use rwkv_core::{DType, Result};
 
-use crate::gpu::{backend_err, Gpu};
+use crate::gpu::{backend_err, out_of_memory, Gpu};
 
 /// How a matrix is stored on the device (one `decode_*.wgsl` each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,8 +169,9 @@ pub(crate) fn upload_matrix(gpu: &Gpu, name: &str, t: &Tensor) -> Result<DeviceM
     let row_bytes = (row_words as u64) * 4;
     let rows_per_chunk = (gpu.max_binding / row_bytes.max(1)) as usize;
     if rows_per_chunk == 0 {
-        return Err(err(format!(
-            "one row takes {row_bytes} bytes, more than the device's {} bytes per binding",
+        return Err(out_of_memory(format!(
+            "weight '{name}': one row takes {row_bytes} bytes, more than the device's {} bytes \
+             per binding",
             gpu.max_binding
         )));
     }

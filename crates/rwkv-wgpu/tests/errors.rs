@@ -59,6 +59,11 @@ fn is_backend(r: &Result<()>) -> bool {
     matches!(r, Err(Error::Backend { .. }))
 }
 
+/// The failure kind of a backend error (what the router's Auto fallback looks at).
+fn kind(r: &Result<()>) -> Option<BackendErrorKind> {
+    r.as_ref().err().and_then(Error::backend_error_kind)
+}
+
 /// A contract violation the caller can fix: the kind a server answers with 400/500, not 503.
 fn is_invalid(r: &Result<()>) -> bool {
     matches!(
@@ -139,6 +144,11 @@ fn limits_are_errors_not_crashes() {
             &f32_tensor(vec![2, 512], &rng.vec(1024, -1.0, 1.0)),
         );
         assert!(is_backend(&r), "{label}: oversized row: {r:?}");
+        assert_eq!(
+            kind(&r),
+            Some(BackendErrorKind::OutOfMemory),
+            "{label}: {r:?}"
+        );
         // Activations of 64 rows x 32 floats (8 KiB) cannot fit either.
         setup(&mut b, &mut rng, 4, 32, 8).expect("small weights fit");
         b.alloc_states(1, 8).expect("states");
@@ -153,6 +163,11 @@ fn limits_are_errors_not_crashes() {
             ))
             .map(|_| ());
         assert!(is_backend(&r), "{label}: oversized activations: {r:?}");
+        assert_eq!(
+            kind(&r),
+            Some(BackendErrorKind::OutOfMemory),
+            "{label}: {r:?}"
+        );
     }
 }
 
@@ -171,6 +186,11 @@ fn device_loss_is_an_error() {
         b.simulate_device_loss();
         let r = b.execute(id, &[3], &[0], StepOutput::Logits(&mut out));
         assert!(is_backend(&r), "{label}: step after loss: {r:?}");
+        assert_eq!(
+            kind(&r),
+            Some(BackendErrorKind::DeviceLost),
+            "{label}: {r:?}"
+        );
         println!(
             "{label}: {}",
             r.err().map(|e| e.to_string()).unwrap_or_default()

@@ -1368,7 +1368,7 @@ fn wkv7_two_layers_batched_against_reference() {
     // 2 sequences x 3 tokens: the prefill kernels (wkv7_prep / scan / post) where N is a
     // multiple of 4 (N = 16, 64, 8, 4, 12); N = 6: the one-invocation-per-row token loop.
     // N = 12 (workgroups of 12: one whole and one partial subgroup on lavapipe) caught a
-    // subgroup count reported rounded down (kernels.rs).
+    // subgroup count reported rounded down (kernels/source.rs).
     for (c, n) in [
         (32usize, 16usize),
         (128, 64),

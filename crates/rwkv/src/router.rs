@@ -310,6 +310,101 @@ mod cuda {
     }
 }
 
+// ==== WebGPU options from the environment (RWKV_WGPU_*) ====================================
+// The only place the WebGPU backend's switches are read from the environment: the backend
+// itself takes every switch as a `WgpuOptions` field (the browser passes them explicitly).
+
+/// `WgpuOptions` for the WebGPU backend from the `RWKV_WGPU_*` variables (defaults where unset):
+///
+/// | variable | values | field |
+/// |---|---|---|
+/// | `RWKV_WGPU_COOP` | `0`/`off`/`false` | `allow_coop = false` (no tensor cores) |
+/// | `RWKV_WGPU_GEMM` | `0`/`off`/`false` | `f16_gemm = false` (no f16 scratch products) |
+/// | `RWKV_WGPU_MATVEC` | `old`/`sg` | `matvec` (Q4_K decode kernel) |
+/// | `RWKV_WGPU_INDEX_CHECKS` | `1`/`on`/`true` | `index_checks = true` |
+///
+/// Other values leave the default (these are A/B and diagnosis switches, not settings a run
+/// depends on). The adapter is left to the caller.
+#[cfg(feature = "webgpu")]
+pub fn wgpu_options_from_env() -> rwkv_wgpu::WgpuOptions {
+    wgpu_options_from(|name| std::env::var(name).ok())
+}
+
+/// [`wgpu_options_from_env`] over any variable lookup (tests pass a map).
+#[cfg(feature = "webgpu")]
+fn wgpu_options_from(var: impl Fn(&str) -> Option<String>) -> rwkv_wgpu::WgpuOptions {
+    use rwkv_wgpu::{MatVecChoice, WgpuOptions};
+    let switch = |name: &str| match var(name)?.trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "false" => Some(false),
+        "1" | "on" | "true" => Some(true),
+        _ => None,
+    };
+    let defaults = WgpuOptions::default();
+    WgpuOptions {
+        allow_coop: switch("RWKV_WGPU_COOP").unwrap_or(defaults.allow_coop),
+        f16_gemm: switch("RWKV_WGPU_GEMM").unwrap_or(defaults.f16_gemm),
+        index_checks: switch("RWKV_WGPU_INDEX_CHECKS").unwrap_or(defaults.index_checks),
+        matvec: match var("RWKV_WGPU_MATVEC").as_deref().map(str::trim) {
+            Some("old") => MatVecChoice::Old,
+            Some("sg") => MatVecChoice::default(),
+            _ => defaults.matvec,
+        },
+        ..defaults
+    }
+}
+
+#[cfg(all(test, feature = "webgpu"))]
+mod wgpu_options_tests {
+    use super::*;
+    use rwkv_wgpu::MatVecChoice;
+
+    fn from(vars: &[(&str, &str)]) -> rwkv_wgpu::WgpuOptions {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        wgpu_options_from(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn unset_variables_keep_the_defaults() {
+        let o = from(&[]);
+        let d = rwkv_wgpu::WgpuOptions::default();
+        assert_eq!(
+            (o.allow_coop, o.f16_gemm, o.index_checks, o.matvec),
+            (d.allow_coop, d.f16_gemm, d.index_checks, d.matvec)
+        );
+        assert!(o.allow_coop && o.f16_gemm && !o.index_checks);
+    }
+
+    #[test]
+    fn each_variable_sets_its_field() {
+        let o = from(&[
+            ("RWKV_WGPU_COOP", "0"),
+            ("RWKV_WGPU_GEMM", "off"),
+            ("RWKV_WGPU_INDEX_CHECKS", "1"),
+            ("RWKV_WGPU_MATVEC", "old"),
+        ]);
+        assert!(!o.allow_coop && !o.f16_gemm && o.index_checks);
+        assert_eq!(o.matvec, MatVecChoice::Old);
+        let o = from(&[("RWKV_WGPU_COOP", "FALSE"), ("RWKV_WGPU_MATVEC", "sg")]);
+        assert!(!o.allow_coop && o.f16_gemm);
+        assert_eq!(o.matvec, MatVecChoice::default());
+    }
+
+    #[test]
+    fn unknown_values_keep_the_defaults() {
+        let o = from(&[
+            ("RWKV_WGPU_COOP", "maybe"),
+            ("RWKV_WGPU_INDEX_CHECKS", "2"),
+            ("RWKV_WGPU_MATVEC", "fast"),
+        ]);
+        assert!(o.allow_coop && !o.index_checks);
+        assert_eq!(o.matvec, MatVecChoice::default());
+    }
+}
+// ==== end of WebGPU options from the environment ==========================================
+
 #[cfg(feature = "webgpu")]
 mod webgpu {
     use super::*;
@@ -353,7 +448,7 @@ mod webgpu {
         }
         let opts = WgpuOptions {
             adapter: AdapterChoice::Index(best.index),
-            ..Default::default()
+            ..super::wgpu_options_from_env()
         };
         let b = WgpuBackend::new(opts)?;
         Ok((Box::new(b), describe(best)))

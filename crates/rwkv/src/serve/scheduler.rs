@@ -407,7 +407,8 @@ impl Scheduler {
             }
             Ok((ids, mut logits)) => {
                 if let Some(l) = logits.as_mut() {
-                    l.chunks_mut(v).for_each(|row| self.engine.mask_textless(row));
+                    l.chunks_mut(v)
+                        .for_each(|row| self.engine.mask_textless(row));
                 }
                 let picks = match (ids, &logits) {
                     (Some(ids), _) => {

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev/tests .dev/bin
 rm -f .dev/tests/*
-tests="${DEVICE_TESTS:-rwkv-cuda:gpu rwkv-cuda:oracle rwkv-wgpu:ops rwkv-wgpu:model rwkv-wgpu:errors rwkv:conformance}"
+tests="${DEVICE_TESTS:-rwkv-cuda:gpu rwkv-cuda:oracle rwkv-wgpu:ops rwkv-wgpu:model rwkv-wgpu:errors rwkv:conformance rwkv:backend_ops}"
 args=()
 for t in $tests; do args+=(-p "${t%%:*}" --test "${t##*:}"); done
 cargo test "${args[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '

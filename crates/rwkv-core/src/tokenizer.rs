@@ -18,6 +18,10 @@ const MAX_VOCAB_FILE_BYTES: u64 = 64 << 20;
 const MAX_TOKEN_ID: u32 = 1 << 21;
 /// Unused ids a vocabulary may leave beyond twice its token count (see `Vocab::from_entries`).
 const MAX_ID_GAP: usize = 256;
+/// Ids below this are always allowed, however sparse: the World vocabulary's 65,536 ids cost
+/// 1.5 MB of table, a bounded price for small hand-made vocabularies (tests, byte-level models
+/// with a few extra tokens) that number their tokens freely.
+const ALWAYS_ALLOWED_IDS: usize = 1 << 16;
 
 /// A vocabulary: token id → bytes. Id 0 is the end-of-text token and has no bytes.
 #[derive(Clone, Default)]
@@ -251,7 +255,8 @@ impl Vocab {
             .len()
             .saturating_mul(2)
             .saturating_add(MAX_ID_GAP)
-            .max(min_len);
+            .max(min_len)
+            .max(ALWAYS_ALLOWED_IDS);
         if max_id as usize >= dense_limit {
             return Err(format!(
                 "token id {max_id} is far beyond the {} tokens defined (ids must be nearly consecutive)",

@@ -22,18 +22,13 @@ pub fn q8x() -> bool {
         .unwrap_or(true)
 }
 
-/// Opens device 0, or prints why not and returns None; panics instead when RWKV_REQUIRE_GPU=1.
+/// Opens device 0, or skips (rwkv_testing::skip_gpu: a failure under RWKV_REQUIRE_GPU=cuda)
+/// and returns None, after which the test returns.
 pub fn gpu_or_skip() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            if std::env::var("RWKV_REQUIRE_GPU")
-                .map(|v| v == "1")
-                .unwrap_or(false)
-            {
-                panic!("RWKV_REQUIRE_GPU=1 but no CUDA device: {e}");
-            }
-            eprintln!("SKIPPED: no CUDA device: {e}");
+            rwkv_testing::skip_gpu("cuda", &format!("no CUDA device: {e}"));
             None
         }
     }
@@ -460,4 +455,31 @@ pub fn argmax64(v: &[f64]) -> usize {
         }
     }
     best
+}
+
+/// Runs test `name` of this test binary again in a child process with `env` set, and fails
+/// when it fails or did not run. The CUDA paths behind environment switches (read by the
+/// backend when it builds a plan: `RWKV_CUDA_Q8X=0` for f32 batch-1 activations,
+/// `RWKV_CUDA_SPARSE=0` for the dense value product) get the default path's checks this way,
+/// without changing this process's environment under tests running in parallel. The child
+/// requires the GPU (RWKV_REQUIRE_GPU=cuda), so it cannot pass by skipping. Skips here (a
+/// counted skip, a failure under RWKV_REQUIRE_GPU=cuda) without a GPU.
+pub fn rerun_with(name: &str, env: &[(&str, &str)]) {
+    let Some(gpu) = gpu_or_skip() else { return };
+    drop(gpu);
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .env("RWKV_REQUIRE_GPU", "cuda")
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{name} with {env:?}:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{name} with {env:?} failed");
+    assert!(
+        stdout.contains("1 passed"),
+        "{name} with {env:?} did not run (no such test?)"
+    );
 }

@@ -94,10 +94,10 @@ fn bound(k: Kernels, check: Check, dtype: DType) -> Bound {
         // single step there; not on every GPU, so the chunked bound). x3.
         (WebGpuF32, Chunked | Batch | Restore) => b(8e-6, 1e-6),
 
-        // WebGPU coop: 16-row products take f16 operands. NOTES: the tiny model 2.5e-3..3.5e-3
-        // max |Δ| against the CPU on the H100; rwkv-wgpu's model test measures the emulated
-        // kernel on lavapipe (see its COOP_TOL). x3; relative L2 estimated, to be measured.
-        (WebGpuCoop, Prefill | Chunked) => b(1e-2, 1e-3),
+        // WebGPU coop: 16-row products take f16 operands. m: the tiny model 2.5e-3..3.5e-3 max
+        // |Δ| on the H100 (NOTES), 3.7e-3 with the kernel emulated on lavapipe (rwkv-wgpu
+        // tests/model.rs). x3; relative L2 estimated, to be measured on the device.
+        (WebGpuCoop, Prefill | Chunked) => b(1.1e-2, 1e-3),
         // Decode and batches of 3 stay under 16 rows: the f32 kernels (as WebGpuF32), x3.
         (WebGpuCoop, Decode) => b(5e-5, 2e-6),
         (WebGpuCoop, Batch | Restore) => b(8e-6, 1e-6),

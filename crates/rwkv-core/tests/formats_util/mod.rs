@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rwkv_core::dtype::DType;
 use rwkv_core::model::{v7, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};

@@ -53,6 +53,9 @@ fi
 
 # NVRTC from pip wheels, so the CUDA kernels compile here without a toolkit or GPU
 # (crates/rwkv-cuda/tests/nvrtc_compile.rs). CUDA 13 serves the main run; CUDA 12 runs after.
+# Each architecture takes 10-100 s of one core: by default the generations the backend is run
+# on (Ampere, Ada, Hopper, Blackwell); .ci/run sets RWKV_NVRTC_ARCHS=all.
+export RWKV_NVRTC_ARCHS="${RWKV_NVRTC_ARCHS:-80,86,89,90,100,120}"
 nvrtc12=""
 if wheels="$(scripts/nvrtc-wheels.sh)"; then
     nvrtc13="$(awk '$1 == "cu13" { print $2 }' <<<"$wheels")"

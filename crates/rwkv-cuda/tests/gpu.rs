@@ -165,8 +165,8 @@ fn matmul_matches_reference_for_every_encoding_and_row_count() {
 }
 
 /// The channel mix at batch 1: h = relu(W1 x)², then W2 h (Q4_K) added into x or written to y.
-/// W2 takes the zero-skipping column kernel (sparse.cu) unless RWKV_CUDA_SPARSE=0. Run with
-/// RWKV_CUDA_Q8X=0 too: its f32 variant. Rows
+/// W2 takes the zero-skipping column kernel (sparse.cu) unless RWKV_CUDA_SPARSE=0; the tests
+/// at the end rerun it with RWKV_CUDA_Q8X=0 (its f32 variant) and RWKV_CUDA_SPARSE=0. Rows
 /// 32..64 of W1 are zero, so a whole 32-column group of h is zero (skipped entirely); about
 /// half of the rest are zero through the relu.
 fn channel_mix_case(rng: &mut Rng, c: usize, f: usize, accumulate: bool) {
@@ -440,4 +440,38 @@ fn whole_model_q6k_q8_matches_reference() {
 fn whole_model_f16_f32_matches_reference() {
     model_case(14, DType::F16, DType::F16, 128, 64);
     model_case(15, DType::F32, DType::F32, 64, 16);
+}
+
+// The paths behind the backend's switches, checked like the default ones (common::rerun_with).
+
+#[test]
+fn batch1_channel_mix_matches_reference_with_f32_activations() {
+    common::rerun_with(
+        "batch1_channel_mix_matches_reference",
+        &[("RWKV_CUDA_Q8X", "0")],
+    );
+}
+
+#[test]
+fn batch1_channel_mix_matches_reference_without_zero_skipping() {
+    common::rerun_with(
+        "batch1_channel_mix_matches_reference",
+        &[("RWKV_CUDA_SPARSE", "0")],
+    );
+}
+
+#[test]
+fn whole_model_q4k_matches_reference_with_f32_batch1_activations() {
+    common::rerun_with(
+        "whole_model_q4k_matches_reference",
+        &[("RWKV_CUDA_Q8X", "0")],
+    );
+}
+
+#[test]
+fn whole_model_q4k_matches_reference_without_zero_skipping() {
+    common::rerun_with(
+        "whole_model_q4k_matches_reference",
+        &[("RWKV_CUDA_SPARSE", "0")],
+    );
 }

@@ -187,3 +187,22 @@ fn synthetic_models_match_the_cpu_backend() {
         agree.1
     );
 }
+
+/// The same checks with f32 batch-1 activations (`RWKV_CUDA_Q8X=0`; the tolerances above
+/// tighten to the f32 ones through `common::q8x`).
+#[test]
+fn synthetic_models_match_the_cpu_backend_with_f32_batch1_activations() {
+    common::rerun_with(
+        "synthetic_models_match_the_cpu_backend",
+        &[("RWKV_CUDA_Q8X", "0")],
+    );
+}
+
+/// The same checks with the dense (row-layout) batch-1 value product (`RWKV_CUDA_SPARSE=0`).
+#[test]
+fn synthetic_models_match_the_cpu_backend_without_zero_skipping() {
+    common::rerun_with(
+        "synthetic_models_match_the_cpu_backend",
+        &[("RWKV_CUDA_SPARSE", "0")],
+    );
+}

@@ -346,7 +346,13 @@ fn the_ptxas_report_parses() {
     let src = kernel_source();
     let rows = expected_spills();
     for a in &rows {
-        assert!(src.contains(&a.kernel), "NOTES.md lists {}, not in the kernels", a.kernel);
+        // Names made by a macro (ln_shift##VV##_kernel) appear up to their first digit.
+        let stem = a.kernel.split(|c: char| c.is_ascii_digit()).next().unwrap_or("");
+        assert!(
+            !stem.is_empty() && src.contains(stem),
+            "NOTES.md lists {}, not in the kernels",
+            a.kernel
+        );
         assert!(a.archs.0 <= a.archs.1, "{}: arch range", a.kernel);
     }
 }

@@ -151,9 +151,19 @@ pub fn test_name() -> String {
 }
 
 fn mark(why: &str) {
+    // Once per test: a helper called in a loop would repeat the same line.
+    static MARKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let name = test_name();
+    {
+        let mut marked = MARKED.lock().unwrap_or_else(|e| e.into_inner());
+        if marked.contains(&name) {
+            return;
+        }
+        marked.push(name.clone());
+    }
     // One line: a reason with line breaks would break the count.
     let why = why.replace(['\n', '\r'], " ");
-    let line = format!("SKIPPED: {}: {why}\n", test_name());
+    let line = format!("SKIPPED: {name}: {why}\n");
     // Straight to the process's stderr, past the harness's capture of print!/eprint!.
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(log) = std::env::var_os("RWKV_SKIP_LOG") {

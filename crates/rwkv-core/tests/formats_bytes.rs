@@ -1,6 +1,5 @@
 //! `load_bytes` (files already in memory, as in a browser) gives exactly what `load` gives.
 
-
 use rwkv_core::formats::{self, Format, LoadOptions};
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;

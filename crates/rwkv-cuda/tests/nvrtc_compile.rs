@@ -242,7 +242,10 @@ fn every_kernel_compiles_for_every_supported_architecture_without_unexpected_spi
         .filter(|&a| a >= MIN_ARCH && only.as_ref().is_none_or(|o| o.contains(&a)))
         .collect();
     // The generations the backend is run on must be among them (NVRTC 12.0 and later know them).
-    for must in [80, 86, 89, 90].into_iter().filter(|a| only.as_ref().is_none_or(|o| o.contains(a))) {
+    for must in [80, 86, 89, 90]
+        .into_iter()
+        .filter(|a| only.as_ref().is_none_or(|o| o.contains(a)))
+    {
         assert!(
             archs.contains(&must),
             "NVRTC {major}.{minor} does not offer sm_{must}: {archs:?}"
@@ -347,7 +350,11 @@ fn the_ptxas_report_parses() {
     let rows = expected_spills();
     for a in &rows {
         // Names made by a macro (ln_shift##VV##_kernel) appear up to their first digit.
-        let stem = a.kernel.split(|c: char| c.is_ascii_digit()).next().unwrap_or("");
+        let stem = a
+            .kernel
+            .split(|c: char| c.is_ascii_digit())
+            .next()
+            .unwrap_or("");
         assert!(
             !stem.is_empty() && src.contains(stem),
             "NOTES.md lists {}, not in the kernels",

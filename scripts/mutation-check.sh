@@ -52,7 +52,8 @@ commands() {
         "conformance vs webgpu|RWKV_REQUIRE_GPU=webgpu cargo test -q -p rwkv --test conformance webgpu::" ;;
     wgsl) printf '%s\n' \
         "conformance|RWKV_REQUIRE_GPU=webgpu cargo test -q -p rwkv --test conformance webgpu::" \
-        "rwkv-wgpu model|RWKV_REQUIRE_GPU=webgpu cargo test -q -p rwkv-wgpu --test model" ;;
+        "rwkv-wgpu model|RWKV_REQUIRE_GPU=webgpu cargo test -q -p rwkv-wgpu --test model" \
+        "rwkv-wgpu ops|RWKV_REQUIRE_GPU=webgpu cargo test -q -p rwkv-wgpu --test ops" ;;
     cuda) printf '%s\n' \
         "conformance|RWKV_REQUIRE_GPU=cuda cargo test -q -p rwkv --test conformance cuda::" \
         "rwkv-cuda oracle + gpu|RWKV_REQUIRE_GPU=cuda cargo test -q -p rwkv-cuda --test oracle --test gpu" ;;

@@ -140,3 +140,12 @@ fn the_random_stream_is_splitmix64() {
         assert_eq!(s.sample(&logits), want, "draw for u = {u}");
     }
 }
+
+/// Logits far from zero: the softmax subtracts the largest first, so nothing overflows.
+#[test]
+fn large_logits_sample_like_small_ones() {
+    let logits = [400.0, 399.0];
+    let want = softmax(&[1.0, 0.0], 0.5);
+    let got = frequencies(params(0.5, 1.0, 0, 15), &logits, DRAWS);
+    assert!((got[0] - want[0]).abs() < CLOSE, "{got:?} vs {want:?}");
+}

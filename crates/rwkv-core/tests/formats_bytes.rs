@@ -1,7 +1,5 @@
 //! `load_bytes` (files already in memory, as in a browser) gives exactly what `load` gives.
 
-use std::path::Path;
-
 use rwkv_core::formats::{self, Format, LoadOptions};
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
@@ -45,21 +43,23 @@ fn load_bytes_equals_load_for_every_written_format() {
 }
 
 #[test]
-fn load_bytes_reads_rwkv_cpp_files_and_rejects_junk() {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/refdata/rwkv.cpp/tests/tiny-rwkv-7v0-834K-Q5_1.bin");
-    if bin.exists() {
-        let a = formats::load(&bin, &LoadOptions::default()).unwrap();
-        let b = formats::load_bytes(
-            std::fs::read(&bin).unwrap(),
-            "tiny.bin",
-            &LoadOptions::default(),
-        )
-        .unwrap();
-        same_model(&a, &b);
-    } else {
-        eprintln!("SKIPPED rwkv.cpp part: {} not found", bin.display());
-    }
+fn load_bytes_reads_rwkv_cpp_files() {
+    let Some(bin) = rwkv_testing::refdata("refdata/rwkv.cpp/tests/tiny-rwkv-7v0-834K-Q5_1.bin")
+    else {
+        return;
+    };
+    let a = formats::load(&bin, &LoadOptions::default()).unwrap();
+    let b = formats::load_bytes(
+        std::fs::read(&bin).unwrap(),
+        "tiny.bin",
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    same_model(&a, &b);
+}
+
+#[test]
+fn load_bytes_rejects_junk() {
     let e = formats::load_bytes(
         b"not a model at all".to_vec(),
         "junk.gguf",

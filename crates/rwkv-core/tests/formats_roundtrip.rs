@@ -323,29 +323,38 @@ fn quant_option_converts_only_the_large_matrices() {
 }
 
 #[test]
-fn gguf_carries_the_vocabulary() {
-    use rwkv_core::tokenizer::Vocab;
-    let dir = tmpdir("gguf-vocab");
+fn gguf_carries_a_byte_level_vocabulary() {
+    gguf_carries_the_vocabulary(
+        "gguf-vocab-bytes",
+        rwkv_core::tokenizer::Vocab::byte_level(300),
+    );
+}
+
+#[test]
+fn gguf_carries_the_world_vocabulary() {
+    let Some(p) = shared("refdata/vocab/rwkv_vocab_v20230424.txt") else {
+        return;
+    };
+    let vocab = rwkv_core::tokenizer::Vocab::from_file(&p).unwrap();
+    gguf_carries_the_vocabulary("gguf-vocab-world", vocab);
+}
+
+fn gguf_carries_the_vocabulary(dir: &str, vocab: rwkv_core::tokenizer::Vocab) {
+    let dir = tmpdir(dir);
     let mut model = random_model(0x5eed_000a, &small_desc());
-    let mut vocabs = vec![Vocab::byte_level(300)];
-    if let Some(p) = shared("refdata/vocab/rwkv_vocab_v20230424.txt") {
-        vocabs.push(Vocab::from_file(&p).unwrap());
-    }
-    for vocab in vocabs {
-        model.vocab = Some(vocab.clone());
-        let path = dir.join("v.gguf");
-        formats::write(&model, &path, Format::Gguf).unwrap();
-        let g = GgufFile::open(&path).unwrap();
-        assert_eq!(
-            g.get("tokenizer.ggml.model").and_then(GgufValue::as_str),
-            Some("rwkv")
-        );
-        let back = formats::load(&path, &LoadOptions::default()).unwrap();
-        let got = back.vocab.clone().expect("vocabulary read back");
-        assert_eq!(got.len(), vocab.len());
-        assert_eq!(got.to_gguf_tokens(), vocab.to_gguf_tokens());
-        let text = "Hello, world! \u{4e16}\u{754c}\n\n".as_bytes();
-        assert_eq!(got.encode(text), vocab.encode(text));
-        assert_same_tensors(&model, &back);
-    }
+    model.vocab = Some(vocab.clone());
+    let path = dir.join("v.gguf");
+    formats::write(&model, &path, Format::Gguf).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    assert_eq!(
+        g.get("tokenizer.ggml.model").and_then(GgufValue::as_str),
+        Some("rwkv")
+    );
+    let back = formats::load(&path, &LoadOptions::default()).unwrap();
+    let got = back.vocab.clone().expect("vocabulary read back");
+    assert_eq!(got.len(), vocab.len());
+    assert_eq!(got.to_gguf_tokens(), vocab.to_gguf_tokens());
+    let text = "Hello, world! \u{4e16}\u{754c}\n\n".as_bytes();
+    assert_eq!(got.encode(text), vocab.encode(text));
+    assert_same_tensors(&model, &back);
 }

@@ -6,15 +6,9 @@ use std::path::PathBuf;
 use rwkv_core::quant::{bf16_bits_to_f32, dequantize, f16_bits_to_f32};
 use rwkv_core::DType;
 
+/// The vectors folder, or None after a skip (a failure under RWKV_REQUIRE_REFDATA=1).
 fn vectors_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/refdata/gguf-py-kquant-vectors");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("SKIP: {} is absent", dir.display());
-        None
-    }
+    rwkv_testing::refdata("refdata/gguf-py-kquant-vectors")
 }
 
 #[test]

@@ -5,16 +5,9 @@ use std::path::{Path, PathBuf};
 use rwkv_core::tokenizer::Vocab;
 use rwkv_core::Error;
 
+/// `../shared/refdata/<rel>`, or None after a skip (a failure under RWKV_REQUIRE_REFDATA=1).
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/refdata")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("SKIP: {} is absent", p.display());
-        None
-    }
+    rwkv_testing::refdata(&format!("refdata/{rel}"))
 }
 
 fn world_txt() -> Option<Vocab> {

@@ -11,16 +11,8 @@ use rwkv_core::formats::{load, LoadOptions};
 const TOKENS: [u32; 3] = [34, 105, 110];
 
 fn refdata() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refdata/rwkv.cpp/tests");
-    if dir.join("expected-logits-7v0-834K.bin").exists() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIPPED: {} not found; rwkv.cpp reference models not checked",
-            dir.display()
-        );
-        None
-    }
+    rwkv_testing::refdata("refdata/rwkv.cpp/tests/expected-logits-7v0-834K.bin")?;
+    rwkv_testing::refdata("refdata/rwkv.cpp/tests")
 }
 
 /// Max |logit − expected| after the three tokens fed one at a time.

@@ -10,7 +10,8 @@
 
 mod common;
 
-use common::gpu_or_skip;
+use common::gpu_with_or_skip;
+use rwkv_cuda::CudaOptions;
 use rwkv_core::backend::{Backend, StepOutput, StepShape};
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::synth::{synth_model, SynthShape};
@@ -70,7 +71,31 @@ fn run(
 
 #[test]
 fn synthetic_models_match_the_cpu_backend() {
-    let Some(_probe) = gpu_or_skip() else { return };
+    synthetic_models_case(CudaOptions::default());
+}
+
+/// The same checks with f32 batch-1 activations (the tolerances tighten through `q8x`).
+#[test]
+fn synthetic_models_match_the_cpu_backend_with_f32_batch1_activations() {
+    synthetic_models_case(CudaOptions {
+        q8x: false,
+        ..CudaOptions::default()
+    });
+}
+
+/// The same checks with the dense (row-layout) batch-1 value product.
+#[test]
+fn synthetic_models_match_the_cpu_backend_without_zero_skipping() {
+    synthetic_models_case(CudaOptions {
+        sparse: false,
+        ..CudaOptions::default()
+    });
+}
+
+fn synthetic_models_case(options: CudaOptions) {
+    let Some(_probe) = gpu_with_or_skip(options.clone()) else {
+        return;
+    };
     drop(_probe);
     let mut agree = (0usize, 0usize);
     for (i, dtype) in [DType::F32, DType::F16, DType::Q8_0, DType::Q4K]
@@ -81,7 +106,7 @@ fn synthetic_models_match_the_cpu_backend() {
         let desc = model.desc.clone();
         let v = desc.vocab_size;
         let pb = PlanBuilder::new(&desc);
-        let mut gpu = gpu_or_skip().expect("GPU present a moment ago");
+        let mut gpu = gpu_with_or_skip(options.clone()).expect("GPU present a moment ago");
         let mut cpu = CpuBackend::new();
         for (id, name) in pb.weights().iter().enumerate() {
             let t = model.tensor(name).expect("tensor");

@@ -14,12 +14,18 @@ use rwkv_wgpu::WgpuOptions;
 
 /// Largest |logit difference| allowed. The CPU and the GPU sum in different orders (f32);
 /// logits of the synthetic tiny model are O(1..10); quantized weights are identical on both.
-const LOGIT_TOL: f32 = 2e-4;
-/// State values are O(1); the WKV state accumulates over the 16 prefill tokens.
+/// Measured on lavapipe (Vulkan and GL, with and without f16/subgroups, every dtype): at most
+/// 2.6e-5 (q4k, f32). x3.
+const LOGIT_TOL: f32 = 8e-5;
+/// State values are O(1); the WKV state accumulates over the 16 prefill tokens. (Not printed
+/// by these tests yet; the NOTES give 2e-4 as the bound used.)
 const STATE_TOL: f32 = 2e-4;
-/// Both bounds on a device with cooperative matrices (f16 products in prefill): the GPU
-/// tolerance of the conformance suite.
-const COOP_TOL: f32 = 0.05;
+/// Logits on a device with cooperative matrices (f16 products in prefill): measured 2.4e-3 ..
+/// 3.7e-3 with the kernel emulated on lavapipe (f32 3.0e-3, f16 2.4e-3, q8_0 3.1e-3, q4k
+/// 3.7e-3), 2.5e-3 .. 3.5e-3 on the H100 (NOTES). x3.
+const COOP_TOL: f32 = 1.1e-2;
+/// States with cooperative matrices: not measured separately yet; the earlier common bound.
+const COOP_STATE_TOL: f32 = 0.05;
 
 fn load(b: &mut dyn Backend, model: &Model, builder: &PlanBuilder, n_slots: usize) {
     for (i, name) in builder.weights().iter().enumerate() {
@@ -77,7 +83,7 @@ fn tiny_models_match_the_cpu_backend() {
         for (label, mut gpu) in with_emulated_coop(backends(WgpuOptions::default())) {
             // Prefill products of 16 rows run with f16 operands on cooperative matrices.
             let (logit_tol, state_tol) = if gpu.uses_coop() {
-                (COOP_TOL, COOP_TOL)
+                (COOP_TOL, COOP_STATE_TOL)
             } else {
                 (LOGIT_TOL, STATE_TOL)
             };
@@ -225,6 +231,9 @@ fn profile_step_times_every_op() {
     let seed = seed();
     let model = synth_model(SynthShape::Tiny, DType::Q8_0, seed).expect("synth");
     let builder = PlanBuilder::new(&model.desc);
+    let mut profiled = 0;
+    // Why profiling failed on the last backend (None: no backend, a skip backends() counted).
+    let mut why_not = None;
     for (label, mut gpu) in backends(WgpuOptions::default()) {
         if gpu
             .device_info()
@@ -244,10 +253,12 @@ fn profile_step_times_every_op() {
         let times = match gpu.profile_step(pg, &tokens, &[1, 0]) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("SKIPPED profiling on {label}: {e}");
+                println!("{label}: no profiling: {e}");
+                why_not = Some(format!("{label}: {e}"));
                 continue;
             }
         };
+        profiled += 1;
         let ops: Vec<usize> = times.iter().map(|t| t.op).collect();
         // A token shift fused into the LayerNorm before it (kernel LnShift with the register)
         // has no entry of its own.
@@ -286,6 +297,10 @@ fn profile_step_times_every_op() {
             );
         }
     }
+    if let (0, Some(why)) = (profiled, why_not) {
+        // Counted as a skip (a failure under RWKV_REQUIRE_GPU=webgpu-timestamps).
+        rwkv_testing::skip_gpu("webgpu-timestamps", &why);
+    }
 }
 
 /// A binding cap that makes one working state `[n_seq, state_len]` for 4 sequences impossible
@@ -318,7 +333,7 @@ fn working_state_split_by_layers_matches_the_cpu_backend() {
     ];
     for (label, mut gpu) in backends(options) {
         let (logit_tol, state_tol) = if gpu.uses_coop() {
-            (COOP_TOL, COOP_TOL)
+            (COOP_TOL, COOP_STATE_TOL)
         } else {
             (LOGIT_TOL, STATE_TOL)
         };

@@ -395,13 +395,19 @@ fn matmul_coop_every_dtype_with_bias_act_and_accumulate() {
     let options = if b.uses_coop() {
         WgpuOptions::default()
     } else if b.uses_f16() {
-        println!("{label}: no cooperative matrices, testing the kernel with them emulated");
+        rwkv_testing::note_missing(
+            "webgpu-coop",
+            &format!("{label}: testing the kernel with cooperative matrices emulated"),
+        );
         WgpuOptions {
             emulate_coop: true,
             ..Default::default()
         }
     } else {
-        println!("SKIPPED: {label} has neither cooperative matrices nor shader-f16");
+        rwkv_testing::skip_gpu(
+            "webgpu-f16",
+            &format!("{label} has neither cooperative matrices nor shader-f16"),
+        );
         return;
     };
     // From 32 rows the products run on f16 scratch copies (gemm_f16.wgsl, tiles of 64 or 128;
@@ -450,7 +456,10 @@ fn subgroup_matvec_backends(rows_per_subgroup: u32, extra: bool) -> Vec<(String,
         let b = WgpuBackend::new(forced(max, true)).expect("backend");
         out.push((format!("{label}, forced {}", b.q4k_matvec()), b));
     } else {
-        println!("{label}: no subgroups; the forced variants below use workgroup-memory sums");
+        rwkv_testing::note_missing(
+            "webgpu-subgroups",
+            &format!("{label}: the forced variants below use workgroup-memory sums"),
+        );
     }
     if extra {
         let mut configs = vec![(32, false), (8, false)];

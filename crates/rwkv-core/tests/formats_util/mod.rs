@@ -4,7 +4,7 @@
 pub mod gguf_build;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rwkv_core::dtype::DType;
 use rwkv_core::model::{v7, LoraRanks, Model, ModelDesc, RwkvVersion, Tensor, TensorBytes};
@@ -113,17 +113,10 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-/// `../shared/<rel>` relative to the repository root, or None (with a message) when absent.
+/// `../shared/<rel>` relative to the repository root, or None after a skip (a failure under
+/// RWKV_REQUIRE_REFDATA=1).
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("skipping: {} is absent", p.display());
-        None
-    }
+    rwkv_testing::refdata(rel)
 }
 
 /// Position of `needle` in `hay` (first occurrence).

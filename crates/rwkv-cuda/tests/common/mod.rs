@@ -19,19 +19,13 @@ pub fn gpu_or_skip() -> Option<CudaBackend> {
     gpu_with_or_skip(CudaOptions::default())
 }
 
-/// Opens device 0 with `options`, or prints why not and returns None; panics instead when
-/// RWKV_REQUIRE_GPU=1.
+/// Opens device 0 with `options`, or skips (rwkv_testing::skip_gpu: a failure under
+/// RWKV_REQUIRE_GPU=cuda) and returns None, after which the test returns.
 pub fn gpu_with_or_skip(options: CudaOptions) -> Option<CudaBackend> {
     match CudaBackend::new(0, options) {
         Ok(b) => Some(b),
         Err(e) => {
-            if std::env::var("RWKV_REQUIRE_GPU")
-                .map(|v| v == "1")
-                .unwrap_or(false)
-            {
-                panic!("RWKV_REQUIRE_GPU=1 but no CUDA device: {e}");
-            }
-            eprintln!("SKIPPED: no CUDA device: {e}");
+            rwkv_testing::skip_gpu("cuda", &format!("no CUDA device: {e}"));
             None
         }
     }

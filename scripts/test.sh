@@ -80,7 +80,9 @@ if [ -n "$nvrtc12" ]; then
 fi
 
 # EXTRA STEPS: one `run_step "NAME" COMMAND...` each (counted as one test, passed or failed).
-# [ -x scripts/fuzz.sh ] && run_step "fuzzers" scripts/fuzz.sh
+if [ "${RWKV_TEST_QUICK:-0}" != 1 ]; then
+    run_step "fuzzers (scripts/fuzz.sh: every target ${FUZZ_SECONDS:-30} s)" scripts/fuzz.sh
+fi
 
 # Say which GPU backends this machine lacks: their tests skipped (listed below).
 echo "== backends on this machine:"

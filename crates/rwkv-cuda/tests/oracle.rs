@@ -11,12 +11,12 @@
 mod common;
 
 use common::gpu_with_or_skip;
-use rwkv_cuda::CudaOptions;
 use rwkv_core::backend::{Backend, StepOutput, StepShape};
 use rwkv_core::model::v7::PlanBuilder;
 use rwkv_core::synth::{synth_model, SynthShape};
 use rwkv_core::DType;
 use rwkv_cpu::CpuBackend;
+use rwkv_cuda::CudaOptions;
 
 /// Decode (one row) of Q4_K models with int8 activations quantized per 16 values (amax/127),
 /// as llama.cpp's MMVQ does: ~3e-3 relative per product, which the recurrence and the random
@@ -93,7 +93,7 @@ fn synthetic_models_match_the_cpu_backend_without_zero_skipping() {
 }
 
 fn synthetic_models_case(options: CudaOptions) {
-    let Some(_probe) = gpu_with_or_skip(options.clone()) else {
+    let Some(_probe) = gpu_with_or_skip(options) else {
         return;
     };
     drop(_probe);
@@ -106,7 +106,7 @@ fn synthetic_models_case(options: CudaOptions) {
         let desc = model.desc.clone();
         let v = desc.vocab_size;
         let pb = PlanBuilder::new(&desc);
-        let mut gpu = gpu_with_or_skip(options.clone()).expect("GPU present a moment ago");
+        let mut gpu = gpu_with_or_skip(options).expect("GPU present a moment ago");
         let mut cpu = CpuBackend::new();
         for (id, name) in pb.weights().iter().enumerate() {
             let t = model.tensor(name).expect("tensor");

@@ -1,15 +1,11 @@
 //! The CLI contracts other tools call exactly as written (issue: core), run on the real binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn rwkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rwkv"))
-        .args(args)
-        .env_remove("RWKV_BACKEND")
-        .output()
-        .expect("run rwkv")
-}
+mod common;
+
+use common::{fails, rwkv, tmpdir};
 
 fn ok(args: &[&str]) -> String {
     let o = rwkv(args);
@@ -19,24 +15,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).expect("utf-8 stdout")
-}
-
-/// Runs a command that must fail; returns its stderr, which must be one error line.
-fn fails(args: &[&str]) -> String {
-    let o = rwkv(args);
-    assert!(!o.status.success(), "rwkv {args:?} should have failed");
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!err.contains("panicked"), "rwkv {args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    err
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rwkv-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn logits_of(model: &Path, extra: &[&str]) -> serde_json::Value {

@@ -4,29 +4,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn rwkv_cmd<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv"));
-    c.args(args).env_remove("RWKV_BACKEND");
-    c
-}
+mod common;
 
-fn rwkv<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Output {
-    rwkv_cmd(args).output().expect("run rwkv")
-}
-
-fn rwkv_with_stdin<A: AsRef<std::ffi::OsStr>>(args: &[A], stdin: &[u8]) -> Output {
-    let mut child = rwkv_cmd(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rwkv");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::{fails, rwkv, rwkv_cmd, rwkv_with_stdin, tmpdir};
 
 /// Runs a command that must succeed; returns (stdout bytes, stderr).
 fn ok<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[A]) -> (Vec<u8>, String) {
@@ -34,24 +17,6 @@ fn ok<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[A]) -> (Vec<u8>, Stri
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "rwkv {args:?} failed: {err}");
     (o.stdout, err)
-}
-
-/// Runs a command that must fail with one error line (no panic); returns its stderr.
-fn fails<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[A]) -> String {
-    let o = rwkv(args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "rwkv {args:?} should have failed");
-    assert!(!err.contains("panicked"), "rwkv {args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    err
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rwkv-cmd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn s(p: &Path) -> &str {

@@ -178,6 +178,21 @@ fn mark(why: &str) {
     }
 }
 
+/// A fresh seed per run for random test inputs: `RWKV_TEST_SEED` when set, else the clock;
+/// printed with the test's name so a failure can be replayed.
+pub fn seed() -> u64 {
+    let s = std::env::var("RWKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("{}: seed {s} (replay with RWKV_TEST_SEED={s})", test_name());
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,20 +49,7 @@ impl Rng {
     }
 }
 
-/// The run's seed: `RWKV_TEST_SEED`, else the clock; printed so a failure can be replayed.
-fn seed(suite: &str) -> u64 {
-    let s = std::env::var("RWKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("{suite}: seed {s} (replay with RWKV_TEST_SEED={s})");
-    s
-}
+use rwkv_testing::seed;
 
 fn full_sweep() -> bool {
     std::env::var("RWKV_OPS_FULL").is_ok_and(|v| v == "1")
@@ -1079,22 +1066,22 @@ fn run_suite(suite: &str, cases: Vec<Case>) {
 
 #[test]
 fn embed_every_dtype() {
-    run_suite("embed", embed_cases(seed("embed")));
+    run_suite("embed", embed_cases(seed()));
 }
 
 #[test]
 fn layer_norm_in_place_and_not() {
-    run_suite("layer_norm", layer_norm_cases(seed("layer_norm")));
+    run_suite("layer_norm", layer_norm_cases(seed()));
 }
 
 #[test]
 fn token_shift_att_and_ffn_with_registers() {
-    run_suite("token_shift", token_shift_cases(seed("token_shift")));
+    run_suite("token_shift", token_shift_cases(seed()));
 }
 
 #[test]
 fn matmul_every_dtype_act_bias_accumulate_and_row_count() {
-    let seed = seed("matmul");
+    let seed = seed();
     let mut cases = matmul_cases(seed);
     for (i, rows) in [(1, 1), (2, 4), (1, 32)].into_iter().enumerate() {
         cases.push(mixed_matmul_case(seed, 700 + i as u64, rows));
@@ -1105,12 +1092,12 @@ fn matmul_every_dtype_act_bias_accumulate_and_row_count() {
 
 #[test]
 fn wkv7_head_sizes_tokens_and_v_mix() {
-    run_suite("wkv7", wkv7_cases(seed("wkv7")));
+    run_suite("wkv7", wkv7_cases(seed()));
 }
 
 #[test]
 fn last_rows_and_head() {
-    let seed = seed("last_rows");
+    let seed = seed();
     let cases = [(1, 1), (3, 1), (3, 5), (2, 40)]
         .into_iter()
         .enumerate()

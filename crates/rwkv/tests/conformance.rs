@@ -146,19 +146,7 @@ fn check(e: &Engine, check: Check, dtype: DType, what: &str, got: &[f32], want: 
     );
 }
 
-/// A fresh seed per run, printed so a failure can be replayed with RWKV_TEST_SEED.
-fn seed() -> u64 {
-    let s = std::env::var("RWKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed {s} (replay with RWKV_TEST_SEED={s})");
-    s
-}
+use rwkv_testing::seed;
 
 /// `choice` when it opens here; otherwise a skip (a failure when RWKV_REQUIRE_GPU names it).
 fn open(choice: BackendChoice) -> Option<BackendChoice> {

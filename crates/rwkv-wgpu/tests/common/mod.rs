@@ -36,20 +36,7 @@ impl Rng {
     }
 }
 
-/// A fresh seed per run (printed so a failure can be replayed with RWKV_TEST_SEED).
-pub fn seed() -> u64 {
-    let s = std::env::var("RWKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed {s} (replay with RWKV_TEST_SEED={s})");
-    s
-}
+pub use rwkv_testing::seed;
 
 /// Backends to test: the adapter with its optional features, and the same with none.
 /// Empty after a skip (rwkv_testing::skip_gpu) when there is no adapter; the caller returns.
